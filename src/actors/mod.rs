@@ -1,0 +1,78 @@
+//! The two actors and the mail between them.
+//!
+//! | mail           | from → to        | reply                      | why                                        |
+//! |----------------|------------------|----------------------------|--------------------------------------------|
+//! | `Inbound`      | gRPC edge → Session | `()` once handled       | one request; awaited, so requests stay in order and a flood is held back by HTTP/2 flow control |
+//! | `InboundEnded` | gRPC edge → Session | `()`                    | half-close (clean end) or a broken request stream |
+//! | `Join`         | Session → Room   | `Result<(), JoinError>`    | membership; the room pushes JOINED and the replay itself |
+//! | `Post`         | Session → Room   | `Result<(), ChatError>`    | a CHAT; the room pushes the broadcast and the sender's ack |
+//! | `Leave`        | Session → Room   | `Result<(), ChatError>`    | LEAVE request, or leave-all when a session stops |
+//! | `Evicted`      | Room → Session   | `()`                       | the room dropped this slow consumer; the session ends |
+//!
+//! Rooms never wait on sessions: everything a room sends a member goes through the member's
+//! [`SessionTx`] with `try_deliver`.
+
+pub mod room;
+pub mod session;
+
+use actix::{Addr, Message};
+
+use crate::{
+    error::{ChatError, Fatal},
+    names::{RoomName, SessionId, UserName},
+    outbound::SessionTx,
+    proto,
+};
+
+/// One request read from the stream.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Inbound(pub proto::Message);
+
+/// The request stream ended: `None` on half-close, the failure otherwise.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InboundEnded(pub Option<Fatal>);
+
+/// Why a room did not take a JOIN.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JoinError {
+    Refused(ChatError),
+    /// The room is stopping after its empty-TTL; the session retries on a fresh room.
+    Closing,
+}
+
+#[derive(Message, Clone)]
+#[rtype(result = "Result<(), JoinError>")]
+pub struct Join {
+    pub session: SessionId,
+    pub user: UserName,
+    pub tx: SessionTx,
+    pub addr: Addr<session::Session>,
+    pub since_seq: u64,
+    /// `Some(ref)`: answer with JOINED and the replay. `None`: the silent auto-join of the
+    /// default room by a client that only ever sends CHATs.
+    pub ack: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), ChatError>")]
+pub struct Post {
+    pub session: SessionId,
+    pub content: String,
+    pub r#ref: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), ChatError>")]
+pub struct Leave {
+    pub session: SessionId,
+    /// `Some(ref)`: a LEAVE request, answered with LEFT. `None`: the session is ending.
+    pub ack: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Evicted {
+    pub room: RoomName,
+}

@@ -1,0 +1,295 @@
+//! The Room actor: one per room, the single owner of its members, sequence counter and history.
+//! Because one actor serialises everything, every member sees the room's messages in one order
+//! and the replay on JOIN joins the live traffic with no gap and no duplicate. Fan-out encodes a
+//! message once and hands each member the same bytes; a member whose queue is full is dropped,
+//! never waited for.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, SpawnHandle};
+use bytes::Bytes;
+use tracing::{debug, info};
+
+use super::{Evicted, Join, JoinError, Leave, Post, session::Session};
+use crate::{
+    config::RoomLimits,
+    error::{ChatError, Fatal},
+    history::History,
+    hub::Hub,
+    limits::TokenBucket,
+    names::{RoomName, SessionId, UserName},
+    outbound::{Delivery, SessionTx},
+    proto::{self, Kind},
+};
+
+/// Mail that may wait for a room; senders beyond it wait (back-pressure), they are not dropped.
+const MAILBOX_CAPACITY: usize = 256;
+
+struct Member {
+    user: UserName,
+    tx: SessionTx,
+    session: Addr<Session>,
+    bucket: TokenBucket,
+}
+
+pub struct Room {
+    name: RoomName,
+    hub: Arc<Hub>,
+    limits: Arc<RoomLimits>,
+    members: HashMap<SessionId, Member>,
+    /// Sequence number of the last accepted CHAT.
+    seq: u64,
+    history: History,
+    /// Members whose delivery failed during the current handler; removed once it is done.
+    failed: Vec<(SessionId, Delivery)>,
+    /// The pending empty-room stop, while the room is empty.
+    expiry: Option<SpawnHandle>,
+    /// Set once the room has unregistered itself; every later JOIN is sent elsewhere.
+    closing: bool,
+}
+
+impl Room {
+    /// Starts room `name` on the next arbiter with the limits the configuration gives it.
+    pub fn start(hub: &Arc<Hub>, name: RoomName) -> Addr<Room> {
+        let hub = hub.clone();
+        let arbiter = hub.arbiters.next().clone();
+        Room::start_in_arbiter(&arbiter, move |ctx| {
+            ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+            let limits = hub.config.limits_for(name.as_str());
+            Room {
+                history: History::new(limits.history),
+                name,
+                hub,
+                limits,
+                members: HashMap::new(),
+                seq: 0,
+                failed: Vec::new(),
+                expiry: None,
+                closing: false,
+            }
+        })
+    }
+
+    /// Pushes `message` to one member, remembering a failure for [`Room::drop_failed`].
+    fn deliver(&mut self, id: SessionId, message: Bytes) {
+        if let Some(member) = self.members.get(&id) {
+            match member.tx.try_deliver(message) {
+                Delivery::Sent => {}
+                failure => self.failed.push((id, failure)),
+            }
+        }
+    }
+
+    /// Pushes `message` to every member but `except`.
+    fn broadcast(&mut self, message: &Bytes, except: Option<SessionId>) {
+        for (id, member) in &self.members {
+            if Some(*id) == except {
+                continue;
+            }
+            match member.tx.try_deliver(message.clone()) {
+                Delivery::Sent => {}
+                failure => self.failed.push((*id, failure)),
+            }
+        }
+    }
+
+    /// Removes the members whose delivery failed and tells the others they left. Telling them
+    /// can fail further deliveries, hence the loop; it ends because members only go away.
+    fn drop_failed(&mut self, ctx: &mut Context<Self>) {
+        while let Some((id, failure)) = self.failed.pop() {
+            let Some(member) = self.members.remove(&id) else {
+                continue;
+            };
+            if failure == Delivery::Full {
+                self.end_slow_consumer(id, &member);
+            }
+            let presence = proto::encode(&proto::Message::event(
+                Kind::Leave,
+                self.name.as_str(),
+                member.user.as_str(),
+            ));
+            self.broadcast(&presence, None);
+        }
+        self.expire_when_empty(ctx);
+    }
+
+    fn end_slow_consumer(&self, id: SessionId, member: &Member) {
+        info!(room = %self.name, session = %id, user = %member.user, "slow consumer dropped");
+        member.tx.end(Fatal::SlowConsumer);
+        // do_send: at most one per room the session is in, and the session must hear of it even
+        // when its mailbox is busy.
+        member.session.do_send(Evicted {
+            room: self.name.clone(),
+        });
+    }
+
+    fn expire_when_empty(&mut self, ctx: &mut Context<Self>) {
+        if !self.members.is_empty() || self.expiry.is_some() || self.closing {
+            return;
+        }
+        let ttl = self.limits.empty_room_ttl();
+        self.expiry = Some(ctx.run_later(ttl, |room, ctx| {
+            room.expiry = None;
+            if room.members.is_empty() {
+                room.close(ctx);
+            }
+        }));
+    }
+
+    /// Unregisters and stops. Runs inside the actor, so no JOIN can slip in between the check
+    /// for emptiness and the removal: a JOIN already queued gets `Closing` and goes elsewhere.
+    fn close(&mut self, ctx: &mut Context<Self>) {
+        self.closing = true;
+        self.hub.rooms.remove_if_same(&self.name, &ctx.address());
+        ctx.stop();
+    }
+
+    fn joined(&self, joiner: &UserName, r#ref: String) -> Bytes {
+        let mut members: Vec<String> = self.members.values().map(|m| m.user.to_string()).collect();
+        members.sort_unstable();
+        members.dedup();
+        proto::encode(&proto::Message {
+            members,
+            seq: self.seq,
+            r#ref,
+            ..proto::Message::event(Kind::Joined, self.name.as_str(), joiner.as_str())
+        })
+    }
+
+    fn replay(&self, since_seq: u64) -> Vec<Bytes> {
+        let retained: Box<dyn Iterator<Item = &Bytes>> = if since_seq == 0 {
+            Box::new(self.history.last(self.limits.history_on_join))
+        } else {
+            Box::new(self.history.after(since_seq))
+        };
+        retained.map(proto::as_replay).collect()
+    }
+}
+
+impl Actor for Room {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Context<Self>) {
+        debug!(room = %self.name, "room started");
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        debug!(room = %self.name, last_seq = self.seq, "room stopped");
+    }
+}
+
+impl Handler<Join> for Room {
+    type Result = Result<(), JoinError>;
+
+    fn handle(&mut self, join: Join, ctx: &mut Context<Self>) -> Self::Result {
+        if self.closing {
+            return Err(JoinError::Closing);
+        }
+        let rejoin = self.members.contains_key(&join.session);
+        if !rejoin {
+            if self.members.len() >= self.limits.max_members {
+                return Err(JoinError::Refused(ChatError::RoomFull {
+                    max: self.limits.max_members,
+                }));
+            }
+            if let Some(expiry) = self.expiry.take() {
+                ctx.cancel_future(expiry);
+            }
+            self.members.insert(
+                join.session,
+                Member {
+                    user: join.user.clone(),
+                    tx: join.tx,
+                    session: join.addr,
+                    bucket: TokenBucket::full(self.limits.burst, Instant::now()),
+                },
+            );
+        }
+        if let Some(r#ref) = join.ack {
+            let joined = self.joined(&join.user, r#ref);
+            self.deliver(join.session, joined);
+            // A repeated JOIN only gets its ack: the live traffic since the first one is
+            // already in the session's stream.
+            if !rejoin {
+                for message in self.replay(join.since_seq) {
+                    self.deliver(join.session, message);
+                }
+            }
+        }
+        if !rejoin {
+            let presence = proto::encode(&proto::Message::event(
+                Kind::Join,
+                self.name.as_str(),
+                join.user.as_str(),
+            ));
+            self.broadcast(&presence, Some(join.session));
+        }
+        self.drop_failed(ctx);
+        Ok(())
+    }
+}
+
+impl Handler<Post> for Room {
+    type Result = Result<(), ChatError>;
+
+    fn handle(&mut self, post: Post, ctx: &mut Context<Self>) -> Self::Result {
+        let limits = &self.limits;
+        let member = self.members.get_mut(&post.session).ok_or(ChatError::NotAMember)?;
+        if post.content.len() > limits.max_message_bytes {
+            return Err(ChatError::MessageTooLarge {
+                len: post.content.len(),
+                max: limits.max_message_bytes,
+            });
+        }
+        if !member
+            .bucket
+            .try_take(Instant::now(), limits.rate_per_sec, limits.burst)
+        {
+            return Err(ChatError::RateLimited {
+                rate_per_sec: limits.rate_per_sec,
+                burst: limits.burst,
+            });
+        }
+        self.seq += 1;
+        let live = proto::encode(&proto::Message {
+            kind: Kind::Chat.into(),
+            user: member.user.to_string(),
+            content: post.content,
+            timestamp: proto::now_ms(),
+            room: self.name.to_string(),
+            id: uuid::Uuid::now_v7().to_string(),
+            seq: self.seq,
+            ..proto::Message::default()
+        });
+        self.history.push(self.seq, live.clone());
+        self.broadcast(&live, Some(post.session));
+        self.deliver(post.session, proto::with_ref(&live, &post.r#ref));
+        self.drop_failed(ctx);
+        Ok(())
+    }
+}
+
+impl Handler<Leave> for Room {
+    type Result = Result<(), ChatError>;
+
+    fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) -> Self::Result {
+        let member = self.members.remove(&leave.session).ok_or(ChatError::NotAMember)?;
+        if let Some(r#ref) = leave.ack {
+            let left = proto::Message {
+                r#ref,
+                ..proto::Message::event(Kind::Left, self.name.as_str(), member.user.as_str())
+            };
+            if member.tx.try_deliver(proto::encode(&left)) == Delivery::Full {
+                self.end_slow_consumer(leave.session, &member);
+            }
+        }
+        let presence = proto::encode(&proto::Message::event(
+            Kind::Leave,
+            self.name.as_str(),
+            member.user.as_str(),
+        ));
+        self.broadcast(&presence, None);
+        self.drop_failed(ctx);
+        Ok(())
+    }
+}

@@ -1,0 +1,369 @@
+//! The Session actor: one per `ChatStream` call. It owns the stream's identity, the rooms it has
+//! joined and the idle check, validates each request and turns it into mail for a room. Requests
+//! are handled strictly one at a time (`ctx.wait`), so a CHAT sent right after a JOIN finds the
+//! membership in place and acks come back in send order. Leaving every room on any exit lives in
+//! `stopping()`.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Running, WrapFuture,
+};
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::{Evicted, Inbound, InboundEnded, Join, JoinError, Leave, Post, room::Room};
+use crate::{
+    error::{ChatError, Fatal},
+    hub::{Hub, SessionPermit},
+    names::{RoomName, SessionId, UserName},
+    outbound::{Delivery, SessionTx},
+    proto::{self, Kind},
+};
+
+/// A JOIN that meets a stopping room retries on a fresh one; more than a couple of rounds means
+/// something else is wrong.
+const JOIN_ATTEMPTS: usize = 8;
+
+pub struct Session {
+    id: SessionId,
+    hub: Arc<Hub>,
+    tx: SessionTx,
+    /// Set by the first request that carries a valid `user`; never changed afterwards.
+    user: Option<UserName>,
+    rooms: HashMap<RoomName, Addr<Room>>,
+    last_seen: Instant,
+    _permit: SessionPermit,
+    /// Dropped with the actor, which tells the edge's reader task to let go of the request stream.
+    _stopped: oneshot::Sender<()>,
+}
+
+impl Session {
+    /// Starts the session of one stream on the next arbiter.
+    pub fn start(
+        hub: Arc<Hub>,
+        permit: SessionPermit,
+        tx: SessionTx,
+        stopped: oneshot::Sender<()>,
+    ) -> Addr<Session> {
+        let arbiter = hub.arbiters.next().clone();
+        Session::start_in_arbiter(&arbiter, move |_| Session {
+            id: permit.id,
+            hub,
+            tx,
+            user: None,
+            rooms: HashMap::new(),
+            last_seen: Instant::now(),
+            _permit: permit,
+            _stopped: stopped,
+        })
+    }
+
+    fn request(&mut self, msg: proto::Message, ctx: &mut Context<Self>) {
+        let kind = match Kind::try_from(msg.kind) {
+            Ok(Kind::Ping) => return self.pong(msg.room, msg.r#ref, ctx),
+            Ok(Kind::Unspecified | Kind::Chat) => Kind::Chat,
+            Ok(kind @ (Kind::Join | Kind::Leave)) => kind,
+            _ => {
+                let error = ChatError::BadRequest(format!(
+                    "kind {} is not something a client may send (CHAT, JOIN, LEAVE, PING)",
+                    msg.kind
+                ));
+                return self.refuse(error, &msg.room, msg.r#ref, ctx);
+            }
+        };
+        let user = match self.identify(&msg.user) {
+            Ok(user) => user,
+            Err(error) => return self.refuse(error, &msg.room, msg.r#ref, ctx),
+        };
+        let room = match self.target_room(kind, &msg.room) {
+            Ok(room) => room,
+            Err(error) => return self.refuse(error, &msg.room, msg.r#ref, ctx),
+        };
+        match kind {
+            Kind::Join => self.join(user, room, msg.since_seq, msg.r#ref, ctx),
+            Kind::Leave => self.leave(room, msg.r#ref, ctx),
+            _ => self.chat(user, room, msg.content, msg.r#ref, ctx),
+        }
+    }
+
+    /// The session's name: fixed by the first request that carries a valid one.
+    fn identify(&mut self, claimed: &str) -> Result<UserName, ChatError> {
+        if let Some(user) = &self.user {
+            return Ok(user.clone());
+        }
+        if claimed.is_empty() {
+            return Err(ChatError::InvalidUser(
+                "name the session: the first request needs a `user`",
+            ));
+        }
+        let user = UserName::parse(claimed)?;
+        info!(session = %self.id, user = %user, "session named");
+        self.user = Some(user.clone());
+        Ok(user)
+    }
+
+    fn target_room(&self, kind: Kind, room: &str) -> Result<RoomName, ChatError> {
+        if room.is_empty() {
+            if kind == Kind::Leave {
+                return Err(ChatError::BadRequest("LEAVE needs a `room`".into()));
+            }
+            return RoomName::parse(&self.hub.config.server.default_room);
+        }
+        RoomName::parse(room)
+    }
+
+    fn has_room_for(&self, room: &RoomName) -> Result<(), ChatError> {
+        let max = self.hub.config.session.max_rooms_per_session;
+        if !self.rooms.contains_key(room) && self.rooms.len() >= max {
+            return Err(ChatError::TooManyRooms { max });
+        }
+        Ok(())
+    }
+
+    fn join_mail(&self, user: UserName, since_seq: u64, ack: Option<String>, ctx: &Context<Self>) -> Join {
+        Join {
+            session: self.id,
+            user,
+            tx: self.tx.clone(),
+            addr: ctx.address(),
+            since_seq,
+            ack,
+        }
+    }
+
+    fn join(
+        &mut self,
+        user: UserName,
+        room: RoomName,
+        since_seq: u64,
+        r#ref: String,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Err(error) = self.has_room_for(&room) {
+            return self.refuse(error, room.as_str(), r#ref, ctx);
+        }
+        let join = self.join_mail(user, since_seq, Some(r#ref.clone()), ctx);
+        let joining = join_room(self.hub.clone(), room.clone(), join).into_actor(self).map(
+            move |joined, session, ctx| match joined {
+                Ok(addr) => {
+                    session.rooms.insert(room, addr);
+                }
+                Err(error) => session.refuse(error, room.as_str(), r#ref, ctx),
+            },
+        );
+        ctx.wait(joining);
+    }
+
+    fn chat(
+        &mut self,
+        user: UserName,
+        room: RoomName,
+        content: String,
+        r#ref: String,
+        ctx: &mut Context<Self>,
+    ) {
+        if content.is_empty() {
+            let error = ChatError::BadRequest("CHAT needs `content`".into());
+            return self.refuse(error, room.as_str(), r#ref, ctx);
+        }
+        let post = Post {
+            session: self.id,
+            content,
+            r#ref: r#ref.clone(),
+        };
+        let member = self.rooms.get(&room).cloned();
+        // A client of the original design never JOINs: its first CHAT to the default room joins
+        // it silently (no JOINED, no replay), the other members see the presence as usual.
+        let auto_join = match &member {
+            Some(_) => None,
+            None if room.as_str() == self.hub.config.server.default_room => {
+                if let Err(error) = self.has_room_for(&room) {
+                    return self.refuse(error, room.as_str(), r#ref, ctx);
+                }
+                Some(self.join_mail(user, 0, None, ctx))
+            }
+            None => return self.refuse(ChatError::NotAMember, room.as_str(), r#ref, ctx),
+        };
+        let hub = self.hub.clone();
+        let target = room.clone();
+        let posting = async move {
+            let addr = match (member, auto_join) {
+                (Some(addr), _) => addr,
+                (None, Some(join)) => join_room(hub, target, join).await?,
+                (None, None) => return Err(ChatError::NotAMember),
+            };
+            let posted = addr.send(post).await;
+            Ok((addr, posted))
+        };
+        let posting = posting.into_actor(self).map(move |result, session, ctx| {
+            let error = match result {
+                Ok((addr, posted)) => {
+                    session.rooms.entry(room.clone()).or_insert(addr);
+                    match posted {
+                        Ok(Ok(())) => return,
+                        Ok(Err(error)) => error,
+                        Err(_) => {
+                            // The room is gone, so the membership is too.
+                            session.rooms.remove(&room);
+                            ChatError::NotAMember
+                        }
+                    }
+                }
+                Err(error) => error,
+            };
+            session.refuse(error, room.as_str(), r#ref, ctx);
+        });
+        ctx.wait(posting);
+    }
+
+    fn leave(&mut self, room: RoomName, r#ref: String, ctx: &mut Context<Self>) {
+        let Some(addr) = self.rooms.remove(&room) else {
+            return self.refuse(ChatError::NotAMember, room.as_str(), r#ref, ctx);
+        };
+        let leave = Leave {
+            session: self.id,
+            ack: Some(r#ref.clone()),
+        };
+        let leaving = addr
+            .send(leave)
+            .into_actor(self)
+            .map(move |left, session, ctx| match left {
+                Ok(Ok(())) => {}
+                // Dropped by the room meanwhile (as a slow consumer) or the room is gone.
+                Ok(Err(error)) => session.refuse(error, room.as_str(), r#ref, ctx),
+                Err(_) => session.refuse(ChatError::NotAMember, room.as_str(), r#ref, ctx),
+            });
+        ctx.wait(leaving);
+    }
+
+    fn pong(&mut self, room: String, r#ref: String, ctx: &mut Context<Self>) {
+        let pong = proto::Message {
+            r#ref,
+            ..proto::Message::event(Kind::Pong, &room, self.user_name())
+        };
+        self.push(proto::encode(&pong), ctx);
+    }
+
+    fn refuse(&mut self, error: ChatError, room: &str, r#ref: String, ctx: &mut Context<Self>) {
+        let message = proto::Message {
+            user: self.user_name().to_string(),
+            ..proto::Message::error(error.code(), error.to_string(), room, r#ref)
+        };
+        self.push(proto::encode(&message), ctx);
+    }
+
+    /// Replies from the session itself obey the same rule as room traffic: never wait.
+    fn push(&mut self, message: Bytes, ctx: &mut Context<Self>) {
+        if self.tx.try_deliver(message) == Delivery::Full {
+            self.end(Fatal::SlowConsumer, ctx);
+        }
+    }
+
+    fn end(&mut self, fatal: Fatal, ctx: &mut Context<Self>) {
+        self.tx.end(fatal);
+        ctx.stop();
+    }
+
+    fn user_name(&self) -> &str {
+        self.user.as_ref().map_or("", UserName::as_str)
+    }
+
+    /// Ends the session once nothing has arrived for the configured idle timeout. One timer per
+    /// session, re-armed for the remaining time instead of being reset on every message.
+    fn watch_idle(&self, ctx: &mut Context<Self>, after: Duration) {
+        ctx.run_later(after, |session, ctx| {
+            let Some(limit) = session.hub.config.session.idle_timeout() else {
+                return;
+            };
+            let idle = session.last_seen.elapsed();
+            if idle >= limit {
+                session.end(Fatal::IdleTimeout, ctx);
+            } else {
+                session.watch_idle(ctx, limit - idle);
+            }
+        });
+    }
+}
+
+/// Joins `name`, retrying on a fresh room when the registered one is stopping or dead.
+async fn join_room(hub: Arc<Hub>, name: RoomName, join: Join) -> Result<Addr<Room>, ChatError> {
+    for _ in 0..JOIN_ATTEMPTS {
+        let room = hub.rooms.get_or_create(&name, || Room::start(&hub, name.clone()));
+        match room.send(join.clone()).await {
+            Ok(Ok(())) => return Ok(room),
+            Ok(Err(JoinError::Refused(error))) => return Err(error),
+            // The room unregistered itself before refusing: the next lookup starts a new one.
+            Ok(Err(JoinError::Closing)) => {}
+            Err(_) => {
+                hub.rooms.remove_if_same(&name, &room);
+            }
+        }
+    }
+    warn!(room = %name, "JOIN kept meeting stopping rooms");
+    Err(ChatError::BadRequest("room is restarting, try again".into()))
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        info!(session = %self.id, "session started");
+        if let Some(limit) = self.hub.config.session.idle_timeout() {
+            self.watch_idle(ctx, limit);
+        }
+    }
+
+    fn stopping(&mut self, _ctx: &mut Context<Self>) -> Running {
+        for (_, room) in self.rooms.drain() {
+            // do_send: one per joined room (bounded by max_rooms_per_session), and the room must
+            // hear of it even when its mailbox is full, or the member would linger.
+            room.do_send(Leave {
+                session: self.id,
+                ack: None,
+            });
+        }
+        Running::Stop
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        let reason = self.tx.fatal().map_or("client_closed", Fatal::reason);
+        info!(session = %self.id, user = self.user_name(), reason, "session ended");
+    }
+}
+
+impl Handler<Inbound> for Session {
+    type Result = ();
+
+    fn handle(&mut self, Inbound(msg): Inbound, ctx: &mut Context<Self>) {
+        self.last_seen = Instant::now();
+        self.request(msg, ctx);
+    }
+}
+
+impl Handler<InboundEnded> for Session {
+    type Result = ();
+
+    fn handle(&mut self, InboundEnded(failure): InboundEnded, ctx: &mut Context<Self>) {
+        match failure {
+            Some(fatal) => self.end(fatal, ctx),
+            // Half-close: what is queued is still delivered; the stream ends once every room
+            // has let go of this session's handle.
+            None => ctx.stop(),
+        }
+    }
+}
+
+impl Handler<Evicted> for Session {
+    type Result = ();
+
+    fn handle(&mut self, evicted: Evicted, ctx: &mut Context<Self>) {
+        self.rooms.remove(&evicted.room);
+        self.end(Fatal::SlowConsumer, ctx);
+    }
+}

@@ -1,0 +1,72 @@
+//! The server's gRPC codec: requests are decoded with prost into [`Message`], responses are
+//! [`Bytes`] already encoded by the room that produced them, written out as they are. An
+//! undecodable request ends the stream with INVALID_ARGUMENT.
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::Message as _;
+use tonic::{
+    Status,
+    codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+};
+
+use crate::proto::Message;
+
+/// Initial per-stream codec buffers. Chat messages are small and most sessions are idle, so start
+/// small (tonic's default is 8 KiB each way); buffers grow for larger frames.
+const BUFFER_BYTES: usize = 1024;
+/// Bytes gathered into one write before the encoder yields to the transport.
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChatCodec;
+
+impl Codec for ChatCodec {
+    type Encode = Bytes;
+    type Decode = Message;
+    type Encoder = PreEncoded;
+    type Decoder = RequestDecoder;
+
+    fn encoder(&mut self) -> PreEncoded {
+        PreEncoded
+    }
+
+    fn decoder(&mut self) -> RequestDecoder {
+        RequestDecoder
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PreEncoded;
+
+impl Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RequestDecoder;
+
+impl Decoder for RequestDecoder {
+    type Item = Message;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Message>, Status> {
+        let len = src.remaining();
+        Message::decode(src)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("undecodable frame of {len} bytes: {e}")))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD)
+    }
+}

@@ -1,0 +1,467 @@
+//! Server configuration: the TOML schema, its defaults, loading with errors that name the file and
+//! the key, validation of impossible values, and per-room limit resolution (exact names, then globs).
+//! `config/default.toml` is parsed by a unit test so the shipped file can never drift from this code.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::RoomName;
+
+/// Where `cargo run` looks when no `--config` is given; the built-in defaults apply if it is absent.
+pub const DEFAULT_PATH: &str = "config/default.toml";
+
+/// The largest `max_message_bytes` accepted: bounds what one frame can make the server buffer.
+pub const MAX_MESSAGE_BYTES_CEILING: usize = 4 * 1024 * 1024;
+
+/// Room for every field of a request other than `content` (user, room, ref, kind, numbers, tags),
+/// added to the largest `max_message_bytes` to size the gRPC decoder limit.
+pub const ENVELOPE_BYTES: usize = 2048;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub session: SessionConfig,
+    /// Default limits of every room.
+    pub limits: RoomLimits,
+    /// Per-room overrides of `limits`, keyed by exact name or a `*` glob; kept raw until
+    /// [`Config::resolve`] merges and type-checks them against `limits`.
+    rooms: BTreeMap<String, toml::Table>,
+    #[serde(skip)]
+    resolved: Overrides,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub default_room: String,
+    /// New streams beyond this many open sessions are refused with RESOURCE_EXHAUSTED.
+    pub max_sessions: usize,
+    /// How long shutdown waits for streams to drain before cutting them.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            default_room: "lobby".into(),
+            max_sessions: 100_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Messages that may wait for one slow reader before it is dropped as a slow consumer.
+    pub outbound_queue: usize,
+    /// 0 turns the idle check off.
+    pub idle_timeout_ms: u64,
+    pub max_rooms_per_session: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            outbound_queue: 1024,
+            idle_timeout_ms: 90_000,
+            max_rooms_per_session: 32,
+        }
+    }
+}
+
+impl SessionConfig {
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_ms > 0).then(|| Duration::from_millis(self.idle_timeout_ms))
+    }
+}
+
+/// The limits of one room; `[limits]` gives the defaults, `[rooms."NAME"]` overrides any key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomLimits {
+    pub max_members: usize,
+    pub max_message_bytes: usize,
+    /// Accepted CHATs the room retains for replay.
+    pub history: usize,
+    /// Replayed to a JOIN with `since_seq = 0`.
+    pub history_on_join: usize,
+    /// Token bucket per member per room.
+    pub rate_per_sec: f64,
+    pub burst: u32,
+    pub empty_room_ttl_ms: u64,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        Self {
+            max_members: 10_000,
+            max_message_bytes: 4096,
+            history: 100,
+            history_on_join: 20,
+            rate_per_sec: 20.0,
+            burst: 40,
+            empty_room_ttl_ms: 30_000,
+        }
+    }
+}
+
+impl RoomLimits {
+    pub fn empty_room_ttl(&self) -> Duration {
+        Duration::from_millis(self.empty_room_ttl_ms)
+    }
+}
+
+/// Overrides merged with `[limits]`: exact names, and globs ordered most specific first.
+#[derive(Debug, Clone, Default)]
+struct Overrides {
+    exact: BTreeMap<String, Arc<RoomLimits>>,
+    globs: Vec<(String, Arc<RoomLimits>)>,
+    base: Arc<RoomLimits>,
+}
+
+/// A configuration that cannot be used; printed as one line, the server then exits with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("config {file}: {location}{message}")]
+    Invalid {
+        file: String,
+        /// `key `a.b`: ` or `line L column C: `, whichever is known.
+        location: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads `path`; `None` means [`DEFAULT_PATH`] when it exists, else the built-in defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match path {
+            Some(p) => p,
+            None if Path::new(DEFAULT_PATH).exists() => Path::new(DEFAULT_PATH),
+            None => return Config::default().resolve("<built-in defaults>"),
+        };
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses TOML text; `file` only names the source in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let de = toml::de::Deserializer::parse(text).map_err(|e| toml_error(file, text, &e))?;
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            if key.is_empty() || key == "." {
+                toml_error(file, text, &inner)
+            } else {
+                invalid(file, &key, inner.message())
+            }
+        })?;
+        cfg.resolve(file)
+    }
+
+    /// Merges room overrides with `[limits]` and checks every value; the one place a config
+    /// becomes usable.
+    fn resolve(mut self, file: &str) -> Result<Config, ConfigError> {
+        let base_table = toml::Table::try_from(&self.limits)
+            .map_err(|e| invalid(file, "limits", &e.to_string()))?;
+        let mut resolved = Overrides {
+            base: Arc::new(self.limits.clone()),
+            ..Overrides::default()
+        };
+        for (name, table) in &self.rooms {
+            let prefix = format!("rooms.\"{name}\"");
+            if name.contains('*') {
+                check_glob(name).map_err(|m| invalid(file, &prefix, m))?;
+            } else {
+                RoomName::parse(name).map_err(|e| invalid(file, &prefix, &e.to_string()))?;
+            }
+            let mut merged = base_table.clone();
+            merged.extend(table.clone());
+            let limits: RoomLimits = serde_path_to_error::deserialize(toml::Value::Table(merged))
+                .map_err(|e| {
+                    let key = format!("{prefix}.{}", e.path());
+                    invalid(file, &key, e.into_inner().message())
+                })?;
+            validate_limits(&limits, &self.session, &prefix).map_err(|(k, m)| invalid(file, &k, &m))?;
+            let limits = Arc::new(limits);
+            if name.contains('*') {
+                resolved.globs.push((name.clone(), limits));
+            } else {
+                resolved.exact.insert(name.clone(), limits);
+            }
+        }
+        // Most literal characters first: "support-vip-*" beats "support-*" beats "*".
+        resolved
+            .globs
+            .sort_by(|(a, _), (b, _)| literal_len(b).cmp(&literal_len(a)).then(a.cmp(b)));
+        self.validate().map_err(|(k, m)| invalid(file, &k, &m))?;
+        self.resolved = resolved;
+        Ok(self)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, msg: String| Err((key.to_string(), msg));
+        if self.server.max_sessions == 0 {
+            return fail("server.max_sessions", "must be at least 1".into());
+        }
+        if let Err(e) = RoomName::parse(&self.server.default_room) {
+            return fail("server.default_room", e.to_string());
+        }
+        if self.session.outbound_queue < 2 {
+            return fail("session.outbound_queue", "must be at least 2".into());
+        }
+        if self.session.max_rooms_per_session == 0 {
+            return fail("session.max_rooms_per_session", "must be at least 1".into());
+        }
+        validate_limits(&self.limits, &self.session, "limits")
+    }
+
+    /// The limits of room `name`: its exact override, else the most specific matching glob,
+    /// else `[limits]`.
+    pub fn limits_for(&self, name: &str) -> Arc<RoomLimits> {
+        if let Some(l) = self.resolved.exact.get(name) {
+            return l.clone();
+        }
+        self.resolved
+            .globs
+            .iter()
+            .find(|(pattern, _)| glob_match(pattern, name))
+            .map(|(_, l)| l.clone())
+            .unwrap_or_else(|| self.resolved.base.clone())
+    }
+
+    /// The gRPC decoder limit: the largest message any room accepts plus the envelope, so an
+    /// oversized frame is refused before it is buffered.
+    pub fn max_frame_bytes(&self) -> usize {
+        let largest = std::iter::once(&self.resolved.base)
+            .chain(self.resolved.exact.values())
+            .chain(self.resolved.globs.iter().map(|(_, l)| l))
+            .map(|l| l.max_message_bytes)
+            .max()
+            .unwrap_or(self.limits.max_message_bytes);
+        largest + ENVELOPE_BYTES
+    }
+}
+
+fn validate_limits(
+    l: &RoomLimits,
+    session: &SessionConfig,
+    prefix: &str,
+) -> Result<(), (String, String)> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    if l.max_members == 0 {
+        return Err((key("max_members"), "must be at least 1".into()));
+    }
+    if l.max_message_bytes == 0 || l.max_message_bytes > MAX_MESSAGE_BYTES_CEILING {
+        return Err((
+            key("max_message_bytes"),
+            format!("must be between 1 and {MAX_MESSAGE_BYTES_CEILING}"),
+        ));
+    }
+    if l.history_on_join > l.history {
+        return Err((
+            key("history_on_join"),
+            format!("must not exceed history ({})", l.history),
+        ));
+    }
+    // A JOINED plus a full replay must fit the joiner's queue, or the joiner would be
+    // dropped as a slow consumer by its own replay.
+    if l.history >= session.outbound_queue {
+        return Err((
+            key("history"),
+            format!(
+                "must be below session.outbound_queue ({}) so a full replay fits the queue",
+                session.outbound_queue
+            ),
+        ));
+    }
+    if !(l.rate_per_sec.is_finite() && l.rate_per_sec > 0.0) {
+        return Err((key("rate_per_sec"), "must be a number above 0".into()));
+    }
+    if l.burst == 0 {
+        return Err((key("burst"), "must be at least 1".into()));
+    }
+    Ok(())
+}
+
+fn invalid(file: &str, key: &str, message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        file: file.to_string(),
+        location: format!("key `{key}`: "),
+        message: message.to_string(),
+    }
+}
+
+/// A TOML syntax error as one line with its position, instead of toml's multi-line snippet.
+fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let location = e
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line} column {column}: ")
+        })
+        .unwrap_or_default();
+    ConfigError::Invalid {
+        file: file.to_string(),
+        location,
+        message: e.message().replace('\n', " ").trim().to_string(),
+    }
+}
+
+fn check_glob(pattern: &str) -> Result<(), &'static str> {
+    let literal: String = pattern.chars().filter(|c| *c != '*').collect();
+    if !literal.is_empty() && RoomName::parse(&literal).is_err() {
+        return Err("glob contains characters no room name may have");
+    }
+    Ok(())
+}
+
+fn literal_len(pattern: &str) -> usize {
+    pattern.chars().filter(|c| *c != '*').count()
+}
+
+/// `*` matches any run of characters (including none); everything else matches itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    // unwrap: split always yields at least one part.
+    let first = parts.next().unwrap();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else {
+        return rest.is_empty(); // no '*' at all: exact comparison
+    };
+    for part in parts {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../config/default.toml");
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, "test.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn shipped_file_equals_built_in_defaults() {
+        let shipped = parse(SHIPPED).unwrap();
+        let defaults = Config::default();
+        assert_eq!(shipped.limits, defaults.limits);
+        assert_eq!(shipped.server.listen, defaults.server.listen);
+        assert_eq!(shipped.server.default_room, defaults.server.default_room);
+        assert_eq!(shipped.server.max_sessions, defaults.server.max_sessions);
+        assert_eq!(shipped.session.outbound_queue, defaults.session.outbound_queue);
+        assert_eq!(shipped.session.idle_timeout_ms, defaults.session.idle_timeout_ms);
+        assert_eq!(
+            shipped.session.max_rooms_per_session,
+            defaults.session.max_rooms_per_session
+        );
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.limits, RoomLimits::default());
+        assert_eq!(cfg.server.default_room, "lobby");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let err = parse("[session]\noutbound_queue = 8\nqueue_len = 3\n").unwrap_err();
+        assert!(err.contains("test.toml"), "{err}");
+        assert!(err.contains("queue_len"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = parse("[limits]\nmax_members = \"many\"\n").unwrap_err();
+        assert!(err.contains("limits.max_members"), "{err}");
+    }
+
+    #[test]
+    fn impossible_values_are_refused() {
+        for (text, key) in [
+            ("[limits]\nmax_members = 0", "limits.max_members"),
+            ("[limits]\nhistory = 5\nhistory_on_join = 6", "limits.history_on_join"),
+            ("[limits]\nrate_per_sec = 0", "limits.rate_per_sec"),
+            ("[limits]\nburst = 0", "limits.burst"),
+            ("[limits]\nmax_message_bytes = 0", "limits.max_message_bytes"),
+            ("[session]\noutbound_queue = 50", "limits.history"),
+            ("[server]\ndefault_room = \"a b\"", "server.default_room"),
+            ("[server]\nmax_sessions = 0", "server.max_sessions"),
+            ("[rooms.\"x\"]\nmax_members = 0", "rooms.\"x\".max_members"),
+            ("[rooms.\"x\"]\nfoo = 1", "rooms.\"x\".foo"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(key), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_has_a_line_number() {
+        let err = parse("[server]\nlisten = \n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn exact_names_win_over_globs_and_specific_globs_win() {
+        let cfg = parse(
+            "[rooms.\"support-*\"]\nmax_members = 5\n\
+             [rooms.\"support-vip-*\"]\nmax_members = 3\n\
+             [rooms.\"support-desk\"]\nmax_members = 7\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.limits_for("support-desk").max_members, 7);
+        assert_eq!(cfg.limits_for("support-vip-1").max_members, 3);
+        assert_eq!(cfg.limits_for("support-1").max_members, 5);
+        assert_eq!(cfg.limits_for("general").max_members, 10_000);
+        // Unset keys of an override keep the [limits] value.
+        assert_eq!(cfg.limits_for("support-1").history, 100);
+    }
+
+    #[test]
+    fn frame_limit_follows_the_largest_room() {
+        let cfg = parse("[rooms.\"big\"]\nmax_message_bytes = 100000\n").unwrap();
+        assert_eq!(cfg.max_frame_bytes(), 100_000 + ENVELOPE_BYTES);
+    }
+
+    #[test]
+    fn glob_matching() {
+        assert!(glob_match("support-*", "support-1"));
+        assert!(glob_match("support-*", "support-"));
+        assert!(!glob_match("support-*", "suppor"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+        assert!(glob_match("*-end", "the-end"));
+        assert!(!glob_match("ab*ba", "aba"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+    }
+}

@@ -1,0 +1,87 @@
+//! The two ways a request can fail: [`ChatError`] is answered with a KIND_ERROR message and the
+//! stream carries on; [`Fatal`] ends that one stream with a gRPC status.
+
+use tonic::{Code, Status};
+
+/// A refused request. `code()` is the wire contract's machine-readable reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ChatError {
+    #[error("room is full ({max} members)")]
+    RoomFull { max: usize },
+    #[error("rate limited: at most {rate_per_sec} messages/s (burst {burst}) per member")]
+    RateLimited { rate_per_sec: f64, burst: u32 },
+    #[error("content is {len} bytes, the limit is {max}")]
+    MessageTooLarge { len: usize, max: usize },
+    #[error("not a member of this room")]
+    NotAMember,
+    #[error("{0}")]
+    InvalidRoom(&'static str),
+    #[error("{0}")]
+    InvalidUser(&'static str),
+    #[error("already in {max} rooms, the most one session may join")]
+    TooManyRooms { max: usize },
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl ChatError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ChatError::RoomFull { .. } => "room_full",
+            ChatError::RateLimited { .. } => "rate_limited",
+            ChatError::MessageTooLarge { .. } => "message_too_large",
+            ChatError::NotAMember => "not_a_member",
+            ChatError::InvalidRoom(_) => "invalid_room",
+            ChatError::InvalidUser(_) => "invalid_user",
+            ChatError::TooManyRooms { .. } => "too_many_rooms",
+            ChatError::BadRequest(_) => "bad_request",
+        }
+    }
+}
+
+/// Why a stream is ended by the server.
+#[derive(Debug, Clone)]
+pub enum Fatal {
+    /// The session's outbound queue was full when a room pushed to it.
+    SlowConsumer,
+    /// Nothing received for `idle_timeout_ms`.
+    IdleTimeout,
+    /// The server is stopping; what is queued is still delivered first.
+    Shutdown,
+    /// The request stream failed (undecodable frame, frame over the limit, transport error).
+    Inbound(Status),
+}
+
+impl Fatal {
+    /// Whether messages already queued are delivered before the status. A slow consumer's
+    /// backlog is exactly what must not be kept; a shutdown still delivers what was accepted.
+    pub fn drains_first(&self) -> bool {
+        matches!(self, Fatal::Shutdown)
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Fatal::SlowConsumer => "slow_consumer",
+            Fatal::IdleTimeout => "idle_timeout",
+            Fatal::Shutdown => "shutdown",
+            Fatal::Inbound(_) => "error",
+        }
+    }
+}
+
+impl From<&Fatal> for Status {
+    fn from(fatal: &Fatal) -> Status {
+        match fatal {
+            Fatal::SlowConsumer => Status::resource_exhausted(
+                "slow consumer: outbound queue full, messages were not read fast enough",
+            ),
+            Fatal::IdleTimeout => Status::unavailable("idle timeout"),
+            Fatal::Shutdown => Status::unavailable("server shutting down"),
+            // gRPC convention: a message over the receive limit is RESOURCE_EXHAUSTED.
+            Fatal::Inbound(s) if s.code() == Code::OutOfRange => {
+                Status::resource_exhausted(s.message().to_string())
+            }
+            Fatal::Inbound(s) => s.clone(),
+        }
+    }
+}

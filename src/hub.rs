@@ -1,0 +1,123 @@
+//! The state every actor and the gRPC edge share: configuration, the arbiters to start actors
+//! on, the room registry and the table of open sessions (for admission and shutdown).
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+};
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+use tonic::Status;
+
+use crate::{
+    config::Config,
+    error::Fatal,
+    names::SessionId,
+    outbound::SessionTx,
+    registry::RoomRegistry,
+    runtime::Arbiters,
+};
+
+#[derive(Debug)]
+pub struct Hub {
+    pub config: Arc<Config>,
+    pub arbiters: Arbiters,
+    pub rooms: RoomRegistry,
+    pub sessions: Arc<SessionTable>,
+}
+
+impl Hub {
+    pub fn new(config: Config, arbiters: Arbiters) -> Hub {
+        let max_sessions = config.server.max_sessions;
+        Hub {
+            config: Arc::new(config),
+            arbiters,
+            rooms: RoomRegistry::default(),
+            sessions: Arc::new(SessionTable::new(max_sessions)),
+        }
+    }
+}
+
+/// Open sessions by id. Admission happens here so `max_sessions` holds under concurrent connects.
+#[derive(Debug)]
+pub struct SessionTable {
+    open: DashMap<SessionId, SessionTx>,
+    next_id: AtomicU64,
+    /// Places taken, counted apart from `open` so admission is one atomic step.
+    admitted: AtomicUsize,
+    max: usize,
+    closing: AtomicBool,
+    count: watch::Sender<usize>,
+}
+
+impl SessionTable {
+    fn new(max: usize) -> SessionTable {
+        SessionTable {
+            open: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            admitted: AtomicUsize::new(0),
+            max,
+            closing: AtomicBool::new(false),
+            count: watch::Sender::new(0),
+        }
+    }
+
+    /// Registers a new session, or refuses it when the server is full or shutting down.
+    pub fn admit(self: &Arc<Self>, tx: &SessionTx) -> Result<SessionPermit, Status> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Status::unavailable("server shutting down"));
+        }
+        // Take a place first, then check: two racing admissions cannot both take the last one.
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return Err(Status::resource_exhausted(format!(
+                "server is at max_sessions ({})",
+                self.max
+            )));
+        }
+        let id = SessionId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        self.open.insert(id, tx.clone());
+        self.count.send_replace(self.open.len());
+        Ok(SessionPermit {
+            id,
+            table: self.clone(),
+        })
+    }
+
+    /// Refuses new sessions and ends every open one with `fatal`.
+    pub fn end_all(&self, fatal: Fatal) {
+        self.closing.store(true, Ordering::Release);
+        for entry in self.open.iter() {
+            entry.value().end(fatal.clone());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Watches the number of open sessions.
+    pub fn watch_count(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+}
+
+/// A session's place in the table, given back when the session actor is dropped.
+#[derive(Debug)]
+pub struct SessionPermit {
+    pub id: SessionId,
+    table: Arc<SessionTable>,
+}
+
+impl Drop for SessionPermit {
+    fn drop(&mut self) {
+        self.table.open.remove(&self.id);
+        self.table.admitted.fetch_sub(1, Ordering::AcqRel);
+        self.table.count.send_replace(self.table.open.len());
+    }
+}

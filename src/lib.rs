@@ -1,0 +1,31 @@
+//! chatrooms: a chat room engine on gRPC bidirectional streams.
+//!
+//! ```text
+//!  client ──HTTP/2 stream──▶ service (tonic edge) ──Inbound mail──▶ Session actor ──Join/Post/Leave──▶ Room actor
+//!     ▲                                                                                                  │
+//!     └──────────── OutboundStream ◀── SessionTx (bounded queue, try_deliver) ◀──────────── fan-out ─────┘
+//! ```
+//!
+//! - [`service`]: the gRPC edge; starts a [`actors::session::Session`] per stream.
+//! - [`actors`]: Session (identity, joined rooms, idle) and Room (members, seq, history, fan-out).
+//! - [`registry`]: room name → room actor, with a race-free remove-if-still-empty.
+//! - [`outbound`]: the per-session bounded queue and the slow-consumer rule.
+//! - [`config`]: the TOML schema and per-room limits; [`server`]: assembly and shutdown.
+
+pub mod actors;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod history;
+pub mod hub;
+pub mod limits;
+pub mod names;
+pub mod outbound;
+pub mod proto;
+pub mod registry;
+pub mod runtime;
+pub mod server;
+pub mod service;
+
+pub use config::Config;
+pub use server::{Server, shutdown_signal};

@@ -1,0 +1,184 @@
+//! A session's send handle and the response stream it feeds. [`SessionTx`] owns the one rule
+//! about slow consumers: rooms `try_deliver` without waiting, and a full queue is reported back so
+//! the room can drop the member. A [`Fatal`] set on the handle ends the stream with its status,
+//! either at once or after the queue drains (shutdown).
+
+use std::{
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context, Poll},
+};
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_stream::Stream;
+use tonic::Status;
+
+use crate::error::Fatal;
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Sent,
+    /// The queue is full: the member reads too slowly.
+    Full,
+    /// The stream is gone or already ended.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    fatal: OnceLock<Fatal>,
+    /// The response stream's task, woken when `fatal` is set so it ends even with a full queue.
+    waker: AtomicWaker,
+}
+
+/// Cheap to clone: every room a session joins holds one.
+#[derive(Debug, Clone)]
+pub struct SessionTx {
+    tx: mpsc::Sender<Bytes>,
+    shared: Arc<Shared>,
+}
+
+impl SessionTx {
+    /// A bounded queue of `capacity` messages and the response stream that drains it.
+    pub fn channel(capacity: usize) -> (SessionTx, OutboundStream) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let shared = Arc::new(Shared::default());
+        let stream = OutboundStream {
+            rx,
+            shared: shared.clone(),
+            done: false,
+        };
+        (SessionTx { tx, shared }, stream)
+    }
+
+    /// Queues `message` without waiting.
+    pub fn try_deliver(&self, message: Bytes) -> Delivery {
+        if self.is_ended() {
+            return Delivery::Closed;
+        }
+        match self.tx.try_send(message) {
+            Ok(()) => Delivery::Sent,
+            Err(TrySendError::Full(_)) => Delivery::Full,
+            Err(TrySendError::Closed(_)) => Delivery::Closed,
+        }
+    }
+
+    /// Ends the stream with `fatal`'s status; the first reason given wins.
+    pub fn end(&self, fatal: Fatal) {
+        if self.shared.fatal.set(fatal).is_ok() {
+            self.shared.waker.wake();
+        }
+    }
+
+    /// Why the stream was ended, if it was.
+    pub fn fatal(&self) -> Option<&Fatal> {
+        self.shared.fatal.get()
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.shared.fatal.get().is_some()
+    }
+
+    /// Whether both handles belong to the same stream.
+    pub fn same_stream(&self, other: &SessionTx) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+/// The response body of one `ChatStream` call.
+#[derive(Debug)]
+pub struct OutboundStream {
+    rx: mpsc::Receiver<Bytes>,
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl Stream for OutboundStream {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        // Registered before looking at `fatal`, so an `end()` racing with this poll still wakes us.
+        this.shared.waker.register(cx.waker());
+        let fatal = this.shared.fatal.get();
+        let finished = match fatal {
+            Some(f) if !f.drains_first() => Some(f),
+            _ => match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                // Every sender is gone: the session ended; say why if it was not a clean end.
+                Poll::Ready(None) => fatal,
+                Poll::Pending if fatal.is_some() => fatal,
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        this.done = true;
+        this.rx.close();
+        Poll::Ready(finished.map(|f| Err(Status::from(f))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn full_queue_is_reported_not_awaited() {
+        let (tx, _stream) = SessionTx::channel(2);
+        assert_eq!(tx.try_deliver(Bytes::from_static(b"1")), Delivery::Sent);
+        assert_eq!(tx.try_deliver(Bytes::from_static(b"2")), Delivery::Sent);
+        assert_eq!(tx.try_deliver(Bytes::from_static(b"3")), Delivery::Full);
+    }
+
+    #[tokio::test]
+    async fn slow_consumer_ends_at_once_dropping_the_backlog() {
+        let (tx, mut stream) = SessionTx::channel(4);
+        tx.try_deliver(Bytes::from_static(b"queued"));
+        tx.end(Fatal::SlowConsumer);
+        let status = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(stream.next().await.is_none());
+        assert_eq!(tx.try_deliver(Bytes::from_static(b"late")), Delivery::Closed);
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_the_queue_first() {
+        let (tx, mut stream) = SessionTx::channel(4);
+        tx.try_deliver(Bytes::from_static(b"a"));
+        tx.try_deliver(Bytes::from_static(b"b"));
+        tx.end(Fatal::Shutdown);
+        assert_eq!(stream.next().await.unwrap().unwrap(), "a");
+        assert_eq!(stream.next().await.unwrap().unwrap(), "b");
+        let status = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn dropping_every_sender_ends_cleanly_after_the_backlog() {
+        let (tx, mut stream) = SessionTx::channel(4);
+        tx.try_deliver(Bytes::from_static(b"last"));
+        drop(tx);
+        assert_eq!(stream.next().await.unwrap().unwrap(), "last");
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn end_wakes_a_waiting_stream() {
+        let (tx, mut stream) = SessionTx::channel(4);
+        let waiter = tokio::spawn(async move { stream.next().await });
+        tokio::task::yield_now().await;
+        tx.end(Fatal::IdleTimeout);
+        let item = tokio::time::timeout(std::time::Duration::from_secs(2), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(item.unwrap().unwrap_err().code(), tonic::Code::Unavailable);
+    }
+}

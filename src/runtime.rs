@@ -1,0 +1,96 @@
+//! The actor runtime: an actix `System` on a thread of its own with one arbiter (event-loop
+//! thread) per core. Actors cannot be started from tonic's tasks (they have no `LocalSet`), so
+//! every session and room is started with `start_in_arbiter` on one of these handles.
+
+use std::{
+    io,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+};
+
+use actix_rt::{Arbiter, ArbiterHandle, System};
+
+/// Handles to the arbiters, handed out round-robin so sessions and rooms spread over the cores.
+#[derive(Debug, Clone)]
+pub struct Arbiters {
+    handles: Arc<[ArbiterHandle]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Arbiters {
+    pub fn next(&self) -> &ArbiterHandle {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.handles[i % self.handles.len()]
+    }
+}
+
+/// Owns the actix system thread; [`ActorRuntime::stop`] (or drop) stops every arbiter and with
+/// them every actor still running.
+#[derive(Debug)]
+pub struct ActorRuntime {
+    arbiters: Arbiters,
+    system: System,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ActorRuntime {
+    /// Starts `threads` arbiters (at least one).
+    pub fn start(threads: usize) -> io::Result<ActorRuntime> {
+        let threads = threads.max(1);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("actix-system".into())
+            .spawn(move || {
+                let runner = System::new();
+                let arbiters: io::Result<Vec<Arbiter>> = (0..threads).map(|_| Arbiter::try_new()).collect();
+                let arbiters = match arbiters {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
+                let _ = ready_tx.send(Ok((System::current(), handles)));
+                // Returns once `System::stop` is called; the system has then asked every arbiter
+                // to stop, and joining them makes sure every actor has been dropped.
+                let _ = runner.run();
+                for arbiter in arbiters {
+                    arbiter.stop();
+                    let _ = arbiter.join();
+                }
+            })?;
+        let (system, handles) = ready_rx
+            .recv()
+            .map_err(|_| io::Error::other("actor system thread died while starting"))??;
+        Ok(ActorRuntime {
+            arbiters: Arbiters {
+                handles: handles.into(),
+                next: Arc::new(AtomicUsize::new(0)),
+            },
+            system,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn arbiters(&self) -> Arbiters {
+        self.arbiters.clone()
+    }
+
+    /// Stops every arbiter and waits for their threads. Must not be called from an arbiter.
+    pub fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.system.stop();
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ActorRuntime {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
