@@ -1,0 +1,302 @@
+//! Test harness: a real server in-process on 127.0.0.1:0 and real tonic clients. Every wait is
+//! bounded by [`WAIT`]; absence is asserted by waiting [`QUIET`] for nothing to arrive.
+#![allow(dead_code)] // each test binary uses its own subset of the helpers
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use chatrooms::{
+    Config, Server,
+    codec::ChatCodec,
+    hub::Hub,
+    proto::{Kind, Message, chat_service_client::ChatServiceClient},
+};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+    time::timeout,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{
+    Code, Status, Streaming,
+    transport::{Channel, Endpoint},
+};
+
+/// Upper bound for anything the server is expected to do.
+pub const WAIT: Duration = Duration::from_secs(10);
+/// How long "nothing arrives" is watched for.
+pub const QUIET: Duration = Duration::from_millis(200);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub hub: Arc<Hub>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with `toml` (may be empty) as its configuration; the listener is bound
+    /// before the server task is spawned, so clients can connect at once.
+    pub async fn start(toml: &str) -> TestServer {
+        let config = Config::parse(toml, "test.toml").expect("test config is valid");
+        TestServer::start_with(config).await
+    }
+
+    pub async fn start_with(config: Config) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Server::new(listener, config).unwrap();
+        let hub = server.hub();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .serve(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("server ran");
+        });
+        TestServer {
+            addr,
+            hub,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::from_shared(format!("http://{}", self.addr)).unwrap()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        self.endpoint().connect().await.unwrap()
+    }
+
+    /// A client on its own connection whose first request names it `user`.
+    pub async fn client(&self, user: &str) -> Client {
+        Client::open(self.channel().await, user).await
+    }
+
+    /// Shuts the server down and waits until it has stopped.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            timeout(WAIT, task).await.expect("server stops in time").unwrap();
+        }
+    }
+
+    /// Waits until the registry holds `n` rooms.
+    pub async fn wait_rooms(&self, n: usize) {
+        let mut count = self.hub.rooms.watch_count();
+        timeout(WAIT, count.wait_for(|c| *c == n))
+            .await
+            .unwrap_or_else(|_| panic!("rooms never reached {n}, now {}", self.hub.rooms.len()))
+            .unwrap();
+    }
+
+    /// Waits until `n` sessions are open.
+    pub async fn wait_sessions(&self, n: usize) {
+        let mut count = self.hub.sessions.watch_count();
+        timeout(WAIT, count.wait_for(|c| *c == n))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("sessions never reached {n}, now {}", self.hub.sessions.len())
+            })
+            .unwrap();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// One `ChatStream` call: requests go in through `tx`, replies come out of `rx`.
+pub struct Client {
+    pub user: String,
+    tx: Option<mpsc::Sender<Message>>,
+    pub rx: Streaming<Message>,
+    next_ref: u64,
+}
+
+impl Client {
+    pub async fn open(channel: Channel, user: &str) -> Client {
+        let (tx, rx) = mpsc::channel(1024);
+        let rx = ChatServiceClient::new(channel)
+            .chat_stream(ReceiverStream::new(rx))
+            .await
+            .expect("stream opens")
+            .into_inner();
+        Client {
+            user: user.to_string(),
+            tx: Some(tx),
+            rx,
+            next_ref: 0,
+        }
+    }
+
+    pub fn fresh_ref(&mut self) -> String {
+        self.next_ref += 1;
+        format!("{}-{}", self.user, self.next_ref)
+    }
+
+    /// Sends `message` with this client's `user` filled in if empty.
+    pub async fn send(&self, mut message: Message) {
+        if message.user.is_empty() {
+            message.user = self.user.clone();
+        }
+        self.tx
+            .as_ref()
+            .expect("not half-closed")
+            .send(message)
+            .await
+            .expect("request stream open");
+    }
+
+    /// Half-closes the request stream (CloseSend).
+    pub fn close_send(&mut self) {
+        self.tx = None;
+    }
+
+    pub async fn send_kind(&mut self, kind: Kind, room: &str) -> String {
+        let r#ref = self.fresh_ref();
+        self.send(Message {
+            kind: kind.into(),
+            room: room.into(),
+            r#ref: r#ref.clone(),
+            ..Message::default()
+        })
+        .await;
+        r#ref
+    }
+
+    /// JOINs `room` and returns its JOINED.
+    pub async fn join(&mut self, room: &str) -> Message {
+        self.join_since(room, 0).await
+    }
+
+    pub async fn join_since(&mut self, room: &str, since_seq: u64) -> Message {
+        let r#ref = self.fresh_ref();
+        self.send(Message {
+            kind: Kind::Join.into(),
+            room: room.into(),
+            since_seq,
+            r#ref: r#ref.clone(),
+            ..Message::default()
+        })
+        .await;
+        let joined = self.expect(Kind::Joined).await;
+        assert_eq!(joined.r#ref, r#ref);
+        joined
+    }
+
+    /// Posts `content` to `room` and returns the ref used.
+    pub async fn chat(&mut self, room: &str, content: &str) -> String {
+        let r#ref = self.fresh_ref();
+        self.send(Message {
+            kind: Kind::Chat.into(),
+            room: room.into(),
+            content: content.into(),
+            r#ref: r#ref.clone(),
+            ..Message::default()
+        })
+        .await;
+        r#ref
+    }
+
+    /// The next reply; panics on a status, end of stream or [`WAIT`].
+    pub async fn next(&mut self) -> Message {
+        match timeout(WAIT, self.rx.message()).await {
+            Ok(Ok(Some(message))) => message,
+            Ok(Ok(None)) => panic!("{}: stream ended", self.user),
+            Ok(Err(status)) => panic!("{}: stream failed: {status:?}", self.user),
+            Err(_) => panic!("{}: nothing received in {WAIT:?}", self.user),
+        }
+    }
+
+    /// The next reply, which must be of `kind`.
+    pub async fn expect(&mut self, kind: Kind) -> Message {
+        let message = self.next().await;
+        assert_eq!(message.kind(), kind, "{}: unexpected {message:?}", self.user);
+        message
+    }
+
+    /// The next reply, which must be an ERROR with `code`.
+    pub async fn expect_error(&mut self, code: &str) -> Message {
+        let message = self.expect(Kind::Error).await;
+        assert_eq!(message.code, code, "{}: {message:?}", self.user);
+        assert!(!message.content.is_empty(), "an error says why");
+        message
+    }
+
+    /// Skips messages until one satisfies `pred`.
+    pub async fn until(&mut self, pred: impl Fn(&Message) -> bool) -> Message {
+        loop {
+            let message = self.next().await;
+            if pred(&message) {
+                return message;
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for [`QUIET`].
+    pub async fn expect_silence(&mut self) {
+        if let Ok(next) = timeout(QUIET, self.rx.message()).await {
+            panic!("{}: expected silence, got {next:?}", self.user);
+        }
+    }
+
+    /// Reads until the stream ends; returns what was received and the final status (`None` = OK).
+    pub async fn drain_to_end(&mut self) -> (Vec<Message>, Option<Status>) {
+        let mut received = Vec::new();
+        loop {
+            match timeout(WAIT, self.rx.message()).await {
+                Ok(Ok(Some(message))) => received.push(message),
+                Ok(Ok(None)) => return (received, None),
+                Ok(Err(status)) => return (received, Some(status)),
+                Err(_) => panic!("{}: stream did not end in {WAIT:?}", self.user),
+            }
+        }
+    }
+
+    /// Reads until the stream fails and returns the status code.
+    pub async fn expect_end(&mut self, code: Code) -> Status {
+        let (_, status) = self.drain_to_end().await;
+        let status = status.unwrap_or_else(|| panic!("{}: ended OK, expected {code:?}", self.user));
+        assert_eq!(status.code(), code, "{status:?}");
+        status
+    }
+}
+
+/// A stream whose requests are raw bytes, for frames no well-behaved client would send.
+pub async fn raw_stream(
+    channel: Channel,
+) -> (mpsc::Sender<Bytes>, Streaming<Message>) {
+    let (tx, rx) = mpsc::channel(16);
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = "/chat.v1.ChatService/ChatStream".parse().unwrap();
+    let response = grpc
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            path,
+            ChatCodec,
+        )
+        .await
+        .expect("stream opens");
+    (tx, response.into_inner())
+}
+
+pub fn chat_contents(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m.kind() == Kind::Chat)
+        .map(|m| m.content.clone())
+        .collect()
+}
