@@ -1,0 +1,240 @@
+//! Every ERROR code, and bad input that ends only the offending stream: each refusal names its
+//! code, says why, echoes room and ref, and the stream and every other session carry on.
+
+mod common;
+
+use bytes::Bytes;
+use chatrooms::proto::{Kind, Message};
+use common::{TestServer, WAIT, raw_stream};
+use prost::Message as _;
+use tokio::time::timeout;
+use tonic::Code;
+
+#[tokio::test]
+async fn room_full() {
+    let server = TestServer::start("[limits]\nmax_members = 2\n").await;
+    let mut a = server.client("a").await;
+    let mut b = server.client("b").await;
+    let mut c = server.client("c").await;
+    a.join("r").await;
+    b.join("r").await;
+    c.send_kind(Kind::Join, "r").await;
+    c.expect_error("room_full").await;
+    // Once someone leaves there is room again.
+    b.send_kind(Kind::Leave, "r").await;
+    b.expect(Kind::Left).await;
+    c.join("r").await;
+}
+
+#[tokio::test]
+async fn rate_limited_refuses_beyond_the_burst_and_takes_no_seq() {
+    let server = TestServer::start("[limits]\nrate_per_sec = 0.001\nburst = 3\n").await;
+    let mut a = server.client("a").await;
+    a.join("r").await;
+    for n in 0..5 {
+        a.chat("r", &n.to_string()).await;
+    }
+    for seq in 1..=3 {
+        assert_eq!(a.expect(Kind::Chat).await.seq, seq);
+    }
+    let error = a.expect_error("rate_limited").await;
+    assert_eq!(error.room, "r");
+    a.expect_error("rate_limited").await;
+    // PING is not rate limited and the stream is still open.
+    a.send_kind(Kind::Ping, "").await;
+    a.expect(Kind::Pong).await;
+}
+
+#[tokio::test]
+async fn rate_limit_is_per_member_per_room() {
+    let server = TestServer::start("[limits]\nrate_per_sec = 0.001\nburst = 1\n").await;
+    let mut a = server.client("a").await;
+    let mut b = server.client("b").await;
+    a.join("x").await;
+    a.join("y").await;
+    b.join("x").await;
+    a.expect(Kind::Join).await;
+    a.chat("x", "1").await;
+    a.expect(Kind::Chat).await;
+    b.expect(Kind::Chat).await;
+    a.chat("y", "own bucket in y").await;
+    assert_eq!(a.expect(Kind::Chat).await.room, "y");
+    b.chat("x", "own bucket for b").await;
+    assert_eq!(b.expect(Kind::Chat).await.user, "b");
+    a.chat("x", "2").await;
+    a.until(|m| m.kind() == Kind::Error).await;
+}
+
+#[tokio::test]
+async fn message_too_large_but_exactly_the_limit_is_accepted() {
+    let server = TestServer::start("[limits]\nmax_message_bytes = 8\n").await;
+    let mut a = server.client("a").await;
+    a.join("r").await;
+    a.chat("r", "12345678").await;
+    assert_eq!(a.expect(Kind::Chat).await.content, "12345678");
+    // Bytes, not characters: 5 × 'é' is 10 bytes.
+    let r#ref = a.chat("r", "ééééé").await;
+    let error = a.expect_error("message_too_large").await;
+    assert_eq!((error.room.as_str(), error.r#ref), ("r", r#ref));
+}
+
+#[tokio::test]
+async fn not_a_member_for_chat_and_leave() {
+    let server = TestServer::start("").await;
+    let mut a = server.client("a").await;
+    a.chat("elsewhere", "hi").await;
+    a.expect_error("not_a_member").await;
+    a.send_kind(Kind::Leave, "elsewhere").await;
+    a.expect_error("not_a_member").await;
+}
+
+#[tokio::test]
+async fn invalid_room() {
+    let server = TestServer::start("").await;
+    let mut a = server.client("a").await;
+    for bad in ["has space".to_string(), "tab\t".into(), "r".repeat(129)] {
+        let r#ref = a.send_kind(Kind::Join, &bad).await;
+        let error = a.expect_error("invalid_room").await;
+        assert_eq!((error.room, error.r#ref), (bad, r#ref));
+    }
+    assert_eq!(a.join(&"r".repeat(128)).await.room.len(), 128);
+}
+
+#[tokio::test]
+async fn invalid_user_until_the_session_has_a_valid_name() {
+    let server = TestServer::start("").await;
+    for bad in ["", "   ", "bell\u{7}", &"x".repeat(65)] {
+        let mut anon = server.client(bad).await;
+        anon.send(Message {
+            kind: Kind::Join.into(),
+            room: "r".into(),
+            user: bad.into(),
+            ..Message::default()
+        })
+        .await;
+        anon.expect_error("invalid_user").await;
+        // PING needs no name.
+        anon.send(Message {
+            kind: Kind::Ping.into(),
+            user: bad.into(),
+            ..Message::default()
+        })
+        .await;
+        anon.expect(Kind::Pong).await;
+        // A later valid name is taken, and the stream carries on.
+        anon.send(Message {
+            kind: Kind::Join.into(),
+            room: "r".into(),
+            user: "named-later".into(),
+            ..Message::default()
+        })
+        .await;
+        assert_eq!(anon.expect(Kind::Joined).await.user, "named-later");
+    }
+}
+
+#[tokio::test]
+async fn too_many_rooms_counts_the_default_room() {
+    let server = TestServer::start("[session]\nmax_rooms_per_session = 2\n").await;
+    let mut a = server.client("a").await;
+    a.join("one").await;
+    a.chat("", "auto-joins the lobby").await;
+    a.expect(Kind::Chat).await;
+    a.send_kind(Kind::Join, "three").await;
+    let error = a.expect_error("too_many_rooms").await;
+    assert_eq!(error.room, "three");
+    // Rejoining a room already joined is not a new room.
+    a.join("one").await;
+}
+
+#[tokio::test]
+async fn bad_request_for_kinds_a_client_may_not_send_and_missing_fields() {
+    let server = TestServer::start("").await;
+    let mut a = server.client("a").await;
+    for kind in [Kind::Pong as i32, Kind::Error as i32, Kind::Joined as i32, Kind::Left as i32, 99] {
+        a.send(Message {
+            kind,
+            room: "r".into(),
+            r#ref: format!("k{kind}"),
+            ..Message::default()
+        })
+        .await;
+        let error = a.expect_error("bad_request").await;
+        assert_eq!(error.r#ref, format!("k{kind}"));
+    }
+    a.send_kind(Kind::Leave, "").await;
+    a.expect_error("bad_request").await;
+    a.join("r").await;
+    a.chat("r", "").await;
+    a.expect_error("bad_request").await;
+    // Still a working session.
+    a.chat("r", "fine").await;
+    assert_eq!(a.expect(Kind::Chat).await.content, "fine");
+}
+
+#[tokio::test]
+async fn undecodable_frame_ends_only_that_stream() {
+    let server = TestServer::start("").await;
+    let mut bystander = server.client("bystander").await;
+    bystander.join("lobby").await;
+
+    let (tx, mut replies) = raw_stream(server.channel().await).await;
+    // Field 1 (user) announced as 100 bytes long, but the frame ends after 3.
+    tx.send(Bytes::from_static(&[0x0a, 100, b'a', b'b', b'c'])).await.unwrap();
+    let status = timeout(WAIT, replies.message()).await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    bystander.chat("lobby", "still fine").await;
+    assert_eq!(bystander.expect(Kind::Chat).await.content, "still fine");
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_a_string_field_ends_only_that_stream() {
+    let server = TestServer::start("").await;
+    let (tx, mut replies) = raw_stream(server.channel().await).await;
+    let mut frame = Message { user: "ok".into(), ..Message::default() }.encode_to_vec();
+    frame.extend_from_slice(&[0x12, 2, 0xff, 0xfe]); // content = invalid UTF-8
+    tx.send(Bytes::from(frame)).await.unwrap();
+    let status = timeout(WAIT, replies.message()).await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    server.wait_sessions(0).await;
+}
+
+#[tokio::test]
+async fn frame_over_the_decode_limit_is_refused_before_it_is_buffered() {
+    let server = TestServer::start("[limits]\nmax_message_bytes = 100\n").await;
+    let mut bystander = server.client("bystander").await;
+    bystander.join("r").await;
+    let mut a = server.client("a").await;
+    a.join("r").await;
+    bystander.expect(Kind::Join).await;
+    a.chat("r", &"x".repeat(64 * 1024)).await;
+    a.expect_end(Code::ResourceExhausted).await;
+    // The others carry on, and see the offender leave.
+    assert_eq!(bystander.expect(Kind::Leave).await.user, "a");
+    bystander.chat("r", "ok").await;
+    bystander.expect(Kind::Chat).await;
+}
+
+#[tokio::test]
+async fn server_only_fields_from_a_client_are_ignored() {
+    let server = TestServer::start("").await;
+    let mut a = server.client("a").await;
+    a.join("r").await;
+    a.send(Message {
+        kind: Kind::Chat.into(),
+        room: "r".into(),
+        content: "hi".into(),
+        id: "forged".into(),
+        seq: 999,
+        replay: true,
+        code: "room_full".into(),
+        members: vec!["m".into(); 100],
+        ..Message::default()
+    })
+    .await;
+    let own = a.expect(Kind::Chat).await;
+    assert_eq!((own.seq, own.replay, own.code.as_str()), (1, false, ""));
+    assert_ne!(own.id, "forged");
+    assert!(own.members.is_empty());
+}
