@@ -127,18 +127,21 @@ pub struct Client {
 
 impl Client {
     pub async fn open(channel: Channel, user: &str) -> Client {
+        Client::try_open(channel, user).await.expect("stream opens")
+    }
+
+    pub async fn try_open(channel: Channel, user: &str) -> Result<Client, Status> {
         let (tx, rx) = mpsc::channel(1024);
         let rx = ChatServiceClient::new(channel)
             .chat_stream(ReceiverStream::new(rx))
-            .await
-            .expect("stream opens")
+            .await?
             .into_inner();
-        Client {
+        Ok(Client {
             user: user.to_string(),
             tx: Some(tx),
             rx,
             next_ref: 0,
-        }
+        })
     }
 
     pub fn fresh_ref(&mut self) -> String {

@@ -1,0 +1,93 @@
+//! Back-pressure and liveness: a member that stops reading is dropped with RESOURCE_EXHAUSTED
+//! while everyone else receives everything; a silent session is ended with UNAVAILABLE.
+
+mod common;
+
+use chatrooms::proto::Kind;
+use common::{Client, TestServer};
+use tonic::Code;
+
+#[tokio::test]
+async fn slow_consumer_is_ended_with_resource_exhausted_while_others_get_everything() {
+    let server = TestServer::start(
+        "[session]\noutbound_queue = 16\n\
+         [limits]\nhistory = 8\nhistory_on_join = 0\nrate_per_sec = 100000\nburst = 100000\n",
+    )
+    .await;
+    // A small HTTP/2 window keeps what the transport buffers for the idle reader small.
+    let slow_channel = server
+        .endpoint()
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = Client::open(slow_channel, "slow").await;
+    slow.join("r").await;
+    let mut readers = Vec::new();
+    for i in 0..3 {
+        let mut c = server.client(&format!("reader{i}")).await;
+        c.join("r").await;
+        readers.push(c);
+    }
+    let mut sender = server.client("sender").await;
+    sender.join("r").await;
+
+    const TOTAL: usize = 300;
+    let body = "x".repeat(1000);
+    let mut reading = Vec::new();
+    for mut reader in readers {
+        reading.push(tokio::spawn(async move {
+            let mut chats = Vec::new();
+            let mut slow_left = false;
+            while chats.len() < TOTAL || !slow_left {
+                let m = reader.next().await;
+                match m.kind() {
+                    Kind::Chat => chats.push(m.seq),
+                    Kind::Leave if m.user == "slow" => slow_left = true,
+                    _ => {}
+                }
+            }
+            chats
+        }));
+    }
+    for n in 0..TOTAL {
+        sender.chat("r", &format!("{n}{body}")).await;
+    }
+    for r in reading {
+        assert_eq!(r.await.unwrap(), (1..=TOTAL as u64).collect::<Vec<_>>());
+    }
+    // The slow member now reads: whatever the transport held, then the status.
+    let (received, status) = slow.drain_to_end().await;
+    let status = status.expect("ended with a status");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(received.len() < TOTAL, "it was cut off, not served everything");
+    // The readers are gone with their tasks: only the sender is left.
+    server.wait_sessions(1).await;
+}
+
+#[tokio::test]
+async fn idle_session_is_ended_with_unavailable() {
+    let server = TestServer::start("[session]\nidle_timeout_ms = 300\n").await;
+    let mut idle = server.client("idle").await;
+    idle.join("r").await;
+    let status = idle.expect_end(Code::Unavailable).await;
+    assert_eq!(status.message(), "idle timeout");
+    server.wait_sessions(0).await;
+    server.wait_rooms(1).await; // the room itself waits for its own TTL
+}
+
+#[tokio::test]
+async fn pings_keep_a_session_alive() {
+    let server = TestServer::start("[session]\nidle_timeout_ms = 400\n").await;
+    let mut busy = server.client("busy").await;
+    let mut ticks = tokio::time::interval(std::time::Duration::from_millis(100));
+    // Ten PINGs over ~1 s: more than twice the idle timeout.
+    for _ in 0..10 {
+        ticks.tick().await;
+        busy.send_kind(Kind::Ping, "").await;
+        busy.expect(Kind::Pong).await;
+    }
+    // Then silence ends it.
+    busy.expect_end(Code::Unavailable).await;
+}
