@@ -192,10 +192,11 @@ impl Config {
             merged.extend(table.clone());
             let limits: RoomLimits = serde_path_to_error::deserialize(toml::Value::Table(merged))
                 .map_err(|e| {
-                    let key = format!("{prefix}.{}", e.path());
-                    invalid(file, &key, e.into_inner().message())
-                })?;
-            validate_limits(&limits, &self.session, &prefix).map_err(|(k, m)| invalid(file, &k, &m))?;
+                let key = format!("{prefix}.{}", e.path());
+                invalid(file, &key, e.into_inner().message())
+            })?;
+            validate_limits(&limits, &self.session, &prefix)
+                .map_err(|(k, m)| invalid(file, &k, &m))?;
             let limits = Arc::new(limits);
             if name.contains('*') {
                 resolved.globs.push((name.clone(), limits));
@@ -374,8 +375,14 @@ mod tests {
         assert_eq!(shipped.server.listen, defaults.server.listen);
         assert_eq!(shipped.server.default_room, defaults.server.default_room);
         assert_eq!(shipped.server.max_sessions, defaults.server.max_sessions);
-        assert_eq!(shipped.session.outbound_queue, defaults.session.outbound_queue);
-        assert_eq!(shipped.session.idle_timeout_ms, defaults.session.idle_timeout_ms);
+        assert_eq!(
+            shipped.session.outbound_queue,
+            defaults.session.outbound_queue
+        );
+        assert_eq!(
+            shipped.session.idle_timeout_ms,
+            defaults.session.idle_timeout_ms
+        );
         assert_eq!(
             shipped.session.max_rooms_per_session,
             defaults.session.max_rooms_per_session
@@ -407,10 +414,16 @@ mod tests {
     fn impossible_values_are_refused() {
         for (text, key) in [
             ("[limits]\nmax_members = 0", "limits.max_members"),
-            ("[limits]\nhistory = 5\nhistory_on_join = 6", "limits.history_on_join"),
+            (
+                "[limits]\nhistory = 5\nhistory_on_join = 6",
+                "limits.history_on_join",
+            ),
             ("[limits]\nrate_per_sec = 0", "limits.rate_per_sec"),
             ("[limits]\nburst = 0", "limits.burst"),
-            ("[limits]\nmax_message_bytes = 0", "limits.max_message_bytes"),
+            (
+                "[limits]\nmax_message_bytes = 0",
+                "limits.max_message_bytes",
+            ),
             ("[session]\noutbound_queue = 50", "limits.history"),
             ("[server]\ndefault_room = \"a b\"", "server.default_room"),
             ("[server]\nmax_sessions = 0", "server.max_sessions"),

@@ -44,12 +44,16 @@ impl History {
     /// Retained messages with a sequence number above `since_seq`, oldest first.
     pub fn after(&self, since_seq: u64) -> impl Iterator<Item = &Bytes> {
         let skip = (since_seq + 1).saturating_sub(self.first_seq);
-        self.entries.iter().skip(usize::try_from(skip).unwrap_or(usize::MAX))
+        self.entries
+            .iter()
+            .skip(usize::try_from(skip).unwrap_or(usize::MAX))
     }
 
     /// The newest `n` retained messages, oldest first.
     pub fn last(&self, n: usize) -> impl Iterator<Item = &Bytes> {
-        self.entries.iter().skip(self.entries.len().saturating_sub(n))
+        self.entries
+            .iter()
+            .skip(self.entries.len().saturating_sub(n))
     }
 
     /// Shrinks or grows the ring, dropping the oldest entries that no longer fit.

@@ -11,11 +11,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use crate::{
-    config::Config,
-    error::Fatal,
-    names::SessionId,
-    outbound::SessionTx,
-    registry::RoomRegistry,
+    config::Config, error::Fatal, names::SessionId, outbound::SessionTx, registry::RoomRegistry,
     runtime::Arbiters,
 };
 

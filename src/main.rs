@@ -30,7 +30,10 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("chatrooms: cannot start the async runtime: {error}");
@@ -41,7 +44,9 @@ fn main() -> ExitCode {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
-        Server::new(listener, config)?.serve(shutdown_signal()).await?;
+        Server::new(listener, config)?
+            .serve(shutdown_signal())
+            .await?;
         anyhow::Ok(())
     });
     match result {

@@ -144,7 +144,10 @@ mod tests {
         let status = stream.next().await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert!(stream.next().await.is_none());
-        assert_eq!(tx.try_deliver(Bytes::from_static(b"late")), Delivery::Closed);
+        assert_eq!(
+            tx.try_deliver(Bytes::from_static(b"late")),
+            Delivery::Closed
+        );
     }
 
     #[tokio::test]

@@ -19,7 +19,8 @@ pub mod chat_service_server {
 }
 
 /// Descriptor of `chat.proto`, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));
 
 /// Field numbers appended to an already-encoded message (see [`with_ref`] and [`as_replay`]).
 const REF_FIELD: u32 = 8;
@@ -103,13 +104,25 @@ mod tests {
     fn appended_ref_decodes_as_the_ref_field() {
         let live = encode(&chat());
         let decoded = Message::decode(with_ref(&live, "r-42")).unwrap();
-        assert_eq!(decoded, Message { r#ref: "r-42".into(), ..chat() });
+        assert_eq!(
+            decoded,
+            Message {
+                r#ref: "r-42".into(),
+                ..chat()
+            }
+        );
         assert_eq!(with_ref(&live, ""), live);
     }
 
     #[test]
     fn appended_replay_flag_decodes_and_keeps_the_original() {
         let decoded = Message::decode(as_replay(&encode(&chat()))).unwrap();
-        assert_eq!(decoded, Message { replay: true, ..chat() });
+        assert_eq!(
+            decoded,
+            Message {
+                replay: true,
+                ..chat()
+            }
+        );
     }
 }

@@ -47,7 +47,10 @@ impl RoomRegistry {
 
     /// Unregisters `name` if it still maps to `addr`; a newer room of the same name stays.
     pub fn remove_if_same(&self, name: &RoomName, addr: &Addr<Room>) -> bool {
-        let removed = self.rooms.remove_if(name, |_, current| current == addr).is_some();
+        let removed = self
+            .rooms
+            .remove_if(name, |_, current| current == addr)
+            .is_some();
         if removed {
             self.count.send_replace(self.rooms.len());
         }

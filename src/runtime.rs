@@ -45,7 +45,8 @@ impl ActorRuntime {
             .name("actix-system".into())
             .spawn(move || {
                 let runner = System::new();
-                let arbiters: io::Result<Vec<Arbiter>> = (0..threads).map(|_| Arbiter::try_new()).collect();
+                let arbiters: io::Result<Vec<Arbiter>> =
+                    (0..threads).map(|_| Arbiter::try_new()).collect();
                 let arbiters = match arbiters {
                     Ok(a) => a,
                     Err(e) => {

@@ -9,12 +9,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::{
-    config::Config,
-    error::Fatal,
-    hub::Hub,
-    proto::chat_service_server::ChatServiceServer,
-    runtime::ActorRuntime,
-    service::ChatEdge,
+    config::Config, error::Fatal, hub::Hub, proto::chat_service_server::ChatServiceServer,
+    runtime::ActorRuntime, service::ChatEdge,
 };
 
 #[derive(Debug, thiserror::Error)]

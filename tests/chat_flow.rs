@@ -26,7 +26,10 @@ async fn broadcast_reaches_every_member_including_the_sender() {
     assert_eq!(own.content, "hello");
     assert_eq!(own.r#ref, r#ref, "the sender's copy is its ack");
     assert_eq!(seen.r#ref, "", "refs are private to the sender");
-    assert_eq!((own.id.clone(), own.seq, own.user.clone()), (seen.id, seen.seq, seen.user));
+    assert_eq!(
+        (own.id.clone(), own.seq, own.user.clone()),
+        (seen.id, seen.seq, seen.user)
+    );
     assert_eq!(own.user, "ada");
 }
 
@@ -71,7 +74,11 @@ async fn order_is_identical_for_all_members_under_concurrent_senders() {
         watched.push((m.seq, m.content));
     }
     for sender in senders {
-        assert_eq!(sender.await.unwrap(), watched, "every member sees one order");
+        assert_eq!(
+            sender.await.unwrap(),
+            watched,
+            "every member sees one order"
+        );
     }
     let seqs: Vec<u64> = watched.iter().map(|(s, _)| *s).collect();
     assert_eq!(seqs, (1..=(SENDERS * EACH) as u64).collect::<Vec<_>>());
@@ -160,7 +167,10 @@ async fn requests_are_handled_in_send_order() {
     assert_eq!(ada.expect(Kind::Joined).await.r#ref, join_ref);
     for (n, r#ref) in refs.iter().enumerate() {
         let ack = ada.expect(Kind::Chat).await;
-        assert_eq!((&ack.r#ref, ack.content.as_str()), (r#ref, n.to_string().as_str()));
+        assert_eq!(
+            (&ack.r#ref, ack.content.as_str()),
+            (r#ref, n.to_string().as_str())
+        );
     }
     assert_eq!(ada.expect(Kind::Left).await.r#ref, leave_ref);
 }
@@ -199,7 +209,10 @@ async fn every_server_message_names_its_real_room() {
     assert_eq!(joined.room, "lobby");
     bob.join("").await;
     let presence = ada.expect(Kind::Join).await;
-    assert_eq!((presence.room.as_str(), presence.user.as_str()), ("lobby", "bob"));
+    assert_eq!(
+        (presence.room.as_str(), presence.user.as_str()),
+        ("lobby", "bob")
+    );
     bob.chat("", "hi").await;
     let rooms: HashSet<String> = [ada.expect(Kind::Chat).await, bob.expect(Kind::Chat).await]
         .into_iter()

@@ -56,7 +56,10 @@ async fn max_sessions_refuses_the_stream_over_the_limit() {
     let mut a = server.client("a").await;
     let _b = server.client("b").await;
     // The stream over the limit is refused at once; the others still work.
-    let refused = Client::try_open(server.channel().await, "c").await.err().expect("refused");
+    let refused = Client::try_open(server.channel().await, "c")
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     a.send_kind(Kind::Ping, "").await;
     a.expect(Kind::Pong).await;
@@ -76,7 +79,10 @@ fn run_binary_with(config: &str) -> (Option<i32>, String) {
         .output()
         .unwrap();
     let _ = std::fs::remove_file(&file.0);
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// A fresh file under the target directory (no extra crate for one temp file).
@@ -99,7 +105,10 @@ fn config_errors_exit_with_code_2_and_one_line_naming_file_and_key() {
         ("[server]\nlisen = \"127.0.0.1:1\"\n", "lisen"),
         ("[limits]\nmax_members = \"lots\"\n", "limits.max_members"),
         ("[limits]\nmax_members = 0\n", "limits.max_members"),
-        ("[limits]\nhistory = 5\nhistory_on_join = 10\n", "limits.history_on_join"),
+        (
+            "[limits]\nhistory = 5\nhistory_on_join = 10\n",
+            "limits.history_on_join",
+        ),
         ("[rooms.\"x\"]\nburst = -1\n", "rooms.\"x\".burst"),
         ("[server\n", "line 1"),
     ] {

@@ -151,7 +151,13 @@ async fn too_many_rooms_counts_the_default_room() {
 async fn bad_request_for_kinds_a_client_may_not_send_and_missing_fields() {
     let server = TestServer::start("").await;
     let mut a = server.client("a").await;
-    for kind in [Kind::Pong as i32, Kind::Error as i32, Kind::Joined as i32, Kind::Left as i32, 99] {
+    for kind in [
+        Kind::Pong as i32,
+        Kind::Error as i32,
+        Kind::Joined as i32,
+        Kind::Left as i32,
+        99,
+    ] {
         a.send(Message {
             kind,
             room: "r".into(),
@@ -180,7 +186,9 @@ async fn undecodable_frame_ends_only_that_stream() {
 
     let (tx, mut replies) = raw_stream(server.channel().await).await;
     // Field 1 (user) announced as 100 bytes long, but the frame ends after 3.
-    tx.send(Bytes::from_static(&[0x0a, 100, b'a', b'b', b'c'])).await.unwrap();
+    tx.send(Bytes::from_static(&[0x0a, 100, b'a', b'b', b'c']))
+        .await
+        .unwrap();
     let status = timeout(WAIT, replies.message()).await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
@@ -192,7 +200,11 @@ async fn undecodable_frame_ends_only_that_stream() {
 async fn invalid_utf8_in_a_string_field_ends_only_that_stream() {
     let server = TestServer::start("").await;
     let (tx, mut replies) = raw_stream(server.channel().await).await;
-    let mut frame = Message { user: "ok".into(), ..Message::default() }.encode_to_vec();
+    let mut frame = Message {
+        user: "ok".into(),
+        ..Message::default()
+    }
+    .encode_to_vec();
     frame.extend_from_slice(&[0x12, 2, 0xff, 0xfe]); // content = invalid UTF-8
     tx.send(Bytes::from(frame)).await.unwrap();
     let status = timeout(WAIT, replies.message()).await.unwrap().unwrap_err();

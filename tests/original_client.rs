@@ -66,7 +66,12 @@ async fn original_design_client_gets_its_five_messages_and_a_clean_end() {
         assert_eq!(message.room, "lobby");
         assert_eq!(message.seq, i as u64 + 1);
         assert!(message.timestamp > 1_000_000_000_000, "server time in ms");
-        assert_eq!(uuid::Uuid::parse_str(&message.id).unwrap().get_version_num(), 7);
+        assert_eq!(
+            uuid::Uuid::parse_str(&message.id)
+                .unwrap()
+                .get_version_num(),
+            7
+        );
     }
     // The session left the lobby on its way out.
     server.wait_sessions(0).await;

@@ -21,7 +21,10 @@ async fn join_gets_joined_with_members_and_presence_goes_to_the_others() {
     let joined = bob.join("general").await;
     assert_eq!(joined.members, vec!["ada", "bob"], "the joiner is included");
     let presence = ada.expect(Kind::Join).await;
-    assert_eq!((presence.user.as_str(), presence.room.as_str()), ("bob", "general"));
+    assert_eq!(
+        (presence.user.as_str(), presence.room.as_str()),
+        ("bob", "general")
+    );
     bob.expect_silence().await; // no presence about oneself
 }
 
@@ -96,7 +99,13 @@ async fn replay_keeps_original_id_seq_timestamp_and_user() {
     assert!(copy.replay);
     assert_eq!(
         (copy.id, copy.seq, copy.timestamp, copy.user, copy.r#ref),
-        (original.id, original.seq, original.timestamp, original.user, String::new())
+        (
+            original.id,
+            original.seq,
+            original.timestamp,
+            original.user,
+            String::new()
+        )
     );
 }
 
@@ -124,7 +133,11 @@ async fn replay_with_since_seq_has_no_gap_or_duplicate_at_the_live_boundary() {
     let mut seqs = Vec::new();
     while seqs.last() != Some(&TOTAL) {
         let m = reader.expect(Kind::Chat).await;
-        assert_eq!(m.replay, m.seq <= joined.seq, "replayed exactly up to JOINED.seq: {m:?}");
+        assert_eq!(
+            m.replay,
+            m.seq <= joined.seq,
+            "replayed exactly up to JOINED.seq: {m:?}"
+        );
         assert_eq!(m.content, m.seq.to_string());
         seqs.push(m.seq);
     }
@@ -163,7 +176,10 @@ async fn leave_gets_left_and_the_others_see_leave() {
     bob.send_kind(Kind::Leave, "r").await;
     bob.expect(Kind::Left).await;
     let presence = ada.expect(Kind::Leave).await;
-    assert_eq!((presence.user.as_str(), presence.room.as_str()), ("bob", "r"));
+    assert_eq!(
+        (presence.user.as_str(), presence.room.as_str()),
+        ("bob", "r")
+    );
 
     // bob no longer gets the room's traffic and may not post to it.
     ada.chat("r", "after").await;
@@ -210,9 +226,7 @@ async fn half_close_delivers_everything_queued_then_ends_ok() {
     let acks: Vec<String> = received.iter().map(|m| m.r#ref.clone()).collect();
     assert_eq!(acks, refs, "the acks of the last messages are delivered");
     // Then the session left its rooms.
-    let presence = bob
-        .until(|m| m.kind() == Kind::Leave)
-        .await;
+    let presence = bob.until(|m| m.kind() == Kind::Leave).await;
     assert_eq!(presence.user, "ada");
 }
 
@@ -263,7 +277,8 @@ async fn join_racing_with_the_empty_room_stop_is_never_lost() {
                 c.join("flicker").await;
                 let r#ref = c.chat("flicker", &format!("{}-{n}", c.user)).await;
                 // Our own ack must arrive: the JOIN landed in a live room.
-                c.until(|m| m.kind() == Kind::Chat && m.r#ref == r#ref).await;
+                c.until(|m| m.kind() == Kind::Chat && m.r#ref == r#ref)
+                    .await;
                 c.send_kind(Kind::Leave, "flicker").await;
                 c.until(|m| m.kind() == Kind::Left).await;
             }
@@ -288,7 +303,11 @@ async fn chat_to_the_default_room_joins_it_silently() {
         })
         .await;
     let own = plain.next().await;
-    assert_eq!((own.kind(), own.content.as_str()), (Kind::Chat, "hi"), "no JOINED first");
+    assert_eq!(
+        (own.kind(), own.content.as_str()),
+        (Kind::Chat, "hi"),
+        "no JOINED first"
+    );
     assert_eq!(watcher.expect(Kind::Join).await.user, "plain");
     let seen = watcher.expect(Kind::Chat).await;
     assert_eq!(chat_contents(&[seen]), vec!["hi"]);

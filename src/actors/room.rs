@@ -234,7 +234,10 @@ impl Handler<Post> for Room {
 
     fn handle(&mut self, post: Post, ctx: &mut Context<Self>) -> Self::Result {
         let limits = &self.limits;
-        let member = self.members.get_mut(&post.session).ok_or(ChatError::NotAMember)?;
+        let member = self
+            .members
+            .get_mut(&post.session)
+            .ok_or(ChatError::NotAMember)?;
         if post.content.len() > limits.max_message_bytes {
             return Err(ChatError::MessageTooLarge {
                 len: post.content.len(),
@@ -273,7 +276,10 @@ impl Handler<Leave> for Room {
     type Result = Result<(), ChatError>;
 
     fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) -> Self::Result {
-        let member = self.members.remove(&leave.session).ok_or(ChatError::NotAMember)?;
+        let member = self
+            .members
+            .remove(&leave.session)
+            .ok_or(ChatError::NotAMember)?;
         if let Some(r#ref) = leave.ack {
             let left = proto::Message {
                 r#ref,

@@ -126,7 +126,13 @@ impl Session {
         Ok(())
     }
 
-    fn join_mail(&self, user: UserName, since_seq: u64, ack: Option<String>, ctx: &Context<Self>) -> Join {
+    fn join_mail(
+        &self,
+        user: UserName,
+        since_seq: u64,
+        ack: Option<String>,
+        ctx: &Context<Self>,
+    ) -> Join {
         Join {
             session: self.id,
             user,
@@ -149,14 +155,14 @@ impl Session {
             return self.refuse(error, room.as_str(), r#ref, ctx);
         }
         let join = self.join_mail(user, since_seq, Some(r#ref.clone()), ctx);
-        let joining = join_room(self.hub.clone(), room.clone(), join).into_actor(self).map(
-            move |joined, session, ctx| match joined {
+        let joining = join_room(self.hub.clone(), room.clone(), join)
+            .into_actor(self)
+            .map(move |joined, session, ctx| match joined {
                 Ok(addr) => {
                     session.rooms.insert(room, addr);
                 }
                 Err(error) => session.refuse(error, room.as_str(), r#ref, ctx),
-            },
-        );
+            });
         ctx.wait(joining);
     }
 
@@ -294,7 +300,9 @@ impl Session {
 /// Joins `name`, retrying on a fresh room when the registered one is stopping or dead.
 async fn join_room(hub: Arc<Hub>, name: RoomName, join: Join) -> Result<Addr<Room>, ChatError> {
     for _ in 0..JOIN_ATTEMPTS {
-        let room = hub.rooms.get_or_create(&name, || Room::start(&hub, name.clone()));
+        let room = hub
+            .rooms
+            .get_or_create(&name, || Room::start(&hub, name.clone()));
         match room.send(join.clone()).await {
             Ok(Ok(())) => return Ok(room),
             Ok(Err(JoinError::Refused(error))) => return Err(error),
@@ -306,7 +314,9 @@ async fn join_room(hub: Arc<Hub>, name: RoomName, join: Join) -> Result<Addr<Roo
         }
     }
     warn!(room = %name, "JOIN kept meeting stopping rooms");
-    Err(ChatError::BadRequest("room is restarting, try again".into()))
+    Err(ChatError::BadRequest(
+        "room is restarting, try again".into(),
+    ))
 }
 
 impl Actor for Session {

@@ -84,7 +84,10 @@ impl TestServer {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            timeout(WAIT, task).await.expect("server stops in time").unwrap();
+            timeout(WAIT, task)
+                .await
+                .expect("server stops in time")
+                .unwrap();
         }
     }
 
@@ -103,7 +106,10 @@ impl TestServer {
         timeout(WAIT, count.wait_for(|c| *c == n))
             .await
             .unwrap_or_else(|_| {
-                panic!("sessions never reached {n}, now {}", self.hub.sessions.len())
+                panic!(
+                    "sessions never reached {n}, now {}",
+                    self.hub.sessions.len()
+                )
             })
             .unwrap();
     }
@@ -226,7 +232,12 @@ impl Client {
     /// The next reply, which must be of `kind`.
     pub async fn expect(&mut self, kind: Kind) -> Message {
         let message = self.next().await;
-        assert_eq!(message.kind(), kind, "{}: unexpected {message:?}", self.user);
+        assert_eq!(
+            message.kind(),
+            kind,
+            "{}: unexpected {message:?}",
+            self.user
+        );
         message
     }
 
@@ -278,9 +289,7 @@ impl Client {
 }
 
 /// A stream whose requests are raw bytes, for frames no well-behaved client would send.
-pub async fn raw_stream(
-    channel: Channel,
-) -> (mpsc::Sender<Bytes>, Streaming<Message>) {
+pub async fn raw_stream(channel: Channel) -> (mpsc::Sender<Bytes>, Streaming<Message>) {
     let (tx, rx) = mpsc::channel(16);
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
