@@ -6,12 +6,18 @@ use std::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
 };
 
+use actix::Addr;
 use dashmap::DashMap;
 use tokio::sync::watch;
 use tonic::Status;
 
 use crate::{
-    config::Config, error::Fatal, names::SessionId, outbound::SessionTx, registry::RoomRegistry,
+    actors::{End, session::Session},
+    config::Config,
+    error::Fatal,
+    names::SessionId,
+    outbound::SessionTx,
+    registry::RoomRegistry,
     runtime::Arbiters,
 };
 
@@ -38,7 +44,7 @@ impl Hub {
 /// Open sessions by id. Admission happens here so `max_sessions` holds under concurrent connects.
 #[derive(Debug)]
 pub struct SessionTable {
-    open: DashMap<SessionId, SessionTx>,
+    open: DashMap<SessionId, OpenSession>,
     next_id: AtomicU64,
     /// Places taken, counted apart from `open` so admission is one atomic step.
     admitted: AtomicUsize,
@@ -73,7 +79,11 @@ impl SessionTable {
             )));
         }
         let id = SessionId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        self.open.insert(id, tx.clone());
+        let entry = OpenSession {
+            tx: tx.clone(),
+            actor: None,
+        };
+        self.open.insert(id, entry);
         self.count.send_replace(self.open.len());
         Ok(SessionPermit {
             id,
@@ -81,11 +91,27 @@ impl SessionTable {
         })
     }
 
-    /// Refuses new sessions and ends every open one with `fatal`.
-    pub fn end_all(&self, fatal: Fatal) {
+    /// Records the actor of an admitted session, so [`SessionTable::shut_down`] can stop it.
+    pub fn attach(&self, id: SessionId, actor: Addr<Session>) {
+        if let Some(mut entry) = self.open.get_mut(&id) {
+            entry.actor = Some(actor.clone());
+        }
+        // A shutdown that began between admission and here has not seen this actor.
+        if self.closing.load(Ordering::Acquire) {
+            actor.do_send(End(Fatal::Shutdown));
+        }
+    }
+
+    /// Refuses new sessions and ends every open one: its stream gets UNAVAILABLE once what is
+    /// already queued has been delivered, and its actor stops (leaving its rooms).
+    pub fn shut_down(&self) {
         self.closing.store(true, Ordering::Release);
         for entry in self.open.iter() {
-            entry.value().end(fatal.clone());
+            entry.tx.end(Fatal::Shutdown);
+            if let Some(actor) = &entry.actor {
+                // do_send: one per session, once; the session must stop even with a busy mailbox.
+                actor.do_send(End(Fatal::Shutdown));
+            }
         }
     }
 
@@ -101,6 +127,13 @@ impl SessionTable {
     pub fn watch_count(&self) -> watch::Receiver<usize> {
         self.count.subscribe()
     }
+}
+
+#[derive(Debug)]
+struct OpenSession {
+    tx: SessionTx,
+    /// Set right after the actor starts.
+    actor: Option<Addr<Session>>,
 }
 
 /// A session's place in the table, given back when the session actor is dropped.

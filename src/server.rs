@@ -9,8 +9,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::{
-    config::Config, error::Fatal, hub::Hub, proto::chat_service_server::ChatServiceServer,
-    runtime::ActorRuntime, service::ChatEdge,
+    config::Config, hub::Hub, proto::chat_service_server::ChatServiceServer, runtime::ActorRuntime,
+    service::ChatEdge,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ impl Server {
             result = &mut serve => result,
             () = shutdown => {
                 info!(sessions = hub.sessions.len(), "shutdown: ending sessions after their queues drain");
-                hub.sessions.end_all(Fatal::Shutdown);
+                hub.sessions.shut_down();
                 let _ = stop_tx.send(());
                 match tokio::time::timeout(grace, &mut serve).await {
                     Ok(result) => result,

@@ -37,8 +37,10 @@ impl ChatService for ChatEdge {
     ) -> Result<Response<OutboundStream>, Status> {
         let (tx, outbound) = SessionTx::channel(self.hub.config.session.outbound_queue);
         let permit = self.hub.sessions.admit(&tx)?;
+        let id = permit.id;
         let (stopped_tx, stopped_rx) = oneshot::channel();
         let session = Session::start(self.hub.clone(), permit, tx, stopped_tx);
+        self.hub.sessions.attach(id, session.clone());
         tokio::spawn(forward_requests(request.into_inner(), session, stopped_rx));
         Ok(Response::new(outbound))
     }

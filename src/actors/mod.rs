@@ -8,6 +8,7 @@
 //! | `Post`         | Session → Room   | `Result<(), ChatError>`    | a CHAT; the room pushes the broadcast and the sender's ack |
 //! | `Leave`        | Session → Room   | `Result<(), ChatError>`    | LEAVE request, or leave-all when a session stops |
 //! | `Evicted`      | Room → Session   | `()`                       | the room dropped this slow consumer; the session ends |
+//! | `End`          | server → Session | `()`                       | shutdown: end the stream after its queue drains |
 //!
 //! Rooms never wait on sessions: everything a room sends a member goes through the member's
 //! [`SessionTx`] with `try_deliver`.
@@ -76,3 +77,8 @@ pub struct Leave {
 pub struct Evicted {
     pub room: RoomName,
 }
+
+/// Ends the session with `0` (server shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct End(pub Fatal);

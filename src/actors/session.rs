@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{Evicted, Inbound, InboundEnded, Join, JoinError, Leave, Post, room::Room};
+use super::{End, Evicted, Inbound, InboundEnded, Join, JoinError, Leave, Post, room::Room};
 use crate::{
     error::{ChatError, Fatal},
     hub::{Hub, SessionPermit},
@@ -375,5 +375,13 @@ impl Handler<Evicted> for Session {
     fn handle(&mut self, evicted: Evicted, ctx: &mut Context<Self>) {
         self.rooms.remove(&evicted.room);
         self.end(Fatal::SlowConsumer, ctx);
+    }
+}
+
+impl Handler<End> for Session {
+    type Result = ();
+
+    fn handle(&mut self, End(fatal): End, ctx: &mut Context<Self>) {
+        self.end(fatal, ctx);
     }
 }
