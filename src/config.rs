@@ -23,6 +23,8 @@ pub const ENVELOPE_BYTES: usize = 2048;
 pub struct Config {
     pub server: ServerConfig,
     pub session: SessionConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
     /// Default limits of every room.
     pub limits: RoomLimits,
     /// Per-room overrides of `limits`, keyed by exact name or a `*` glob; kept raw until
@@ -30,6 +32,9 @@ pub struct Config {
     rooms: BTreeMap<String, toml::Table>,
     #[serde(skip)]
     resolved: Overrides,
+    /// The file this was loaded from, for logs.
+    #[serde(skip)]
+    source: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +46,13 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// How long shutdown waits for streams to drain before cutting them.
     pub shutdown_grace_ms: u64,
+    /// HTTP/2 PING interval on idle connections, so dead peers are found; 0 = off.
+    pub keepalive_interval_ms: u64,
+    /// A PING not answered within this closes the connection.
+    pub keepalive_timeout_ms: u64,
+    /// Concurrent streams (sessions) one HTTP/2 connection may carry.
+    pub max_concurrent_streams: u32,
+    pub tcp_nodelay: bool,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +62,62 @@ impl Default for ServerConfig {
             default_room: "lobby".into(),
             max_sessions: 100_000,
             shutdown_grace_ms: 10_000,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
+            max_concurrent_streams: 1024,
+            tcp_nodelay: true,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn keepalive_interval(&self) -> Option<Duration> {
+        (self.keepalive_interval_ms > 0).then(|| Duration::from_millis(self.keepalive_interval_ms))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Prometheus exposition address (`/metrics`); empty turns the endpoint off.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to serve on, `None` when turned off. Validated at load.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `chatrooms=debug,info`…); `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -174,7 +242,12 @@ impl Config {
 
     /// Merges room overrides with `[limits]` and checks every value; the one place a config
     /// becomes usable.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     fn resolve(mut self, file: &str) -> Result<Config, ConfigError> {
+        self.source = file.to_string();
         let base_table = toml::Table::try_from(&self.limits)
             .map_err(|e| invalid(file, "limits", &e.to_string()))?;
         let mut resolved = Overrides {
@@ -221,6 +294,30 @@ impl Config {
         if let Err(e) = RoomName::parse(&self.server.default_room) {
             return fail("server.default_room", e.to_string());
         }
+        if self.server.keepalive_interval_ms > 0 && self.server.keepalive_timeout_ms == 0 {
+            return fail(
+                "server.keepalive_timeout_ms",
+                "must be above 0 when keepalive is on".into(),
+            );
+        }
+        if self.server.max_concurrent_streams == 0 {
+            return fail("server.max_concurrent_streams", "must be at least 1".into());
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.addr().is_none() {
+            return fail(
+                "metrics.listen",
+                format!(
+                    "`{}` is not host:port (or \"\" for off)",
+                    self.metrics.listen
+                ),
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return fail(
+                "log.level",
+                format!("`{}` is not a log filter", self.log.level),
+            );
+        }
         if self.session.outbound_queue < 2 {
             return fail("session.outbound_queue", "must be at least 2".into());
         }
@@ -254,6 +351,61 @@ impl Config {
             .max()
             .unwrap_or(self.limits.max_message_bytes);
         largest + ENVELOPE_BYTES
+    }
+}
+
+impl Config {
+    /// The configuration to run after a reload to `new`: everything that can change live comes
+    /// from `new` (room limits and overrides, session limits, max_sessions, shutdown grace); the
+    /// rest keeps its running value, and its key is returned as needing a restart.
+    pub fn reloaded(&self, mut new: Config) -> (Config, Vec<&'static str>) {
+        fn keep<T: PartialEq + Clone>(
+            old: &T,
+            new: &mut T,
+            key: &'static str,
+            restart: &mut Vec<&'static str>,
+        ) {
+            if old != new {
+                *new = old.clone();
+                restart.push(key);
+            }
+        }
+        let mut restart = Vec::new();
+        let (old, r) = (&self.server, &mut restart);
+        keep(&old.listen, &mut new.server.listen, "server.listen", r);
+        keep(
+            &old.default_room,
+            &mut new.server.default_room,
+            "server.default_room",
+            r,
+        );
+        keep(
+            &old.keepalive_interval_ms,
+            &mut new.server.keepalive_interval_ms,
+            "server.keepalive_interval_ms",
+            r,
+        );
+        keep(
+            &old.keepalive_timeout_ms,
+            &mut new.server.keepalive_timeout_ms,
+            "server.keepalive_timeout_ms",
+            r,
+        );
+        keep(
+            &old.max_concurrent_streams,
+            &mut new.server.max_concurrent_streams,
+            "server.max_concurrent_streams",
+            r,
+        );
+        keep(
+            &old.tcp_nodelay,
+            &mut new.server.tcp_nodelay,
+            "server.tcp_nodelay",
+            r,
+        );
+        keep(&self.metrics, &mut new.metrics, "metrics", r);
+        keep(&self.log, &mut new.log, "log", r);
+        (new, restart)
     }
 }
 
@@ -427,6 +579,9 @@ mod tests {
             ("[session]\noutbound_queue = 50", "limits.history"),
             ("[server]\ndefault_room = \"a b\"", "server.default_room"),
             ("[server]\nmax_sessions = 0", "server.max_sessions"),
+            ("[metrics]\nlisten = \"nowhere\"", "metrics.listen"),
+            ("[log]\nformat = \"xml\"", "log.format"),
+            ("[log]\nlevel = \"[[\"", "log.level"),
             ("[rooms.\"x\"]\nmax_members = 0", "rooms.\"x\".max_members"),
             ("[rooms.\"x\"]\nfoo = 1", "rooms.\"x\".foo"),
         ] {
@@ -462,6 +617,22 @@ mod tests {
     fn frame_limit_follows_the_largest_room() {
         let cfg = parse("[rooms.\"big\"]\nmax_message_bytes = 100000\n").unwrap();
         assert_eq!(cfg.max_frame_bytes(), 100_000 + ENVELOPE_BYTES);
+    }
+
+    #[test]
+    fn reload_takes_live_keys_and_reports_the_rest() {
+        let running = parse("[limits]\nmax_members = 5\n").unwrap();
+        let new = parse(
+            "[server]\nlisten = \"127.0.0.1:1\"\nmax_sessions = 7\n\
+             [limits]\nmax_members = 9\n[rooms.\"x\"]\nburst = 3\n",
+        )
+        .unwrap();
+        let (effective, restart) = running.reloaded(new);
+        assert_eq!(restart, vec!["server.listen"]);
+        assert_eq!(effective.server.listen, running.server.listen);
+        assert_eq!(effective.server.max_sessions, 7);
+        assert_eq!(effective.limits_for("y").max_members, 9);
+        assert_eq!(effective.limits_for("x").burst, 3);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::{
 };
 
 use actix::Addr;
+use arc_swap::{ArcSwap, Guard};
 use dashmap::DashMap;
 use tokio::sync::watch;
 use tonic::Status;
@@ -15,6 +16,7 @@ use crate::{
     actors::{End, session::Session},
     config::Config,
     error::Fatal,
+    metrics,
     names::SessionId,
     outbound::SessionTx,
     registry::RoomRegistry,
@@ -23,7 +25,10 @@ use crate::{
 
 #[derive(Debug)]
 pub struct Hub {
-    pub config: Arc<Config>,
+    /// Swapped whole on reload; readers take a cheap snapshot with [`Hub::config`].
+    config: ArcSwap<Config>,
+    /// The gRPC decoder limit, fixed when the transport starts.
+    frame_limit: usize,
     pub arbiters: Arbiters,
     pub rooms: RoomRegistry,
     pub sessions: Arc<SessionTable>,
@@ -33,11 +38,37 @@ impl Hub {
     pub fn new(config: Config, arbiters: Arbiters) -> Hub {
         let max_sessions = config.server.max_sessions;
         Hub {
-            config: Arc::new(config),
+            frame_limit: config.max_frame_bytes(),
+            config: ArcSwap::from_pointee(config),
             arbiters,
             rooms: RoomRegistry::default(),
             sessions: Arc::new(SessionTable::new(max_sessions)),
         }
+    }
+
+    pub fn config(&self) -> Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    pub fn frame_limit(&self) -> usize {
+        self.frame_limit
+    }
+
+    /// Applies a re-read configuration to the running server: new sessions and every room (open
+    /// ones included) use the new limits at once. Returns the changed keys that need a restart.
+    pub fn reload(&self, new: Config) -> Vec<String> {
+        let (effective, restart) = self.config().reloaded(new);
+        let mut restart: Vec<String> = restart.into_iter().map(String::from).collect();
+        if effective.max_frame_bytes() > self.frame_limit {
+            restart.push(format!(
+                "max_message_bytes above {} (the gRPC decoder limit)",
+                self.frame_limit - crate::config::ENVELOPE_BYTES
+            ));
+        }
+        self.sessions.set_max(effective.server.max_sessions);
+        self.config.store(Arc::new(effective));
+        self.rooms.reconfigure_all();
+        restart
     }
 }
 
@@ -48,7 +79,7 @@ pub struct SessionTable {
     next_id: AtomicU64,
     /// Places taken, counted apart from `open` so admission is one atomic step.
     admitted: AtomicUsize,
-    max: usize,
+    max: AtomicUsize,
     closing: AtomicBool,
     count: watch::Sender<usize>,
 }
@@ -59,7 +90,7 @@ impl SessionTable {
             open: DashMap::new(),
             next_id: AtomicU64::new(1),
             admitted: AtomicUsize::new(0),
-            max,
+            max: AtomicUsize::new(max),
             closing: AtomicBool::new(false),
             count: watch::Sender::new(0),
         }
@@ -71,11 +102,11 @@ impl SessionTable {
             return Err(Status::unavailable("server shutting down"));
         }
         // Take a place first, then check: two racing admissions cannot both take the last one.
-        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.max {
+        let max = self.max.load(Ordering::Relaxed);
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= max {
             self.admitted.fetch_sub(1, Ordering::AcqRel);
             return Err(Status::resource_exhausted(format!(
-                "server is at max_sessions ({})",
-                self.max
+                "server is at max_sessions ({max})"
             )));
         }
         let id = SessionId(self.next_id.fetch_add(1, Ordering::Relaxed));
@@ -84,7 +115,7 @@ impl SessionTable {
             actor: None,
         };
         self.open.insert(id, entry);
-        self.count.send_replace(self.open.len());
+        self.publish_count();
         Ok(SessionPermit {
             id,
             table: self.clone(),
@@ -119,6 +150,16 @@ impl SessionTable {
         self.open.len()
     }
 
+    fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    fn publish_count(&self) {
+        let n = self.open.len();
+        self.count.send_replace(n);
+        metrics::get().sessions_open.set(n as f64);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
     }
@@ -147,6 +188,6 @@ impl Drop for SessionPermit {
     fn drop(&mut self) {
         self.table.open.remove(&self.id);
         self.table.admitted.fetch_sub(1, Ordering::AcqRel);
-        self.table.count.send_replace(self.table.open.len());
+        self.table.publish_count();
     }
 }

@@ -19,6 +19,7 @@ pub mod error;
 pub mod history;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod names;
 pub mod outbound;
 pub mod proto;

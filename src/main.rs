@@ -1,10 +1,15 @@
 //! The chatrooms server: parse the command line, load the configuration (exit code 2 on any
-//! error in it), start logging, bind, and serve until SIGINT or SIGTERM.
+//! error in it), start logging, bind, and serve until SIGINT or SIGTERM; SIGHUP reloads.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
-use chatrooms::{Config, Server, shutdown_signal};
+use chatrooms::{
+    Config, Server,
+    config::{LogConfig, LogFormat},
+    shutdown_signal,
+};
 use clap::Parser;
+use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 /// Chat room server: gRPC bidirectional streams, rooms named in message fields.
@@ -16,6 +21,18 @@ struct Args {
     config: Option<PathBuf>,
 }
 
+fn init_logging(log: &LogConfig) {
+    // RUST_LOG, when set, overrides the configured level.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = match Config::load(args.config.as_deref()) {
@@ -25,11 +42,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    init_logging(&config.log);
+    info!(source = config.source(), "config loaded");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,9 +58,13 @@ fn main() -> ExitCode {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
-        Server::new(listener, config)?
-            .serve(shutdown_signal())
-            .await?;
+        let server = Server::new(listener, config)?;
+        #[cfg(unix)]
+        tokio::spawn(chatrooms::server::reload_on_hangup(
+            server.hub(),
+            args.config.clone(),
+        ));
+        server.serve(shutdown_signal()).await?;
         anyhow::Ok(())
     });
     match result {

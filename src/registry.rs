@@ -6,7 +6,11 @@ use actix::Addr;
 use dashmap::DashMap;
 use tokio::sync::watch;
 
-use crate::{actors::room::Room, names::RoomName};
+use crate::{
+    actors::{Reconfigure, room::Room},
+    metrics,
+    names::RoomName,
+};
 
 #[derive(Debug)]
 pub struct RoomRegistry {
@@ -40,7 +44,7 @@ impl RoomRegistry {
             })
             .clone();
         if created {
-            self.count.send_replace(self.rooms.len());
+            self.publish_count();
         }
         addr
     }
@@ -52,7 +56,7 @@ impl RoomRegistry {
             .remove_if(name, |_, current| current == addr)
             .is_some();
         if removed {
-            self.count.send_replace(self.rooms.len());
+            self.publish_count();
         }
         removed
     }
@@ -67,6 +71,20 @@ impl RoomRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.rooms.is_empty()
+    }
+
+    /// Asks every room to re-read its limits (after a configuration reload).
+    pub fn reconfigure_all(&self) {
+        for room in self.rooms.iter() {
+            // do_send: one per room per reload, and a busy room must not miss it.
+            room.do_send(Reconfigure);
+        }
+    }
+
+    fn publish_count(&self) {
+        let n = self.rooms.len();
+        self.count.send_replace(n);
+        metrics::get().rooms_open.set(n as f64);
     }
 
     /// Watches the number of registered rooms.

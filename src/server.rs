@@ -1,40 +1,69 @@
-//! Assembling and running the server: the actor runtime, the shared [`Hub`], the tonic transport
-//! and the shutdown order (refuse new streams, end every session after its queue drains, wait at
-//! most the grace period, then stop the actors).
+//! Assembling and running the server: the actor runtime, the shared [`Hub`], the gRPC transport
+//! (chat, health, reflection), the metrics endpoint, configuration reload, and the shutdown order:
+//! health goes NOT_SERVING and new streams are refused, every session ends after its queue
+//! drains, then the transport closes; all of it bounded by `shutdown_grace_ms`.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::{net::TcpListener, sync::oneshot, time::Instant};
 use tokio_stream::wrappers::TcpListenerStream;
-use tracing::{info, warn};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tracing::{error, info, warn};
 
 use crate::{
-    config::Config, hub::Hub, proto::chat_service_server::ChatServiceServer, runtime::ActorRuntime,
+    config::Config,
+    hub::Hub,
+    metrics,
+    proto::{FILE_DESCRIPTOR_SET, chat_service_server::ChatServiceServer},
+    runtime::ActorRuntime,
     service::ChatEdge,
 };
 
+/// The name health checks use for the chat service.
+pub const CHAT_SERVICE: &str = "chat.v1.ChatService";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot start the actor runtime: {0}")]
-    Runtime(#[from] std::io::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// A server bound to a listener, not yet serving. Tests keep [`Server::hub`] to look inside.
+/// A server bound to its listeners, not yet serving. Tests keep [`Server::hub`] to look inside.
 pub struct Server {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     hub: Arc<Hub>,
     runtime: ActorRuntime,
 }
 
 impl Server {
+    /// Starts the actor runtime and binds the metrics endpoint (if configured). Must be called
+    /// inside a tokio runtime.
     pub fn new(listener: TcpListener, config: Config) -> Result<Server, ServerError> {
+        metrics::install();
+        let metrics_listener = match config.metrics.addr() {
+            Some(addr) => {
+                let std_listener = std::net::TcpListener::bind(addr).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {addr} for metrics: {e}"),
+                    )
+                })?;
+                std_listener.set_nonblocking(true)?;
+                Some(TcpListener::from_std(std_listener)?)
+            }
+            None => None,
+        };
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let runtime = ActorRuntime::start(threads)?;
         let hub = Arc::new(Hub::new(config, runtime.arbiters()));
         Ok(Server {
             listener,
+            metrics_listener,
             hub,
             runtime,
         })
@@ -44,46 +73,91 @@ impl Server {
         self.hub.clone()
     }
 
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves, then shuts down in order.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let Server {
             listener,
+            metrics_listener,
             hub,
             mut runtime,
         } = self;
-        let config = hub.config.clone();
-        let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+        let config = hub.config().clone();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
         let chat = ChatServiceServer::new(ChatEdge::new(hub.clone()))
-            .max_decoding_message_size(config.max_frame_bytes());
+            .max_decoding_message_size(hub.frame_limit());
+        let metrics_task = metrics_listener.map(|l| {
+            info!(listen = %l.local_addr().map_or("?".into(), |a| a.to_string()), "serving /metrics");
+            tokio::spawn(metrics::serve(l, metrics::install()))
+        });
+
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        info!(listen = %listener.local_addr()?, "serving chat.v1.ChatService");
+        info!(listen = %listener.local_addr()?, "serving {CHAT_SERVICE}");
         let serve = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+            .tcp_nodelay(config.server.tcp_nodelay)
+            .http2_keepalive_interval(config.server.keepalive_interval())
+            .http2_keepalive_timeout(Some(Duration::from_millis(
+                config.server.keepalive_timeout_ms,
+            )))
+            .max_concurrent_streams(Some(config.server.max_concurrent_streams))
+            .add_service(health_service)
+            .add_service(reflection)
             .add_service(chat)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = stop_rx.await;
             });
         tokio::pin!(serve);
+        set_health(&health, ServingStatus::Serving).await;
+
         let result = tokio::select! {
             result = &mut serve => result,
             () = shutdown => {
-                info!(sessions = hub.sessions.len(), "shutdown: ending sessions after their queues drain");
+                let grace_ms = hub.config().server.shutdown_grace_ms;
+                let deadline = Instant::now() + Duration::from_millis(grace_ms);
+                info!(sessions = hub.sessions.len(), grace_ms, "shutdown: health NOT_SERVING, refusing new streams, ending sessions");
+                set_health(&health, ServingStatus::NotServing).await;
                 hub.sessions.shut_down();
+                let mut open = hub.sessions.watch_count();
+                if tokio::time::timeout_at(deadline, open.wait_for(|n| *n == 0)).await.is_err() {
+                    warn!(sessions = hub.sessions.len(), "shutdown: sessions still open at the end of the grace period");
+                }
+                info!("shutdown: sessions ended, closing the transport once queued messages are sent");
                 let _ = stop_tx.send(());
-                match tokio::time::timeout(grace, &mut serve).await {
+                match tokio::time::timeout_at(deadline, &mut serve).await {
                     Ok(result) => result,
                     Err(_) => {
-                        warn!(grace_ms = config.server.shutdown_grace_ms, "shutdown: grace period over, cutting the remaining streams");
+                        warn!(grace_ms, "shutdown: grace period over, cutting the remaining streams");
                         Ok(())
                     }
                 }
             }
         };
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
         // Joining the actor threads blocks; keep it off the async workers.
         let _ = tokio::task::spawn_blocking(move || runtime.stop()).await;
         info!("shutdown: done");
         result.map_err(ServerError::from)
     }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(CHAT_SERVICE, status).await;
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -103,7 +177,30 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        () = ctrl_c => info!("SIGINT received"),
+        () = terminate => info!("SIGTERM received"),
+    }
+}
+
+/// Re-reads the configuration on every SIGHUP and applies it to `hub`. A file that does not load
+/// is logged and ignored: the running configuration stays.
+#[cfg(unix)]
+pub async fn reload_on_hangup(hub: Arc<Hub>, path: Option<PathBuf>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; configuration reload is off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match Config::load(path.as_deref()) {
+            Ok(new) => {
+                let restart = hub.reload(new);
+                info!("config reloaded");
+                for key in restart {
+                    warn!(key = %key, "config change needs a restart to take effect; the running value stays");
+                }
+            }
+            Err(e) => error!(error = %e, "config reload failed; keeping the running configuration"),
+        }
     }
 }

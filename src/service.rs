@@ -35,7 +35,7 @@ impl ChatService for ChatEdge {
         &self,
         request: Request<Streaming<proto::Message>>,
     ) -> Result<Response<OutboundStream>, Status> {
-        let (tx, outbound) = SessionTx::channel(self.hub.config.session.outbound_queue);
+        let (tx, outbound) = SessionTx::channel(self.hub.config().session.outbound_queue);
         let permit = self.hub.sessions.admit(&tx)?;
         let id = permit.id;
         let (stopped_tx, stopped_rx) = oneshot::channel();

@@ -9,6 +9,7 @@
 //! | `Leave`        | Session → Room   | `Result<(), ChatError>`    | LEAVE request, or leave-all when a session stops |
 //! | `Evicted`      | Room → Session   | `()`                       | the room dropped this slow consumer; the session ends |
 //! | `End`          | server → Session | `()`                       | shutdown: end the stream after its queue drains |
+//! | `Reconfigure`  | server → Room    | `()`                       | configuration reloaded: re-read the limits |
 //!
 //! Rooms never wait on sessions: everything a room sends a member goes through the member's
 //! [`SessionTx`] with `try_deliver`.
@@ -82,3 +83,8 @@ pub struct Evicted {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct End(pub Fatal);
+
+/// The configuration was reloaded: the room re-reads its limits.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure;

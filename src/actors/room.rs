@@ -8,15 +8,16 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, SpawnHandle};
 use bytes::Bytes;
-use tracing::{debug, info};
+use tracing::info;
 
-use super::{Evicted, Join, JoinError, Leave, Post, session::Session};
+use super::{Evicted, Join, JoinError, Leave, Post, Reconfigure, session::Session};
 use crate::{
     config::RoomLimits,
     error::{ChatError, Fatal},
     history::History,
     hub::Hub,
     limits::TokenBucket,
+    metrics,
     names::{RoomName, SessionId, UserName},
     outbound::{Delivery, SessionTx},
     proto::{self, Kind},
@@ -55,7 +56,7 @@ impl Room {
         let arbiter = hub.arbiters.next().clone();
         Room::start_in_arbiter(&arbiter, move |ctx| {
             ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-            let limits = hub.config.limits_for(name.as_str());
+            let limits = hub.config().limits_for(name.as_str());
             Room {
                 history: History::new(limits.history),
                 name,
@@ -74,7 +75,7 @@ impl Room {
     fn deliver(&mut self, id: SessionId, message: Bytes) {
         if let Some(member) = self.members.get(&id) {
             match member.tx.try_deliver(message) {
-                Delivery::Sent => {}
+                Delivery::Sent => metrics::get().delivered.increment(1),
                 failure => self.failed.push((id, failure)),
             }
         }
@@ -82,15 +83,18 @@ impl Room {
 
     /// Pushes `message` to every member but `except`.
     fn broadcast(&mut self, message: &Bytes, except: Option<SessionId>) {
+        let mut sent = 0;
         for (id, member) in &self.members {
             if Some(*id) == except {
                 continue;
             }
             match member.tx.try_deliver(message.clone()) {
-                Delivery::Sent => {}
+                Delivery::Sent => sent += 1,
                 failure => self.failed.push((*id, failure)),
             }
         }
+        // One shared-counter update per broadcast, not per member.
+        metrics::get().delivered.increment(sent);
     }
 
     /// Removes the members whose delivery failed and tells the others they left. Telling them
@@ -170,11 +174,11 @@ impl Actor for Room {
     type Context = Context<Self>;
 
     fn started(&mut self, _ctx: &mut Context<Self>) {
-        debug!(room = %self.name, "room started");
+        info!(room = %self.name, "room started");
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        debug!(room = %self.name, last_seq = self.seq, "room stopped");
+        info!(room = %self.name, last_seq = self.seq, "room stopped");
     }
 }
 
@@ -265,8 +269,10 @@ impl Handler<Post> for Room {
             ..proto::Message::default()
         });
         self.history.push(self.seq, live.clone());
+        let started = Instant::now();
         self.broadcast(&live, Some(post.session));
         self.deliver(post.session, proto::with_ref(&live, &post.r#ref));
+        metrics::get().fanout.record(started.elapsed());
         self.drop_failed(ctx);
         Ok(())
     }
@@ -297,5 +303,18 @@ impl Handler<Leave> for Room {
         self.broadcast(&presence, None);
         self.drop_failed(ctx);
         Ok(())
+    }
+}
+
+impl Handler<Reconfigure> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: Reconfigure, _ctx: &mut Context<Self>) {
+        let limits = self.hub.config().limits_for(self.name.as_str());
+        if *limits != *self.limits {
+            info!(room = %self.name, "room limits reloaded");
+            self.history.set_capacity(limits.history);
+            self.limits = limits;
+        }
     }
 }

@@ -21,6 +21,7 @@ use super::{End, Evicted, Inbound, InboundEnded, Join, JoinError, Leave, Post, r
 use crate::{
     error::{ChatError, Fatal},
     hub::{Hub, SessionPermit},
+    metrics,
     names::{RoomName, SessionId, UserName},
     outbound::{Delivery, SessionTx},
     proto::{self, Kind},
@@ -37,6 +38,8 @@ pub struct Session {
     /// Set by the first request that carries a valid `user`; never changed afterwards.
     user: Option<UserName>,
     rooms: HashMap<RoomName, Addr<Room>>,
+    /// Where CHAT and JOIN with an empty `room` go; fixed for the life of the server.
+    default_room: RoomName,
     last_seen: Instant,
     _permit: SessionPermit,
     /// Dropped with the actor, which tells the edge's reader task to let go of the request stream.
@@ -52,8 +55,11 @@ impl Session {
         stopped: oneshot::Sender<()>,
     ) -> Addr<Session> {
         let arbiter = hub.arbiters.next().clone();
+        // unwrap: the configuration was validated, default_room included.
+        let default_room = RoomName::parse(&hub.config().server.default_room).unwrap();
         Session::start_in_arbiter(&arbiter, move |_| Session {
             id: permit.id,
+            default_room,
             hub,
             tx,
             user: None,
@@ -113,13 +119,13 @@ impl Session {
             if kind == Kind::Leave {
                 return Err(ChatError::BadRequest("LEAVE needs a `room`".into()));
             }
-            return RoomName::parse(&self.hub.config.server.default_room);
+            return Ok(self.default_room.clone());
         }
         RoomName::parse(room)
     }
 
     fn has_room_for(&self, room: &RoomName) -> Result<(), ChatError> {
-        let max = self.hub.config.session.max_rooms_per_session;
+        let max = self.hub.config().session.max_rooms_per_session;
         if !self.rooms.contains_key(room) && self.rooms.len() >= max {
             return Err(ChatError::TooManyRooms { max });
         }
@@ -188,7 +194,7 @@ impl Session {
         // it silently (no JOINED, no replay), the other members see the presence as usual.
         let auto_join = match &member {
             Some(_) => None,
-            None if room.as_str() == self.hub.config.server.default_room => {
+            None if room == self.default_room => {
                 if let Err(error) = self.has_room_for(&room) {
                     return self.refuse(error, room.as_str(), r#ref, ctx);
                 }
@@ -257,6 +263,7 @@ impl Session {
     }
 
     fn refuse(&mut self, error: ChatError, room: &str, r#ref: String, ctx: &mut Context<Self>) {
+        metrics::refused(error.code());
         let message = proto::Message {
             user: self.user_name().to_string(),
             ..proto::Message::error(error.code(), error.to_string(), room, r#ref)
@@ -266,8 +273,10 @@ impl Session {
 
     /// Replies from the session itself obey the same rule as room traffic: never wait.
     fn push(&mut self, message: Bytes, ctx: &mut Context<Self>) {
-        if self.tx.try_deliver(message) == Delivery::Full {
-            self.end(Fatal::SlowConsumer, ctx);
+        match self.tx.try_deliver(message) {
+            Delivery::Sent => metrics::get().delivered.increment(1),
+            Delivery::Full => self.end(Fatal::SlowConsumer, ctx),
+            Delivery::Closed => {}
         }
     }
 
@@ -284,7 +293,7 @@ impl Session {
     /// session, re-armed for the remaining time instead of being reset on every message.
     fn watch_idle(&self, ctx: &mut Context<Self>, after: Duration) {
         ctx.run_later(after, |session, ctx| {
-            let Some(limit) = session.hub.config.session.idle_timeout() else {
+            let Some(limit) = session.hub.config().session.idle_timeout() else {
                 return;
             };
             let idle = session.last_seen.elapsed();
@@ -324,7 +333,7 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(session = %self.id, "session started");
-        if let Some(limit) = self.hub.config.session.idle_timeout() {
+        if let Some(limit) = self.hub.config().session.idle_timeout() {
             self.watch_idle(ctx, limit);
         }
     }
@@ -343,6 +352,7 @@ impl Actor for Session {
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         let reason = self.tx.fatal().map_or("client_closed", Fatal::reason);
+        metrics::session_ended(reason);
         info!(session = %self.id, user = self.user_name(), reason, "session ended");
     }
 }
@@ -352,6 +362,7 @@ impl Handler<Inbound> for Session {
 
     fn handle(&mut self, Inbound(msg): Inbound, ctx: &mut Context<Self>) {
         self.last_seen = Instant::now();
+        metrics::get().received.increment(1);
         self.request(msg, ctx);
     }
 }

@@ -30,6 +30,7 @@ pub const QUIET: Duration = Duration::from_millis(200);
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub hub: Arc<Hub>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -39,7 +40,11 @@ impl TestServer {
     /// Starts a server with `toml` (may be empty) as its configuration; the listener is bound
     /// before the server task is spawned, so clients can connect at once.
     pub async fn start(toml: &str) -> TestServer {
-        let config = Config::parse(toml, "test.toml").expect("test config is valid");
+        let mut config = Config::parse(toml, "test.toml").expect("test config is valid");
+        if !toml.contains("[metrics]") {
+            // Parallel test servers would all claim the default metrics port.
+            config.metrics.listen.clear();
+        }
         TestServer::start_with(config).await
     }
 
@@ -48,6 +53,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let server = Server::new(listener, config).unwrap();
         let hub = server.hub();
+        let metrics_addr = server.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -59,6 +65,7 @@ impl TestServer {
         });
         TestServer {
             addr,
+            metrics_addr,
             hub,
             stop: Some(stop),
             task: Some(task),

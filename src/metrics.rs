@@ -1,0 +1,147 @@
+//! Every metric the server exports, named in one place, and the Prometheus text endpoint. Labels
+//! never carry room or user names (unbounded cardinality): only ERROR codes and end reasons.
+//! The recorder is process-wide; servers started in one process (tests) share it.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{LazyLock, OnceLock},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+pub const SESSIONS_OPEN: &str = "chat_sessions_open";
+pub const ROOMS_OPEN: &str = "chat_rooms_open";
+pub const MESSAGES_RECEIVED: &str = "chat_messages_received_total";
+pub const MESSAGES_DELIVERED: &str = "chat_messages_delivered_total";
+pub const REQUESTS_REFUSED: &str = "chat_requests_refused_total";
+pub const SESSIONS_ENDED: &str = "chat_sessions_ended_total";
+pub const FANOUT_SECONDS: &str = "chat_fanout_seconds";
+
+/// Fan-out time buckets: from a lone member (microseconds) to a 10,000-member room.
+const FANOUT_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns its handle. Must run before
+/// the first metric is touched, or the handles below stay no-ops.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(FANOUT_SECONDS.into()), FANOUT_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            match builder.install_recorder() {
+                Ok(handle) => {
+                    describe();
+                    handle
+                }
+                Err(error) => {
+                    warn!(%error, "another metrics recorder is installed; /metrics will be empty");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(SESSIONS_OPEN, "Open chat streams.");
+    describe_gauge!(ROOMS_OPEN, "Rooms with a running actor.");
+    describe_counter!(MESSAGES_RECEIVED, "Requests read from client streams.");
+    describe_counter!(MESSAGES_DELIVERED, "Messages queued to client streams.");
+    describe_counter!(REQUESTS_REFUSED, "Requests answered with ERROR, by code.");
+    describe_counter!(SESSIONS_ENDED, "Sessions ended, by reason.");
+    describe_histogram!(
+        FANOUT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to fan one message out to a room."
+    );
+}
+
+/// Handles of the unlabelled metrics, looked up once: the macros hash the key on every call.
+pub struct Handles {
+    pub sessions_open: Gauge,
+    pub rooms_open: Gauge,
+    pub received: Counter,
+    pub delivered: Counter,
+    pub fanout: Histogram,
+}
+
+static HANDLES: LazyLock<Handles> = LazyLock::new(|| Handles {
+    sessions_open: metrics::gauge!(SESSIONS_OPEN),
+    rooms_open: metrics::gauge!(ROOMS_OPEN),
+    received: metrics::counter!(MESSAGES_RECEIVED),
+    delivered: metrics::counter!(MESSAGES_DELIVERED),
+    fanout: metrics::histogram!(FANOUT_SECONDS),
+});
+
+pub fn get() -> &'static Handles {
+    &HANDLES
+}
+
+pub fn refused(code: &'static str) {
+    metrics::counter!(REQUESTS_REFUSED, "code" => code).increment(1);
+}
+
+pub fn session_ended(reason: &'static str) {
+    metrics::counter!(SESSIONS_ENDED, "reason" => reason).increment(1);
+}
+
+/// Serves `GET /metrics` (HTTP/1.1) on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "metrics endpoint: accept failed");
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| respond(request, handle.clone()));
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, %error, "metrics connection ended");
+            }
+        });
+    }
+}
+
+async fn respond(
+    request: Request<Incoming>,
+    handle: PrometheusHandle,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let response = if request.uri().path() == "/metrics" {
+        Response::builder()
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(handle.render())))
+    } else {
+        Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::from_static(b"see /metrics\n")))
+    };
+    // unwrap: static header values and a plain body cannot fail to build.
+    Ok(response.unwrap())
+}
+
+/// Binds the metrics endpoint of `config`, if it has one.
+pub async fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListener>> {
+    match addr {
+        Some(addr) => TcpListener::bind(addr).await.map(Some),
+        None => Ok(None),
+    }
+}
