@@ -82,6 +82,9 @@ pub struct SessionTable {
     max: AtomicUsize,
     closing: AtomicBool,
     count: watch::Sender<usize>,
+    /// Response streams still held by the transport; they outlive their session while the
+    /// last queued messages are written, and shutdown waits for them.
+    streams: Arc<watch::Sender<usize>>,
 }
 
 impl SessionTable {
@@ -93,6 +96,7 @@ impl SessionTable {
             max: AtomicUsize::new(max),
             closing: AtomicBool::new(false),
             count: watch::Sender::new(0),
+            streams: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -164,6 +168,19 @@ impl SessionTable {
         self.open.is_empty()
     }
 
+    /// Counts one response stream until the guard is dropped with it.
+    pub fn stream_guard(&self) -> StreamGuard {
+        self.streams.send_modify(|n| *n += 1);
+        StreamGuard {
+            streams: self.streams.clone(),
+        }
+    }
+
+    /// Watches the number of response streams the transport still holds.
+    pub fn watch_streams(&self) -> watch::Receiver<usize> {
+        self.streams.subscribe()
+    }
+
     /// Watches the number of open sessions.
     pub fn watch_count(&self) -> watch::Receiver<usize> {
         self.count.subscribe()
@@ -189,5 +206,17 @@ impl Drop for SessionPermit {
         self.table.open.remove(&self.id);
         self.table.admitted.fetch_sub(1, Ordering::AcqRel);
         self.table.publish_count();
+    }
+}
+
+/// Held by a response stream: see [`SessionTable::stream_guard`].
+#[derive(Debug)]
+pub struct StreamGuard {
+    streams: Arc<watch::Sender<usize>>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.streams.send_modify(|n| *n -= 1);
     }
 }

@@ -59,7 +59,10 @@ fn describe() {
     describe_gauge!(SESSIONS_OPEN, "Open chat streams.");
     describe_gauge!(ROOMS_OPEN, "Rooms with a running actor.");
     describe_counter!(MESSAGES_RECEIVED, "Requests read from client streams.");
-    describe_counter!(MESSAGES_DELIVERED, "Messages queued to client streams.");
+    describe_counter!(
+        MESSAGES_DELIVERED,
+        "Messages handed to the transport for client streams."
+    );
     describe_counter!(REQUESTS_REFUSED, "Requests answered with ERROR, by code.");
     describe_counter!(SESSIONS_ENDED, "Sessions ended, by reason.");
     describe_histogram!(

@@ -15,7 +15,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_stream::Stream;
 use tonic::Status;
 
-use crate::error::Fatal;
+use crate::{error::Fatal, hub::StreamGuard, metrics};
 
 /// What became of one delivery attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,7 @@ impl SessionTx {
             rx,
             shared: shared.clone(),
             done: false,
+            guard: None,
         };
         (SessionTx { tx, shared }, stream)
     }
@@ -94,6 +95,15 @@ pub struct OutboundStream {
     rx: mpsc::Receiver<Bytes>,
     shared: Arc<Shared>,
     done: bool,
+    /// Keeps the stream counted while the transport holds it (see `hub::StreamGuard`).
+    guard: Option<StreamGuard>,
+}
+
+impl OutboundStream {
+    pub fn counted(mut self, guard: StreamGuard) -> OutboundStream {
+        self.guard = Some(guard);
+        self
+    }
 }
 
 impl Stream for OutboundStream {
@@ -110,7 +120,12 @@ impl Stream for OutboundStream {
         let finished = match fatal {
             Some(f) if !f.drains_first() => Some(f),
             _ => match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                Poll::Ready(Some(message)) => {
+                    // Counted before the transport sees it, so a client never observes a
+                    // message the counter does not include yet.
+                    metrics::get().delivered.increment(1);
+                    return Poll::Ready(Some(Ok(message)));
+                }
                 // Every sender is gone: the session ended; say why if it was not a clean end.
                 Poll::Ready(None) => fatal,
                 Poll::Pending if fatal.is_some() => fatal,

@@ -124,26 +124,7 @@ impl Server {
 
         let result = tokio::select! {
             result = &mut serve => result,
-            () = shutdown => {
-                let grace_ms = hub.config().server.shutdown_grace_ms;
-                let deadline = Instant::now() + Duration::from_millis(grace_ms);
-                info!(sessions = hub.sessions.len(), grace_ms, "shutdown: health NOT_SERVING, refusing new streams, ending sessions");
-                set_health(&health, ServingStatus::NotServing).await;
-                hub.sessions.shut_down();
-                let mut open = hub.sessions.watch_count();
-                if tokio::time::timeout_at(deadline, open.wait_for(|n| *n == 0)).await.is_err() {
-                    warn!(sessions = hub.sessions.len(), "shutdown: sessions still open at the end of the grace period");
-                }
-                info!("shutdown: sessions ended, closing the transport once queued messages are sent");
-                let _ = stop_tx.send(());
-                match tokio::time::timeout_at(deadline, &mut serve).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        warn!(grace_ms, "shutdown: grace period over, cutting the remaining streams");
-                        Ok(())
-                    }
-                }
-            }
+            () = shutdown => shut_down(&hub, &health, serve, stop_tx).await,
         };
         if let Some(task) = metrics_task {
             task.abort();
@@ -152,6 +133,47 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || runtime.stop()).await;
         info!("shutdown: done");
         result.map_err(ServerError::from)
+    }
+}
+
+/// The shutdown order. `serve` keeps being polled throughout, so the transport goes on accepting
+/// while sessions drain and a new stream gets a clear UNAVAILABLE instead of a hung connect.
+async fn shut_down<F>(
+    hub: &Hub,
+    health: &HealthReporter,
+    mut serve: std::pin::Pin<&mut F>,
+    stop_transport: oneshot::Sender<()>,
+) -> Result<(), tonic::transport::Error>
+where
+    F: Future<Output = Result<(), tonic::transport::Error>>,
+{
+    let grace_ms = hub.config().server.shutdown_grace_ms;
+    let deadline = Instant::now() + Duration::from_millis(grace_ms);
+    info!(
+        sessions = hub.sessions.len(),
+        grace_ms, "shutdown: health NOT_SERVING, refusing new streams, ending sessions"
+    );
+    set_health(health, ServingStatus::NotServing).await;
+    hub.sessions.shut_down();
+    let mut streams = hub.sessions.watch_streams();
+    let drained = tokio::time::timeout_at(deadline, streams.wait_for(|n| *n == 0));
+    tokio::select! {
+        result = &mut serve => return result,
+        drained = drained => if drained.is_err() {
+            warn!(streams = *hub.sessions.watch_streams().borrow(), "shutdown: streams still draining at the end of the grace period");
+        },
+    }
+    info!("shutdown: closing the transport");
+    let _ = stop_transport.send(());
+    match tokio::time::timeout_at(deadline, serve).await {
+        Ok(result) => result,
+        Err(_) => {
+            warn!(
+                grace_ms,
+                "shutdown: grace period over, cutting the remaining streams"
+            );
+            Ok(())
+        }
     }
 }
 

@@ -42,7 +42,9 @@ impl ChatService for ChatEdge {
         let session = Session::start(self.hub.clone(), permit, tx, stopped_tx);
         self.hub.sessions.attach(id, session.clone());
         tokio::spawn(forward_requests(request.into_inner(), session, stopped_rx));
-        Ok(Response::new(outbound))
+        Ok(Response::new(
+            outbound.counted(self.hub.sessions.stream_guard()),
+        ))
     }
 }
 

@@ -75,7 +75,7 @@ impl Room {
     fn deliver(&mut self, id: SessionId, message: Bytes) {
         if let Some(member) = self.members.get(&id) {
             match member.tx.try_deliver(message) {
-                Delivery::Sent => metrics::get().delivered.increment(1),
+                Delivery::Sent => {}
                 failure => self.failed.push((id, failure)),
             }
         }
@@ -83,18 +83,15 @@ impl Room {
 
     /// Pushes `message` to every member but `except`.
     fn broadcast(&mut self, message: &Bytes, except: Option<SessionId>) {
-        let mut sent = 0;
         for (id, member) in &self.members {
             if Some(*id) == except {
                 continue;
             }
             match member.tx.try_deliver(message.clone()) {
-                Delivery::Sent => sent += 1,
+                Delivery::Sent => {}
                 failure => self.failed.push((*id, failure)),
             }
         }
-        // One shared-counter update per broadcast, not per member.
-        metrics::get().delivered.increment(sent);
     }
 
     /// Removes the members whose delivery failed and tells the others they left. Telling them

@@ -274,9 +274,8 @@ impl Session {
     /// Replies from the session itself obey the same rule as room traffic: never wait.
     fn push(&mut self, message: Bytes, ctx: &mut Context<Self>) {
         match self.tx.try_deliver(message) {
-            Delivery::Sent => metrics::get().delivered.increment(1),
             Delivery::Full => self.end(Fatal::SlowConsumer, ctx),
-            Delivery::Closed => {}
+            Delivery::Sent | Delivery::Closed => {}
         }
     }
 

@@ -1,0 +1,195 @@
+//! The real binary under signals: SIGHUP reloads limits into rooms that are already open without
+//! dropping anyone and ignores a broken file; SIGTERM refuses new streams and exits 0 within the
+//! grace period even when a client has stopped reading.
+
+mod common;
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use chatrooms::proto::Kind;
+use common::{Client, WAIT};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+    time::{Instant, timeout},
+};
+use tonic::{Code, transport::Endpoint};
+
+struct Process {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    addr: String,
+    config: PathBuf,
+}
+
+impl Process {
+    async fn start(name: &str, config: &str) -> Process {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("signals-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatrooms"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut process = Process {
+            child,
+            lines,
+            addr: String::new(),
+            config: path,
+        };
+        let serving = process.wait_log("serving chat.v1.ChatService").await;
+        let addr = serving.split("listen=").nth(1).expect("address logged");
+        process.addr = addr.split_whitespace().next().unwrap().to_string();
+        process
+    }
+
+    /// Waits for a log line containing `needle`.
+    async fn wait_log(&mut self, needle: &str) -> String {
+        let found = timeout(WAIT, async {
+            while let Some(line) = self.lines.recv().await {
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!("no log line with {needle:?}"),
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY: kill(2) on our own child's pid; no memory is shared.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::from_shared(format!("http://{}", self.addr)).unwrap()
+    }
+
+    async fn client(&self, user: &str) -> Client {
+        Client::open(self.endpoint().connect().await.unwrap(), user).await
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+fn room_config(max_message_bytes: usize) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
+         [rooms.\"r\"]\nmax_message_bytes = {max_message_bytes}\n"
+    )
+}
+
+#[tokio::test]
+async fn sighup_reload_changes_an_open_rooms_limits_and_ignores_a_broken_file() {
+    let mut server = Process::start("reload", &room_config(10)).await;
+    let mut ada = server.client("ada").await;
+    ada.join("r").await;
+    ada.chat("r", &"x".repeat(15)).await;
+    ada.expect_error("message_too_large").await;
+
+    std::fs::write(&server.config, room_config(20)).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_log("config reloaded").await;
+    ada.chat("r", &"x".repeat(15)).await;
+    assert_eq!(
+        ada.expect(Kind::Chat).await.content.len(),
+        15,
+        "same stream, new limit"
+    );
+
+    std::fs::write(&server.config, "[limits\nbroken = ").unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_log("config reload failed").await;
+    ada.chat("r", &"y".repeat(20)).await;
+    assert_eq!(
+        ada.expect(Kind::Chat).await.content.len(),
+        20,
+        "old config stays"
+    );
+    ada.chat("r", &"z".repeat(21)).await;
+    ada.expect_error("message_too_large").await;
+
+    server.signal(libc::SIGTERM);
+    let status = timeout(WAIT, server.child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_refuses_new_streams_and_exits_within_the_grace_period_despite_a_stalled_reader() {
+    let grace = Duration::from_millis(1500);
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_ms = {}\n[metrics]\nlisten = \"\"\n\
+         [limits]\nrate_per_sec = 100000\nburst = 100000\n",
+        grace.as_millis()
+    );
+    let mut server = Process::start("term", &config).await;
+    // A reader that stops reading, with a window far smaller than what is sent to it.
+    let stalled_channel = server
+        .endpoint()
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut stalled = Client::open(stalled_channel, "stalled").await;
+    stalled.join("r").await;
+    let mut sender = server.client("sender").await;
+    sender.join("r").await;
+    let body = "x".repeat(1000);
+    for _ in 0..300 {
+        sender.chat("r", &body).await;
+    }
+    for _ in 0..300 {
+        sender.expect(Kind::Chat).await; // accepted: now queued for the stalled reader
+    }
+
+    let asked = Instant::now();
+    server.signal(libc::SIGTERM);
+    server.wait_log("refusing new streams").await;
+    // Whether the listener is still open or already closed, a new stream is UNAVAILABLE.
+    let late = Client::try_open(server.endpoint().connect_lazy(), "late").await;
+    let refused = match late {
+        Err(status) => status,
+        Ok(mut client) => {
+            client.send_kind(Kind::Ping, "").await;
+            client.expect_end(Code::Unavailable).await
+        }
+    };
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+
+    let status = timeout(grace + Duration::from_secs(5), server.child.wait())
+        .await
+        .expect("exits on its own")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        asked.elapsed() < grace + Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    drop(stalled);
+}
