@@ -43,7 +43,7 @@ impl History {
 
     /// Retained messages with a sequence number above `since_seq`, oldest first.
     pub fn after(&self, since_seq: u64) -> impl Iterator<Item = &Bytes> {
-        let skip = (since_seq + 1).saturating_sub(self.first_seq);
+        let skip = since_seq.saturating_add(1).saturating_sub(self.first_seq);
         self.entries
             .iter()
             .skip(usize::try_from(skip).unwrap_or(usize::MAX))
@@ -105,6 +105,10 @@ mod tests {
         assert_eq!(seqs(h.after(2)), vec![6, 7, 8, 9, 10]); // 3..5 are gone
         assert!(seqs(h.after(10)).is_empty());
         assert!(seqs(h.after(99)).is_empty());
+        assert!(
+            seqs(h.after(u64::MAX)).is_empty(),
+            "no overflow on a hostile since_seq"
+        );
     }
 
     #[test]

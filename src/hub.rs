@@ -18,7 +18,7 @@ use crate::{
     error::Fatal,
     metrics,
     names::SessionId,
-    outbound::SessionTx,
+    outbound::{SessionTx, StreamEnder},
     registry::RoomRegistry,
     runtime::Arbiters,
 };
@@ -82,9 +82,6 @@ pub struct SessionTable {
     max: AtomicUsize,
     closing: AtomicBool,
     count: watch::Sender<usize>,
-    /// Response streams still held by the transport; they outlive their session while the
-    /// last queued messages are written, and shutdown waits for them.
-    streams: Arc<watch::Sender<usize>>,
 }
 
 impl SessionTable {
@@ -96,7 +93,6 @@ impl SessionTable {
             max: AtomicUsize::new(max),
             closing: AtomicBool::new(false),
             count: watch::Sender::new(0),
-            streams: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -115,7 +111,7 @@ impl SessionTable {
         }
         let id = SessionId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let entry = OpenSession {
-            tx: tx.clone(),
+            stream: tx.ender(),
             actor: None,
         };
         self.open.insert(id, entry);
@@ -142,7 +138,7 @@ impl SessionTable {
     pub fn shut_down(&self) {
         self.closing.store(true, Ordering::Release);
         for entry in self.open.iter() {
-            entry.tx.end(Fatal::Shutdown);
+            entry.stream.end(Fatal::Shutdown);
             if let Some(actor) = &entry.actor {
                 // do_send: one per session, once; the session must stop even with a busy mailbox.
                 actor.do_send(End(Fatal::Shutdown));
@@ -168,19 +164,6 @@ impl SessionTable {
         self.open.is_empty()
     }
 
-    /// Counts one response stream until the guard is dropped with it.
-    pub fn stream_guard(&self) -> StreamGuard {
-        self.streams.send_modify(|n| *n += 1);
-        StreamGuard {
-            streams: self.streams.clone(),
-        }
-    }
-
-    /// Watches the number of response streams the transport still holds.
-    pub fn watch_streams(&self) -> watch::Receiver<usize> {
-        self.streams.subscribe()
-    }
-
     /// Watches the number of open sessions.
     pub fn watch_count(&self) -> watch::Receiver<usize> {
         self.count.subscribe()
@@ -189,12 +172,13 @@ impl SessionTable {
 
 #[derive(Debug)]
 struct OpenSession {
-    tx: SessionTx,
+    stream: StreamEnder,
     /// Set right after the actor starts.
     actor: Option<Addr<Session>>,
 }
 
-/// A session's place in the table, given back when the session actor is dropped.
+/// A session's place in the table, held by its response stream and given back when the
+/// transport drops that stream.
 #[derive(Debug)]
 pub struct SessionPermit {
     pub id: SessionId,
@@ -206,17 +190,5 @@ impl Drop for SessionPermit {
         self.table.open.remove(&self.id);
         self.table.admitted.fetch_sub(1, Ordering::AcqRel);
         self.table.publish_count();
-    }
-}
-
-/// Held by a response stream: see [`SessionTable::stream_guard`].
-#[derive(Debug)]
-pub struct StreamGuard {
-    streams: Arc<watch::Sender<usize>>,
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.streams.send_modify(|n| *n -= 1);
     }
 }

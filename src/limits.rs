@@ -33,6 +33,14 @@ impl TokenBucket {
     }
 }
 
+impl TokenBucket {
+    /// Whether the bucket would be full at `now`, i.e. no different from a fresh one.
+    pub fn is_full(&self, now: Instant, rate_per_sec: f64, burst: u32) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * rate_per_sec >= f64::from(burst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +66,16 @@ mod tests {
         assert!(b.try_take(later, 100.0, 2));
         assert!(b.try_take(later, 100.0, 2));
         assert!(!b.try_take(later, 100.0, 2));
+    }
+
+    #[test]
+    fn fullness_follows_refill() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(2, t0);
+        assert!(b.is_full(t0, 1.0, 2));
+        assert!(b.try_take(t0, 1.0, 2));
+        assert!(!b.is_full(t0 + Duration::from_millis(500), 1.0, 2));
+        assert!(b.is_full(t0 + Duration::from_secs(1), 1.0, 2));
     }
 
     #[test]

@@ -4,18 +4,26 @@
 //! either at once or after the queue drains (shutdown).
 
 use std::{
+    future::Future,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::{
+    Notify,
+    mpsc::{self, error::TrySendError},
+};
 use tokio_stream::Stream;
 use tonic::Status;
 
-use crate::{error::Fatal, hub::StreamGuard, metrics};
+use crate::{error::Fatal, hub::SessionPermit, metrics};
 
 /// What became of one delivery attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +40,29 @@ struct Shared {
     fatal: OnceLock<Fatal>,
     /// The response stream's task, woken when `fatal` is set so it ends even with a full queue.
     waker: AtomicWaker,
+    /// Set when the transport drops the response stream.
+    finished: AtomicBool,
+    finished_notify: Notify,
+}
+
+impl Shared {
+    fn end(&self, fatal: Fatal) {
+        if self.fatal.set(fatal).is_ok() {
+            self.waker.wake();
+        }
+    }
+}
+
+/// Ends a stream (see [`SessionTx::ender`]).
+#[derive(Debug, Clone)]
+pub struct StreamEnder {
+    shared: Arc<Shared>,
+}
+
+impl StreamEnder {
+    pub fn end(&self, fatal: Fatal) {
+        self.shared.end(fatal);
+    }
 }
 
 /// Cheap to clone: every room a session joins holds one.
@@ -50,7 +81,7 @@ impl SessionTx {
             rx,
             shared: shared.clone(),
             done: false,
-            guard: None,
+            permit: None,
         };
         (SessionTx { tx, shared }, stream)
     }
@@ -69,8 +100,33 @@ impl SessionTx {
 
     /// Ends the stream with `fatal`'s status; the first reason given wins.
     pub fn end(&self, fatal: Fatal) {
-        if self.shared.fatal.set(fatal).is_ok() {
-            self.shared.waker.wake();
+        self.shared.end(fatal);
+    }
+
+    /// A handle that can end the stream without keeping it open: a `SessionTx` clone held
+    /// elsewhere would stop the stream from ever finishing.
+    pub fn ender(&self) -> StreamEnder {
+        StreamEnder {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A task that ends the stream with [`Fatal::IdleTimeout`] unless the transport has finished
+    /// with it within `limit`: bounds how long a half-closed stream that is never read can hold
+    /// its queue.
+    pub fn end_unless_drained(&self, limit: Duration) -> impl Future<Output = ()> + 'static {
+        let shared = self.shared.clone();
+        async move {
+            let finished = shared.finished_notify.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            if shared.finished.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::select! {
+                () = finished => {}
+                () = tokio::time::sleep(limit) => shared.end(Fatal::IdleTimeout),
+            }
         }
     }
 
@@ -95,14 +151,30 @@ pub struct OutboundStream {
     rx: mpsc::Receiver<Bytes>,
     shared: Arc<Shared>,
     done: bool,
-    /// Keeps the stream counted while the transport holds it (see `hub::StreamGuard`).
-    guard: Option<StreamGuard>,
+    /// The session's place in the session table, given back with the stream.
+    permit: Option<SessionPermit>,
 }
 
 impl OutboundStream {
-    pub fn counted(mut self, guard: StreamGuard) -> OutboundStream {
-        self.guard = Some(guard);
+    pub fn holding(mut self, permit: SessionPermit) -> OutboundStream {
+        self.permit = Some(permit);
         self
+    }
+}
+
+impl Drop for OutboundStream {
+    fn drop(&mut self) {
+        if self.permit.is_some() {
+            // A session ends, for the metrics, when the transport lets go of its stream.
+            metrics::session_ended(
+                self.shared
+                    .fatal
+                    .get()
+                    .map_or("client_closed", Fatal::reason),
+            );
+        }
+        self.shared.finished.store(true, Ordering::Release);
+        self.shared.finished_notify.notify_waiters();
     }
 }
 

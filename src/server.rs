@@ -155,12 +155,14 @@ where
     );
     set_health(health, ServingStatus::NotServing).await;
     hub.sessions.shut_down();
-    let mut streams = hub.sessions.watch_streams();
-    let drained = tokio::time::timeout_at(deadline, streams.wait_for(|n| *n == 0));
+    // A session counts until the transport drops its response stream, i.e. until its queue
+    // has been written out.
+    let mut open = hub.sessions.watch_count();
+    let drained = tokio::time::timeout_at(deadline, open.wait_for(|n| *n == 0));
     tokio::select! {
         result = &mut serve => return result,
         drained = drained => if drained.is_err() {
-            warn!(streams = *hub.sessions.watch_streams().borrow(), "shutdown: streams still draining at the end of the grace period");
+            warn!(sessions = hub.sessions.len(), "shutdown: streams still draining at the end of the grace period");
         },
     }
     info!("shutdown: closing the transport");

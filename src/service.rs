@@ -36,15 +36,15 @@ impl ChatService for ChatEdge {
         request: Request<Streaming<proto::Message>>,
     ) -> Result<Response<OutboundStream>, Status> {
         let (tx, outbound) = SessionTx::channel(self.hub.config().session.outbound_queue);
+        // The stream holds the place: the session counts until the transport lets go of its
+        // response, which can outlive the actor while the last messages are written.
         let permit = self.hub.sessions.admit(&tx)?;
         let id = permit.id;
         let (stopped_tx, stopped_rx) = oneshot::channel();
-        let session = Session::start(self.hub.clone(), permit, tx, stopped_tx);
+        let session = Session::start(self.hub.clone(), id, tx, stopped_tx);
         self.hub.sessions.attach(id, session.clone());
         tokio::spawn(forward_requests(request.into_inner(), session, stopped_rx));
-        Ok(Response::new(
-            outbound.counted(self.hub.sessions.stream_guard()),
-        ))
+        Ok(Response::new(outbound.holding(permit)))
     }
 }
 

@@ -28,7 +28,8 @@ async fn room_full() {
 
 #[tokio::test]
 async fn rate_limited_refuses_beyond_the_burst_and_takes_no_seq() {
-    let server = TestServer::start("[limits]\nrate_per_sec = 0.001\nburst = 3\n").await;
+    // Burst 4: the JOIN takes one token, three CHATs the rest.
+    let server = TestServer::start("[limits]\nrate_per_sec = 0.001\nburst = 4\n").await;
     let mut a = server.client("a").await;
     a.join("r").await;
     for n in 0..5 {
@@ -47,7 +48,8 @@ async fn rate_limited_refuses_beyond_the_burst_and_takes_no_seq() {
 
 #[tokio::test]
 async fn rate_limit_is_per_member_per_room() {
-    let server = TestServer::start("[limits]\nrate_per_sec = 0.001\nburst = 1\n").await;
+    // Burst 2: one token for the JOIN, one for a CHAT.
+    let server = TestServer::start("[limits]\nrate_per_sec = 0.001\nburst = 2\n").await;
     let mut a = server.client("a").await;
     let mut b = server.client("b").await;
     a.join("x").await;
@@ -62,7 +64,27 @@ async fn rate_limit_is_per_member_per_room() {
     b.chat("x", "own bucket for b").await;
     assert_eq!(b.expect(Kind::Chat).await.user, "b");
     a.chat("x", "2").await;
-    a.until(|m| m.kind() == Kind::Error).await;
+    let refused = a.until(|m| m.kind() == Kind::Error).await;
+    assert_eq!(
+        (refused.code.as_str(), refused.room.as_str()),
+        ("rate_limited", "x")
+    );
+}
+
+#[tokio::test]
+async fn leaving_and_rejoining_does_not_reset_the_rate_limit() {
+    let server = TestServer::start("[limits]\nrate_per_sec = 0.001\nburst = 2\n").await;
+    let mut a = server.client("a").await;
+    a.join("r").await; // token 1
+    a.chat("r", "1").await; // token 2
+    a.expect(Kind::Chat).await;
+    a.send_kind(Kind::Leave, "r").await;
+    a.expect(Kind::Left).await;
+    // The bucket is empty and stays empty across the LEAVE: even the JOIN is refused.
+    a.send_kind(Kind::Join, "r").await;
+    a.expect_error("rate_limited").await;
+    // Another room has its own bucket.
+    a.join("other").await;
 }
 
 #[tokio::test]
@@ -101,7 +123,7 @@ async fn invalid_room() {
 }
 
 #[tokio::test]
-async fn invalid_user_until_the_session_has_a_valid_name() {
+async fn invalid_user_when_the_first_request_has_no_valid_name() {
     let server = TestServer::start("").await;
     for bad in ["", "   ", "bell\u{7}", &"x".repeat(65)] {
         let mut anon = server.client(bad).await;
@@ -121,7 +143,7 @@ async fn invalid_user_until_the_session_has_a_valid_name() {
         })
         .await;
         anon.expect(Kind::Pong).await;
-        // A later valid name is taken, and the stream carries on.
+        // The first request decided: a later name is ignored, the stream carries on unnamed.
         anon.send(Message {
             kind: Kind::Join.into(),
             room: "r".into(),
@@ -129,8 +151,93 @@ async fn invalid_user_until_the_session_has_a_valid_name() {
             ..Message::default()
         })
         .await;
-        assert_eq!(anon.expect(Kind::Joined).await.user, "named-later");
+        let error = anon.expect_error("invalid_user").await;
+        assert_eq!(error.room, "r");
     }
+}
+
+#[tokio::test]
+async fn a_first_ping_names_the_session() {
+    let server = TestServer::start("").await;
+    let mut watcher = server.client("watcher").await;
+    watcher.join("r").await;
+    let mut alice = server.client("alice").await;
+    alice
+        .send(Message {
+            kind: Kind::Ping.into(),
+            user: "alice".into(),
+            ..Message::default()
+        })
+        .await;
+    alice.expect(Kind::Pong).await;
+    alice
+        .send(Message {
+            kind: Kind::Join.into(),
+            room: "r".into(),
+            user: "mallory".into(),
+            ..Message::default()
+        })
+        .await;
+    assert_eq!(alice.expect(Kind::Joined).await.user, "alice");
+    assert_eq!(watcher.expect(Kind::Join).await.user, "alice");
+}
+
+#[tokio::test]
+async fn ref_longer_than_128_bytes_is_a_bad_request() {
+    let server = TestServer::start("").await;
+    let mut a = server.client("a").await;
+    a.send(Message {
+        kind: Kind::Ping.into(),
+        r#ref: "r".repeat(129),
+        ..Message::default()
+    })
+    .await;
+    a.expect_error("bad_request").await;
+    a.send(Message {
+        kind: Kind::Ping.into(),
+        r#ref: "r".repeat(128),
+        ..Message::default()
+    })
+    .await;
+    assert_eq!(a.expect(Kind::Pong).await.r#ref.len(), 128);
+}
+
+#[tokio::test]
+async fn replies_to_requests_without_a_room_name_the_default_room() {
+    let server = TestServer::start("").await;
+    let mut a = server.client("a").await;
+    a.send_kind(Kind::Ping, "").await;
+    assert_eq!(a.expect(Kind::Pong).await.room, "lobby");
+    a.send(Message {
+        kind: 99,
+        ..Message::default()
+    })
+    .await;
+    assert_eq!(a.expect_error("bad_request").await.room, "lobby");
+    let mut anon = server.client("").await;
+    anon.send(Message {
+        content: "no name".into(),
+        ..Message::default()
+    })
+    .await;
+    assert_eq!(anon.expect_error("invalid_user").await.room, "lobby");
+}
+
+#[tokio::test]
+async fn hostile_since_seq_replays_nothing_and_the_room_carries_on() {
+    let server = TestServer::start("").await;
+    let mut a = server.client("a").await;
+    a.join("r").await;
+    a.chat("r", "kept").await;
+    a.expect(Kind::Chat).await;
+    let mut b = server.client("b").await;
+    let joined = b.join_since("r", u64::MAX).await;
+    assert_eq!(joined.seq, 1);
+    b.expect_silence().await;
+    a.expect(Kind::Join).await;
+    a.chat("r", "still one room").await;
+    assert_eq!(b.expect(Kind::Chat).await.seq, 2);
+    assert_eq!(a.expect(Kind::Chat).await.seq, 2);
 }
 
 #[tokio::test]

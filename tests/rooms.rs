@@ -312,3 +312,31 @@ async fn chat_to_the_default_room_joins_it_silently() {
     let seen = watcher.expect(Kind::Chat).await;
     assert_eq!(chat_contents(&[seen]), vec!["hi"]);
 }
+
+#[tokio::test]
+async fn join_that_reaches_a_stopped_room_is_retried_on_a_fresh_one() {
+    // Deterministic form of the race: the registry still hands out the address of a room that
+    // has already stopped, exactly what a JOIN sees when it looked the room up just before the
+    // room's empty-TTL stop.
+    let server = TestServer::start("[limits]\nempty_room_ttl_ms = 0\n").await;
+    let name = chatrooms::names::RoomName::parse("phoenix").unwrap();
+    let mut ada = server.client("ada").await;
+    ada.join("phoenix").await;
+    let stale = server.hub.rooms.get(&name).expect("registered");
+    ada.send_kind(Kind::Leave, "phoenix").await;
+    ada.expect(Kind::Left).await;
+    server.wait_rooms(0).await;
+    server.hub.rooms.get_or_create(&name, || stale.clone());
+
+    let mut bob = server.client("bob").await;
+    let joined = bob.join("phoenix").await;
+    assert_eq!(joined.members, vec!["bob"]);
+    let fresh = server
+        .hub
+        .rooms
+        .get(&name)
+        .expect("a fresh room is registered");
+    assert!(fresh != stale, "the stopped room was replaced");
+    bob.chat("phoenix", "risen").await;
+    assert_eq!(bob.expect(Kind::Chat).await.seq, 1);
+}

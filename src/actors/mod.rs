@@ -4,7 +4,7 @@
 //! |----------------|------------------|----------------------------|--------------------------------------------|
 //! | `Inbound`      | gRPC edge → Session | `()` once handled       | one request; awaited, so requests stay in order and a flood is held back by HTTP/2 flow control |
 //! | `InboundEnded` | gRPC edge → Session | `()`                    | half-close (clean end) or a broken request stream |
-//! | `Join`         | Session → Room   | `Result<(), JoinError>`    | membership; the room pushes JOINED and the replay itself |
+//! | `Join`         | Session → Room   | `Result<(), ChatError>`    | membership; the room pushes JOINED and the replay itself |
 //! | `Post`         | Session → Room   | `Result<(), ChatError>`    | a CHAT; the room pushes the broadcast and the sender's ack |
 //! | `Leave`        | Session → Room   | `Result<(), ChatError>`    | LEAVE request, or leave-all when a session stops |
 //! | `Evicted`      | Room → Session   | `()`                       | the room dropped this slow consumer; the session ends |
@@ -36,16 +36,8 @@ pub struct Inbound(pub proto::Message);
 #[rtype(result = "()")]
 pub struct InboundEnded(pub Option<Fatal>);
 
-/// Why a room did not take a JOIN.
-#[derive(Debug, Clone, PartialEq)]
-pub enum JoinError {
-    Refused(ChatError),
-    /// The room is stopping after its empty-TTL; the session retries on a fresh room.
-    Closing,
-}
-
 #[derive(Message, Clone)]
-#[rtype(result = "Result<(), JoinError>")]
+#[rtype(result = "Result<(), ChatError>")]
 pub struct Join {
     pub session: SessionId,
     pub user: UserName,

@@ -10,7 +10,7 @@ use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, SpawnHand
 use bytes::Bytes;
 use tracing::info;
 
-use super::{Evicted, Join, JoinError, Leave, Post, Reconfigure, session::Session};
+use super::{Evicted, Join, Leave, Post, Reconfigure, session::Session};
 use crate::{
     config::RoomLimits,
     error::{ChatError, Fatal},
@@ -45,8 +45,9 @@ pub struct Room {
     failed: Vec<(SessionId, Delivery)>,
     /// The pending empty-room stop, while the room is empty.
     expiry: Option<SpawnHandle>,
-    /// Set once the room has unregistered itself; every later JOIN is sent elsewhere.
-    closing: bool,
+    /// Rate buckets of members who sent LEAVE, kept until they refill, so leaving and
+    /// re-joining cannot reset a member's rate limit.
+    departed: HashMap<SessionId, TokenBucket>,
 }
 
 impl Room {
@@ -66,7 +67,7 @@ impl Room {
                 seq: 0,
                 failed: Vec::new(),
                 expiry: None,
-                closing: false,
+                departed: HashMap::new(),
             }
         })
     }
@@ -125,7 +126,7 @@ impl Room {
     }
 
     fn expire_when_empty(&mut self, ctx: &mut Context<Self>) {
-        if !self.members.is_empty() || self.expiry.is_some() || self.closing {
+        if !self.members.is_empty() || self.expiry.is_some() {
             return;
         }
         let ttl = self.limits.empty_room_ttl();
@@ -137,12 +138,48 @@ impl Room {
         }));
     }
 
-    /// Unregisters and stops. Runs inside the actor, so no JOIN can slip in between the check
-    /// for emptiness and the removal: a JOIN already queued gets `Closing` and goes elsewhere.
+    /// Unregisters and stops. Runs inside the actor, so no JOIN is handled between the check for
+    /// emptiness and the removal. Once stopped, actix handles no more mail: a JOIN still queued
+    /// fails with a mailbox error and the session retries on a fresh room from the registry.
     fn close(&mut self, ctx: &mut Context<Self>) {
-        self.closing = true;
         self.hub.rooms.remove_if_same(&self.name, &ctx.address());
         ctx.stop();
+    }
+
+    /// A member's bucket, the one it left with if it left recently; a JOIN takes one token, so
+    /// join/leave cycles cannot flood the room with presence either.
+    fn bucket_for_join(
+        &mut self,
+        session: SessionId,
+        now: Instant,
+    ) -> Result<TokenBucket, ChatError> {
+        let (rate, burst) = (self.limits.rate_per_sec, self.limits.burst);
+        let mut bucket = self
+            .departed
+            .remove(&session)
+            .unwrap_or_else(|| TokenBucket::full(burst, now));
+        if bucket.try_take(now, rate, burst) {
+            Ok(bucket)
+        } else {
+            self.departed.insert(session, bucket);
+            Err(ChatError::RateLimited {
+                rate_per_sec: rate,
+                burst,
+            })
+        }
+    }
+
+    /// Remembers the bucket of a member that left, forgetting those that have refilled (they
+    /// are no different from a fresh one).
+    fn remember_departed(&mut self, session: SessionId, bucket: TokenBucket) {
+        let now = Instant::now();
+        let (rate, burst) = (self.limits.rate_per_sec, self.limits.burst);
+        if self.departed.len() >= 64 {
+            self.departed.retain(|_, b| !b.is_full(now, rate, burst));
+        }
+        if !bucket.is_full(now, rate, burst) {
+            self.departed.insert(session, bucket);
+        }
     }
 
     fn joined(&self, joiner: &UserName, r#ref: String) -> Bytes {
@@ -180,19 +217,17 @@ impl Actor for Room {
 }
 
 impl Handler<Join> for Room {
-    type Result = Result<(), JoinError>;
+    type Result = Result<(), ChatError>;
 
     fn handle(&mut self, join: Join, ctx: &mut Context<Self>) -> Self::Result {
-        if self.closing {
-            return Err(JoinError::Closing);
-        }
         let rejoin = self.members.contains_key(&join.session);
         if !rejoin {
             if self.members.len() >= self.limits.max_members {
-                return Err(JoinError::Refused(ChatError::RoomFull {
+                return Err(ChatError::RoomFull {
                     max: self.limits.max_members,
-                }));
+                });
             }
+            let bucket = self.bucket_for_join(join.session, Instant::now())?;
             if let Some(expiry) = self.expiry.take() {
                 ctx.cancel_future(expiry);
             }
@@ -202,7 +237,7 @@ impl Handler<Join> for Room {
                     user: join.user.clone(),
                     tx: join.tx,
                     session: join.addr,
-                    bucket: TokenBucket::full(self.limits.burst, Instant::now()),
+                    bucket,
                 },
             );
         }
@@ -284,6 +319,7 @@ impl Handler<Leave> for Room {
             .remove(&leave.session)
             .ok_or(ChatError::NotAMember)?;
         if let Some(r#ref) = leave.ack {
+            self.remember_departed(leave.session, member.bucket.clone());
             let left = proto::Message {
                 r#ref,
                 ..proto::Message::event(Kind::Left, self.name.as_str(), member.user.as_str())

@@ -17,10 +17,10 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{End, Evicted, Inbound, InboundEnded, Join, JoinError, Leave, Post, room::Room};
+use super::{End, Evicted, Inbound, InboundEnded, Join, Leave, Post, room::Room};
 use crate::{
     error::{ChatError, Fatal},
-    hub::{Hub, SessionPermit},
+    hub::Hub,
     metrics,
     names::{RoomName, SessionId, UserName},
     outbound::{Delivery, SessionTx},
@@ -30,18 +30,39 @@ use crate::{
 /// A JOIN that meets a stopping room retries on a fresh one; more than a couple of rounds means
 /// something else is wrong.
 const JOIN_ATTEMPTS: usize = 8;
+/// Longest `ref` a client may attach; it is echoed back, so it is bounded.
+pub const MAX_REF_BYTES: usize = 128;
+
+/// Who the session is. The first request decides, whatever its kind: a valid `user` names the
+/// session for good; an empty or invalid one leaves it unnamed, able to PING and nothing else.
+enum Identity {
+    Unset,
+    Named(UserName),
+    Invalid(&'static str),
+}
+
+impl Identity {
+    fn claim(user: &str) -> Identity {
+        if user.is_empty() {
+            return Identity::Invalid("the first request of a stream must name its `user`");
+        }
+        match UserName::parse(user) {
+            Ok(user) => Identity::Named(user),
+            Err(ChatError::InvalidUser(reason)) => Identity::Invalid(reason),
+            Err(_) => Identity::Invalid("invalid user name"),
+        }
+    }
+}
 
 pub struct Session {
     id: SessionId,
     hub: Arc<Hub>,
     tx: SessionTx,
-    /// Set by the first request that carries a valid `user`; never changed afterwards.
-    user: Option<UserName>,
+    identity: Identity,
     rooms: HashMap<RoomName, Addr<Room>>,
     /// Where CHAT and JOIN with an empty `room` go; fixed for the life of the server.
     default_room: RoomName,
     last_seen: Instant,
-    _permit: SessionPermit,
     /// Dropped with the actor, which tells the edge's reader task to let go of the request stream.
     _stopped: oneshot::Sender<()>,
 }
@@ -50,7 +71,7 @@ impl Session {
     /// Starts the session of one stream on the next arbiter.
     pub fn start(
         hub: Arc<Hub>,
-        permit: SessionPermit,
+        id: SessionId,
         tx: SessionTx,
         stopped: oneshot::Sender<()>,
     ) -> Addr<Session> {
@@ -58,21 +79,31 @@ impl Session {
         // unwrap: the configuration was validated, default_room included.
         let default_room = RoomName::parse(&hub.config().server.default_room).unwrap();
         Session::start_in_arbiter(&arbiter, move |_| Session {
-            id: permit.id,
+            id,
             default_room,
             hub,
             tx,
-            user: None,
+            identity: Identity::Unset,
             rooms: HashMap::new(),
             last_seen: Instant::now(),
-            _permit: permit,
             _stopped: stopped,
         })
     }
 
     fn request(&mut self, msg: proto::Message, ctx: &mut Context<Self>) {
+        let first = matches!(self.identity, Identity::Unset);
+        if first {
+            self.identity = Identity::claim(&msg.user);
+            if let Identity::Named(user) = &self.identity {
+                info!(session = %self.id, user = %user, "session named");
+            }
+        }
+        if msg.r#ref.len() > MAX_REF_BYTES {
+            let error = ChatError::BadRequest(format!("ref is longer than {MAX_REF_BYTES} bytes"));
+            return self.refuse(error, &msg.room, String::new(), ctx);
+        }
         let kind = match Kind::try_from(msg.kind) {
-            Ok(Kind::Ping) => return self.pong(msg.room, msg.r#ref, ctx),
+            Ok(Kind::Ping) => return self.pong(&msg.room, msg.r#ref, ctx),
             Ok(Kind::Unspecified | Kind::Chat) => Kind::Chat,
             Ok(kind @ (Kind::Join | Kind::Leave)) => kind,
             _ => {
@@ -83,9 +114,13 @@ impl Session {
                 return self.refuse(error, &msg.room, msg.r#ref, ctx);
             }
         };
-        let user = match self.identify(&msg.user) {
-            Ok(user) => user,
-            Err(error) => return self.refuse(error, &msg.room, msg.r#ref, ctx),
+        let user = match &self.identity {
+            Identity::Named(user) => user.clone(),
+            Identity::Invalid(reason) => {
+                let error = ChatError::InvalidUser(reason);
+                return self.refuse(error, &msg.room, msg.r#ref, ctx);
+            }
+            Identity::Unset => unreachable!("claimed above"),
         };
         let room = match self.target_room(kind, &msg.room) {
             Ok(room) => room,
@@ -96,22 +131,6 @@ impl Session {
             Kind::Leave => self.leave(room, msg.r#ref, ctx),
             _ => self.chat(user, room, msg.content, msg.r#ref, ctx),
         }
-    }
-
-    /// The session's name: fixed by the first request that carries a valid one.
-    fn identify(&mut self, claimed: &str) -> Result<UserName, ChatError> {
-        if let Some(user) = &self.user {
-            return Ok(user.clone());
-        }
-        if claimed.is_empty() {
-            return Err(ChatError::InvalidUser(
-                "name the session: the first request needs a `user`",
-            ));
-        }
-        let user = UserName::parse(claimed)?;
-        info!(session = %self.id, user = %user, "session named");
-        self.user = Some(user.clone());
-        Ok(user)
     }
 
     fn target_room(&self, kind: Kind, room: &str) -> Result<RoomName, ChatError> {
@@ -254,10 +273,10 @@ impl Session {
         ctx.wait(leaving);
     }
 
-    fn pong(&mut self, room: String, r#ref: String, ctx: &mut Context<Self>) {
+    fn pong(&mut self, room: &str, r#ref: String, ctx: &mut Context<Self>) {
         let pong = proto::Message {
             r#ref,
-            ..proto::Message::event(Kind::Pong, &room, self.user_name())
+            ..proto::Message::event(Kind::Pong, self.room_or_default(room), self.user_name())
         };
         self.push(proto::encode(&pong), ctx);
     }
@@ -266,7 +285,12 @@ impl Session {
         metrics::refused(error.code());
         let message = proto::Message {
             user: self.user_name().to_string(),
-            ..proto::Message::error(error.code(), error.to_string(), room, r#ref)
+            ..proto::Message::error(
+                error.code(),
+                error.to_string(),
+                self.room_or_default(room),
+                r#ref,
+            )
         };
         self.push(proto::encode(&message), ctx);
     }
@@ -285,7 +309,19 @@ impl Session {
     }
 
     fn user_name(&self) -> &str {
-        self.user.as_ref().map_or("", UserName::as_str)
+        match &self.identity {
+            Identity::Named(user) => user.as_str(),
+            _ => "",
+        }
+    }
+
+    /// Every server message names a room: an empty one means the default room.
+    fn room_or_default<'a>(&'a self, room: &'a str) -> &'a str {
+        if room.is_empty() {
+            self.default_room.as_str()
+        } else {
+            room
+        }
     }
 
     /// Ends the session once nothing has arrived for the configured idle timeout. One timer per
@@ -313,9 +349,9 @@ async fn join_room(hub: Arc<Hub>, name: RoomName, join: Join) -> Result<Addr<Roo
             .get_or_create(&name, || Room::start(&hub, name.clone()));
         match room.send(join.clone()).await {
             Ok(Ok(())) => return Ok(room),
-            Ok(Err(JoinError::Refused(error))) => return Err(error),
-            // The room unregistered itself before refusing: the next lookup starts a new one.
-            Ok(Err(JoinError::Closing)) => {}
+            Ok(Err(error)) => return Err(error),
+            // The room stopped (empty-room TTL) with this JOIN still queued, or died: it is no
+            // longer registered (or is removed now), so the next lookup starts a fresh one.
             Err(_) => {
                 hub.rooms.remove_if_same(&name, &room);
             }
@@ -351,7 +387,6 @@ impl Actor for Session {
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         let reason = self.tx.fatal().map_or("client_closed", Fatal::reason);
-        metrics::session_ended(reason);
         info!(session = %self.id, user = self.user_name(), reason, "session ended");
     }
 }
@@ -373,8 +408,14 @@ impl Handler<InboundEnded> for Session {
         match failure {
             Some(fatal) => self.end(fatal, ctx),
             // Half-close: what is queued is still delivered; the stream ends once every room
-            // has let go of this session's handle.
-            None => ctx.stop(),
+            // has let go of this session's handle. A peer that never reads it is cut after the
+            // idle timeout, so a half-closed stream cannot hold its queue forever.
+            None => {
+                if let Some(limit) = self.hub.config().session.idle_timeout() {
+                    actix_rt::spawn(self.tx.end_unless_drained(limit));
+                }
+                ctx.stop();
+            }
         }
     }
 }
