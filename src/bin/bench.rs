@@ -1,0 +1,3 @@
+//! `chat-bench`: the project's load generator (work in progress).
+
+fn main() {}
