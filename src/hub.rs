@@ -32,6 +32,7 @@ pub struct Hub {
     pub arbiters: Arbiters,
     pub rooms: RoomRegistry,
     pub sessions: Arc<SessionTable>,
+    pub census: Arc<Census>,
 }
 
 impl Hub {
@@ -43,6 +44,7 @@ impl Hub {
             arbiters,
             rooms: RoomRegistry::default(),
             sessions: Arc::new(SessionTable::new(max_sessions)),
+            census: Arc::new(Census::default()),
         }
     }
 
@@ -190,5 +192,73 @@ impl Drop for SessionPermit {
         self.table.open.remove(&self.id);
         self.table.admitted.fetch_sub(1, Ordering::AcqRel);
         self.table.publish_count();
+    }
+}
+
+/// What the census counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Living {
+    SessionActor,
+    RoomActor,
+    ReaderTask,
+}
+
+/// Live actors and tasks, so leak checks can see that everything a session or room started has
+/// ended. Updated once per actor or task start and end, never per message.
+#[derive(Debug)]
+pub struct Census {
+    counts: watch::Sender<CensusCounts>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CensusCounts {
+    pub session_actors: usize,
+    pub room_actors: usize,
+    pub reader_tasks: usize,
+}
+
+impl CensusCounts {
+    fn slot(&mut self, what: Living) -> &mut usize {
+        match what {
+            Living::SessionActor => &mut self.session_actors,
+            Living::RoomActor => &mut self.room_actors,
+            Living::ReaderTask => &mut self.reader_tasks,
+        }
+    }
+}
+
+impl Default for Census {
+    fn default() -> Self {
+        Census {
+            counts: watch::Sender::new(CensusCounts::default()),
+        }
+    }
+}
+
+impl Census {
+    /// Counts one `what` until the returned guard is dropped.
+    pub fn enter(self: &Arc<Self>, what: Living) -> Counted {
+        self.counts.send_modify(|c| *c.slot(what) += 1);
+        Counted {
+            census: self.clone(),
+            what,
+        }
+    }
+
+    pub fn watch(&self) -> watch::Receiver<CensusCounts> {
+        self.counts.subscribe()
+    }
+}
+
+/// See [`Census::enter`].
+#[derive(Debug)]
+pub struct Counted {
+    census: Arc<Census>,
+    what: Living,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.census.counts.send_modify(|c| *c.slot(self.what) -= 1);
     }
 }

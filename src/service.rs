@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     actors::{Inbound, InboundEnded, session::Session},
     error::Fatal,
-    hub::Hub,
+    hub::{Hub, Living},
     outbound::{OutboundStream, SessionTx},
     proto::{self, chat_service_server::ChatService},
 };
@@ -43,7 +43,11 @@ impl ChatService for ChatEdge {
         let (stopped_tx, stopped_rx) = oneshot::channel();
         let session = Session::start(self.hub.clone(), id, tx, stopped_tx);
         self.hub.sessions.attach(id, session.clone());
-        tokio::spawn(forward_requests(request.into_inner(), session, stopped_rx));
+        let census = self.hub.census.enter(Living::ReaderTask);
+        tokio::spawn(async move {
+            forward_requests(request.into_inner(), session, stopped_rx).await;
+            drop(census);
+        });
         Ok(Response::new(outbound.holding(permit)))
     }
 }

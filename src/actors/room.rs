@@ -15,7 +15,7 @@ use crate::{
     config::RoomLimits,
     error::{ChatError, Fatal},
     history::History,
-    hub::Hub,
+    hub::{Counted, Hub, Living},
     limits::TokenBucket,
     metrics,
     names::{RoomName, SessionId, UserName},
@@ -48,6 +48,7 @@ pub struct Room {
     /// Rate buckets of members who sent LEAVE, kept until they refill, so leaving and
     /// re-joining cannot reset a member's rate limit.
     departed: HashMap<SessionId, TokenBucket>,
+    _census: Counted,
 }
 
 impl Room {
@@ -55,6 +56,7 @@ impl Room {
     pub fn start(hub: &Arc<Hub>, name: RoomName) -> Addr<Room> {
         let hub = hub.clone();
         let arbiter = hub.arbiters.next().clone();
+        let census = hub.census.enter(Living::RoomActor);
         Room::start_in_arbiter(&arbiter, move |ctx| {
             ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
             let limits = hub.config().limits_for(name.as_str());
@@ -68,6 +70,7 @@ impl Room {
                 failed: Vec::new(),
                 expiry: None,
                 departed: HashMap::new(),
+                _census: census,
             }
         })
     }

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use super::{End, Evicted, Inbound, InboundEnded, Join, Leave, Post, room::Room};
 use crate::{
     error::{ChatError, Fatal},
-    hub::Hub,
+    hub::{Counted, Hub, Living},
     metrics,
     names::{RoomName, SessionId, UserName},
     outbound::{Delivery, SessionTx},
@@ -65,6 +65,7 @@ pub struct Session {
     last_seen: Instant,
     /// Dropped with the actor, which tells the edge's reader task to let go of the request stream.
     _stopped: oneshot::Sender<()>,
+    _census: Counted,
 }
 
 impl Session {
@@ -78,6 +79,7 @@ impl Session {
         let arbiter = hub.arbiters.next().clone();
         // unwrap: the configuration was validated, default_room included.
         let default_room = RoomName::parse(&hub.config().server.default_room).unwrap();
+        let census = hub.census.enter(Living::SessionActor);
         Session::start_in_arbiter(&arbiter, move |_| Session {
             id,
             default_room,
@@ -87,6 +89,7 @@ impl Session {
             rooms: HashMap::new(),
             last_seen: Instant::now(),
             _stopped: stopped,
+            _census: census,
         })
     }
 

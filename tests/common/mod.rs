@@ -8,7 +8,7 @@ use bytes::Bytes;
 use chatrooms::{
     Config, Server,
     codec::ChatCodec,
-    hub::Hub,
+    hub::{CensusCounts, Hub},
     proto::{Kind, Message, chat_service_client::ChatServiceClient},
 };
 use tokio::{
@@ -104,6 +104,17 @@ impl TestServer {
         timeout(WAIT, count.wait_for(|c| *c == n))
             .await
             .unwrap_or_else(|_| panic!("rooms never reached {n}, now {}", self.hub.rooms.len()))
+            .unwrap();
+    }
+
+    /// Waits until nothing is left: no session, no room, no actor, no reader task.
+    pub async fn wait_empty(&self) {
+        self.wait_sessions(0).await;
+        self.wait_rooms(0).await;
+        let mut census = self.hub.census.watch();
+        timeout(WAIT, census.wait_for(|c| *c == CensusCounts::default()))
+            .await
+            .unwrap_or_else(|_| panic!("left behind: {:?}", *self.hub.census.watch().borrow()))
             .unwrap();
     }
 
