@@ -118,6 +118,15 @@ impl TestServer {
             .unwrap();
     }
 
+    /// Waits until exactly `n` session actors are running.
+    pub async fn wait_session_actors(&self, n: usize) {
+        let mut census = self.hub.census.watch();
+        timeout(WAIT, census.wait_for(|c| c.session_actors == n))
+            .await
+            .unwrap_or_else(|_| panic!("session actors never reached {n}"))
+            .unwrap();
+    }
+
     /// Waits until `n` sessions are open.
     pub async fn wait_sessions(&self, n: usize) {
         let mut count = self.hub.sessions.watch_count();
@@ -239,11 +248,15 @@ impl Client {
 
     /// The next reply; panics on a status, end of stream or [`WAIT`].
     pub async fn next(&mut self) -> Message {
-        match timeout(WAIT, self.rx.message()).await {
+        self.next_within(WAIT).await
+    }
+
+    pub async fn next_within(&mut self, wait: Duration) -> Message {
+        match timeout(wait, self.rx.message()).await {
             Ok(Ok(Some(message))) => message,
             Ok(Ok(None)) => panic!("{}: stream ended", self.user),
             Ok(Err(status)) => panic!("{}: stream failed: {status:?}", self.user),
-            Err(_) => panic!("{}: nothing received in {WAIT:?}", self.user),
+            Err(_) => panic!("{}: nothing received in {wait:?}", self.user),
         }
     }
 
@@ -279,7 +292,11 @@ impl Client {
 
     /// Asserts nothing arrives for [`QUIET`].
     pub async fn expect_silence(&mut self) {
-        if let Ok(next) = timeout(QUIET, self.rx.message()).await {
+        self.expect_silence_for(QUIET).await;
+    }
+
+    pub async fn expect_silence_for(&mut self, quiet: Duration) {
+        if let Ok(next) = timeout(quiet, self.rx.message()).await {
             panic!("{}: expected silence, got {next:?}", self.user);
         }
     }
