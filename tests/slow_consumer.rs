@@ -61,6 +61,7 @@ async fn slow_consumer_is_ended_with_resource_exhausted_while_others_get_everyth
     let (received, status) = slow.drain_to_end().await;
     let status = status.expect("ended with a status");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().starts_with("slow consumer"), "{status:?}");
     assert!(
         received.len() < TOTAL,
         "it was cut off, not served everything"
