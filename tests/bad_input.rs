@@ -112,7 +112,8 @@ fn frame() -> impl Strategy<Value = Vec<u8>> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 48,
+        // PROPTEST_CASES raises the count for longer runs outside CI.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

@@ -416,7 +416,8 @@ async fn run(ops: Vec<Op>) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 48,
+        // PROPTEST_CASES raises the count for longer runs outside CI.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
         max_shrink_iters: 100,
         failure_persistence: None,
         ..ProptestConfig::default()
