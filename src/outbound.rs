@@ -82,6 +82,7 @@ impl SessionTx {
             shared: shared.clone(),
             done: false,
             permit: None,
+            uncounted: 0,
         };
         (SessionTx { tx, shared }, stream)
     }
@@ -153,6 +154,8 @@ pub struct OutboundStream {
     done: bool,
     /// The session's place in the session table, given back with the stream.
     permit: Option<SessionPermit>,
+    /// Deliveries not yet added to the metrics counter (see [`COUNT_BATCH`]).
+    uncounted: u64,
 }
 
 impl OutboundStream {
@@ -178,6 +181,28 @@ impl Drop for OutboundStream {
     }
 }
 
+/// Deliveries are added to the shared counter in batches of at most this many, and whenever the
+/// queue runs empty: before the transport writes what it took, so a client never observes a
+/// message the counter does not include yet.
+const COUNT_BATCH: u64 = 64;
+
+impl OutboundStream {
+    fn flush_count(&mut self) {
+        if self.uncounted > 0 {
+            metrics::get().delivered.increment(self.uncounted);
+            self.uncounted = 0;
+        }
+    }
+
+    /// Ends the stream, with the status of `fatal` if there is one.
+    fn finish(&mut self) -> Poll<Option<Result<Bytes, Status>>> {
+        self.flush_count();
+        self.done = true;
+        self.rx.close();
+        Poll::Ready(self.shared.fatal.get().map(|f| Err(Status::from(f))))
+    }
+}
+
 impl Stream for OutboundStream {
     type Item = Result<Bytes, Status>;
 
@@ -186,27 +211,31 @@ impl Stream for OutboundStream {
         if this.done {
             return Poll::Ready(None);
         }
-        // Registered before looking at `fatal`, so an `end()` racing with this poll still wakes us.
-        this.shared.waker.register(cx.waker());
-        let fatal = this.shared.fatal.get();
-        let finished = match fatal {
-            Some(f) if !f.drains_first() => Some(f),
-            _ => match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(message)) => {
-                    // Counted before the transport sees it, so a client never observes a
-                    // message the counter does not include yet.
-                    metrics::get().delivered.increment(1);
-                    return Poll::Ready(Some(Ok(message)));
+        if this.shared.fatal.get().is_some_and(|f| !f.drains_first()) {
+            return this.finish();
+        }
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(message)) => {
+                this.uncounted += 1;
+                if this.uncounted >= COUNT_BATCH {
+                    this.flush_count();
                 }
-                // Every sender is gone: the session ended; say why if it was not a clean end.
-                Poll::Ready(None) => fatal,
-                Poll::Pending if fatal.is_some() => fatal,
-                Poll::Pending => return Poll::Pending,
-            },
-        };
-        this.done = true;
-        this.rx.close();
-        Poll::Ready(finished.map(|f| Err(Status::from(f))))
+                Poll::Ready(Some(Ok(message)))
+            }
+            // Every sender is gone: the session ended; say why if it was not a clean end.
+            Poll::Ready(None) => this.finish(),
+            Poll::Pending => {
+                this.flush_count();
+                // Registered only when about to wait (not on every message), then `fatal` is
+                // read again: an `end()` racing with this poll is either seen here or wakes us.
+                this.shared.waker.register(cx.waker());
+                if this.shared.fatal.get().is_some() {
+                    this.finish()
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
     }
 }
 
