@@ -107,7 +107,6 @@ impl Server {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         info!(listen = %listener.local_addr()?, "serving {CHAT_SERVICE}");
         let serve = tonic::transport::Server::builder()
-            .tcp_nodelay(config.server.tcp_nodelay)
             .http2_keepalive_interval(config.server.keepalive_interval())
             .http2_keepalive_timeout(Some(Duration::from_millis(
                 config.server.keepalive_timeout_ms,
@@ -116,7 +115,7 @@ impl Server {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(chat)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(accepted(listener, config.server.tcp_nodelay), async {
                 let _ = stop_rx.await;
             });
         tokio::pin!(serve);
@@ -134,6 +133,22 @@ impl Server {
         info!("shutdown: done");
         result.map_err(ServerError::from)
     }
+}
+
+/// Accepted connections, with TCP_NODELAY applied here: tonic's own `tcp_nodelay` setting only
+/// covers listeners it binds itself, and Nagle's algorithm would hold small chat frames back.
+fn accepted(
+    listener: TcpListener,
+    nodelay: bool,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(move |stream| {
+        let stream = stream?;
+        if let Err(error) = stream.set_nodelay(nodelay) {
+            warn!(%error, "cannot set TCP_NODELAY");
+        }
+        Ok(stream)
+    })
 }
 
 /// The shutdown order. `serve` keeps being polled throughout, so the transport goes on accepting

@@ -1,9 +1,13 @@
 //! The `chat-bench` binary against an in-process server: a tiny run delivers every CHAT it
-//! expects, and the generator refuses to target anything but loopback.
+//! expects, a tiny soak prints its interval lines and a complete summary, a tiny fairness run
+//! measures both of its windows, and the generator refuses to target anything but loopback.
 
 mod common;
 
-use std::{process::Stdio, time::Duration};
+use std::{
+    process::{Output, Stdio},
+    time::Duration,
+};
 
 use common::TestServer;
 use serde_json::Value;
@@ -11,8 +15,35 @@ use tokio::{process::Command, time::timeout};
 
 /// Rooms of the generator lift the per-member rate limit, as in the shipped configuration.
 const BENCH_ROOMS: &str = "[rooms.\"bench-*\"]\nrate_per_sec = 100000\nburst = 100000\n";
-/// Bound on one chat-bench run in these tests (its own plan is ~4 s).
-const RUN_LIMIT: Duration = Duration::from_secs(25);
+/// Bound on one chat-bench run in these tests (the plans are 4 to 10 s; each passes a
+/// `--deadline` below this).
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs chat-bench with `args` (bounded by [`RUN_LIMIT`]), checks it succeeded, and returns its
+/// stdout lines parsed as JSON.
+async fn run_bench(args: &[&str]) -> Vec<Value> {
+    let run = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output: Output = timeout(RUN_LIMIT, run)
+        .await
+        .expect("chat-bench ends on its own")
+        .expect("chat-bench starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {stderr}",
+        output.status
+    );
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every line is JSON"))
+        .collect()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_run_delivers_everything_it_expects() {
@@ -63,6 +94,128 @@ async fn tiny_run_delivers_everything_it_expects() {
         assert_eq!(report[empty], serde_json::json!({}), "{empty}: {report}");
     }
     assert_eq!(report["notes"], serde_json::json!([]), "{report}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_soak_prints_interval_lines_and_a_complete_summary() {
+    let server = TestServer::start(BENCH_ROOMS).await;
+    // The server runs in this process, so this process's RSS is the server's.
+    let pid = std::process::id().to_string();
+    let lines = run_bench(&[
+        "--server",
+        &server.addr.to_string(),
+        "--sessions",
+        "10",
+        "--conns",
+        "1",
+        "--rate",
+        "20",
+        "--soak",
+        "3s",
+        "--soak-interval",
+        "1s",
+        "--server-pid",
+        &pid,
+        "--deadline",
+        "25",
+        "--json",
+    ])
+    .await;
+    let (summary, intervals) = lines.split_last().expect("at least the summary line");
+    assert!(intervals.len() >= 2, "{lines:?}");
+    for (n, line) in intervals.iter().enumerate() {
+        assert_eq!(line["soak_line"], n as u64 + 1, "{line}");
+        assert!(line["elapsed_s"].as_f64().is_some(), "{line}");
+        assert!(
+            line["server_rss_kb"].as_u64().is_some_and(|kb| kb > 0),
+            "{line}"
+        );
+        assert!(line["delivered"].as_u64().is_some(), "{line}");
+        assert_eq!(line["errors"], 0, "{line}");
+        assert_eq!(line["ended_by_server"], 0, "{line}");
+    }
+    assert!(
+        intervals.last().unwrap()["interval_p99_ms"]
+            .as_f64()
+            .is_some(),
+        "{lines:?}"
+    );
+
+    assert_eq!(summary["joined"], 10, "{summary}");
+    // 10 senders × 20/s × 3 s into one room of 10.
+    let sent = summary["sent"].as_u64().expect("sent is a count");
+    assert!((580..=620).contains(&sent), "{summary}");
+    assert_eq!(summary["expected"], sent * 10, "{summary}");
+    assert_eq!(summary["delivered"], summary["expected"], "{summary}");
+    assert_eq!(summary["delivery_ratio"], 1.0, "{summary}");
+    assert!(summary["p99_ms"].as_f64().is_some(), "{summary}");
+    assert_eq!(summary["soak_lines"], intervals.len(), "{summary}");
+    for kb in ["rss_start_kb", "rss_end_kb", "rss_max_kb"] {
+        assert!(
+            summary[kb].as_u64().is_some_and(|kb| kb > 0),
+            "{kb}: {summary}"
+        );
+    }
+    assert!(summary["rss_growth_pct"].as_f64().is_some(), "{summary}");
+    assert_eq!(
+        summary["ended_by_server"],
+        serde_json::json!({}),
+        "{summary}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_fairness_run_measures_both_windows() {
+    let server = TestServer::start(BENCH_ROOMS).await;
+    let lines = run_bench(&[
+        "--server",
+        &server.addr.to_string(),
+        "--scenario",
+        "fairness",
+        "--rooms",
+        "6",
+        "--sessions",
+        "24",
+        "--conns",
+        "1",
+        "--warmup",
+        "0.5",
+        "--duration",
+        "1.5",
+        "--settle",
+        "1",
+        "--deadline",
+        "25",
+        "--json",
+    ])
+    .await;
+    assert_eq!(lines.len(), 1, "exactly one JSON line: {lines:?}");
+    let report = &lines[0];
+    assert_eq!(report["scenario"], "fairness", "{report}");
+    assert_eq!(report["joined"], 24, "{report}");
+    for run in ["no_flood", "flood"] {
+        let run = &report[run];
+        assert!(run["p50_ms"].as_f64().is_some(), "{run}");
+        assert!(run["p99_ms"].as_f64().is_some(), "{run}");
+        assert_eq!(run["partial"], Value::Null, "{run}");
+        // Rooms B..F: 5 paced senders at 10/s for 1.5 s, each CHAT to the 4 members of its room.
+        let sent = run["sent"].as_u64().expect("sent is a count");
+        assert!((70..=80).contains(&sent), "{run}");
+        assert_eq!(run["expected"], sent * 4, "{run}");
+    }
+    for key in ["no_flood_p99_ms", "flood_p99_ms", "p99_ratio"] {
+        assert!(
+            report[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}: {report}"
+        );
+    }
+    // The flooder outpaces a paced sender (15 CHATs in the window) many times over.
+    let flooder_sent = report["flooder_sent"].as_u64().expect("flooder_sent");
+    assert!(flooder_sent > 150, "{report}");
+    assert!(report["flooder_errors"].as_u64().is_some(), "{report}");
+    assert_eq!(report["others_ended"], 0, "{report}");
     server.shutdown().await;
 }
 

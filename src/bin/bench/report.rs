@@ -1,0 +1,459 @@
+//! What the user sees: the progress bar on stderr, the report (one JSON object, also rendered as
+//! the summary table), and the single exit path [`finish`] that prints it, shared by `main` and
+//! the watchdog thread that enforces the hard deadline.
+
+use std::{
+    borrow::Cow,
+    fmt::Write as _,
+    io::Write as _,
+    sync::{Arc, atomic::Ordering::Relaxed},
+};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::{
+    EXIT_DEADLINE,
+    cli::{Mode, Scenario},
+    proc::{cpu_seconds, status_kb},
+    shared::{Shared, lock},
+    stats::{FIND_MAX_P99_MS, StepCounts, StepResult},
+};
+
+/// The progress bar on stderr; hidden under `--json` or when stderr is not a terminal, so scripts
+/// and pipes only ever see the report.
+pub struct Progress(ProgressBar);
+
+impl Progress {
+    pub fn new(visible: bool) -> Progress {
+        if !visible {
+            return Progress(ProgressBar::hidden());
+        }
+        let bar = ProgressBar::with_draw_target(Some(1), ProgressDrawTarget::stderr());
+        // unwrap: a constant, valid template
+        let style = ProgressStyle::with_template("{prefix:>8} [{bar:30}] {msg}")
+            .unwrap()
+            .progress_chars("=> ");
+        bar.set_style(style);
+        Progress(bar)
+    }
+
+    pub fn stage(&self, prefix: impl Into<Cow<'static, str>>, length: u64) {
+        self.0.set_prefix(prefix);
+        self.0.set_length(length.max(1));
+        self.0.set_position(0);
+        self.0.set_message("");
+    }
+
+    pub fn update(&self, position: u64, message: String) {
+        self.0.set_position(position);
+        self.0.set_message(message);
+    }
+
+    pub fn set_message(&self, message: &'static str) {
+        self.0.set_message(message);
+    }
+
+    /// Runs `print` with the bar hidden, so a line written meanwhile does not garble it.
+    pub fn suspend<R>(&self, print: impl FnOnce() -> R) -> R {
+        self.0.suspend(print)
+    }
+
+    pub fn clear(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// The whole run as one JSON object (the `--json` line; the table is printed from it too).
+pub fn build_report(shared: &Shared) -> Value {
+    let p = &shared.params;
+    let outcome = lock(&shared.outcome);
+    let best = outcome
+        .steps
+        .iter()
+        .filter(|s| s.ok)
+        .max_by(|a, b| a.deliveries_per_sec.total_cmp(&b.deliveries_per_sec));
+    let summary = match p.mode {
+        Mode::Churn => {
+            let churn = &shared.churn;
+            StepResult::new(StepCounts {
+                step: 0,
+                rate: p.rate,
+                sent: churn.sent.load(Relaxed),
+                delivered: churn.received.load(Relaxed),
+                expected: None,
+                window: p.duration,
+                latency: &lock(&churn.latency),
+                streams_ended: 0,
+                server_cpu_s: None,
+                loadgen_cpu_s: None,
+                partial: false,
+            })
+        }
+        Mode::Idle => StepResult::empty(0.0),
+        Mode::Window | Mode::FindMax => best
+            .or(outcome.steps.last())
+            .cloned()
+            .unwrap_or_else(|| StepResult::empty(p.rate)),
+        // Soak has one long window; fairness reports its flood run here (both are in `extra`).
+        Mode::Soak | Mode::Fairness => outcome
+            .steps
+            .last()
+            .cloned()
+            .unwrap_or_else(|| StepResult::empty(p.rate)),
+    };
+    let pid = p.server_pid.map(|pid| pid.to_string());
+    let mut report = json!({
+        "scenario": p.scenario.map(Scenario::name),
+        "server": p.servers.join(","),
+        "sessions": p.sessions,
+        "conns": p.conns,
+        "rooms": p.rooms,
+        "senders": p.senders,
+        "rate": summary.rate,
+        "size": p.size,
+        "warmup_s": p.warmup.as_secs_f64(),
+        "duration_s": p.duration.as_secs_f64(),
+        "find_max": p.mode == Mode::FindMax,
+        // Churn: JOINs over all cycles; otherwise the sessions counted as members.
+        "joined": shared.joined.load(Relaxed),
+        "join_s": outcome.join_s,
+        "sent": summary.sent,
+        "delivered": summary.delivered,
+        "expected": summary.expected,
+        "delivery_ratio": summary.delivery_ratio,
+        "deliveries_per_sec": summary.deliveries_per_sec,
+        "p50_ms": summary.p50_ms,
+        "p90_ms": summary.p90_ms,
+        "p99_ms": summary.p99_ms,
+        "p999_ms": summary.p999_ms,
+        "max_ms": summary.max_ms,
+        "partial": summary.partial,
+        "late": shared.late_total(),
+        "error_codes": shared.error_codes.snapshot(),
+        "ended_by_server": shared.ended_by_server.snapshot(),
+        "transport_failures": shared.transport_failures.snapshot(),
+        "loadgen_cpu_s": cpu_seconds("self"),
+    });
+    // unwrap: `json!` of an object literal is an object
+    let fields = report.as_object_mut().unwrap();
+    if let Some(pid) = &pid {
+        fields.insert("server_pid".into(), json!(p.server_pid));
+        fields.insert("server_peak_rss_kb".into(), json!(status_kb(pid, "VmHWM")));
+        fields.insert("server_cpu_s".into(), json!(cpu_seconds(pid)));
+    }
+    if p.mode == Mode::Churn {
+        fields.insert("cycles".into(), json!(shared.churn.cycles.load(Relaxed)));
+    }
+    if p.mode == Mode::FindMax {
+        fields.insert("steps".into(), json!(outcome.steps));
+        fields.insert(
+            "max_ok_deliveries_per_sec".into(),
+            json!(best.map(|s| s.deliveries_per_sec)),
+        );
+        fields.insert("max_ok_rate".into(), json!(best.map(|s| s.rate)));
+    }
+    for (key, value) in &outcome.extra {
+        fields.insert(key.clone(), value.clone());
+    }
+    fields.insert("notes".into(), json!(outcome.notes));
+    report
+}
+
+/// A JSON value for the table: numbers as they are, null as `-`.
+fn show(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn show_counts(value: &Value) -> String {
+    match value.as_object() {
+        Some(map) if !map.is_empty() => map
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "none".to_owned(),
+    }
+}
+
+/// The human summary of `report`.
+fn render_table(report: &Value, mode: Mode) -> String {
+    let r = |key: &str| show(&report[key]);
+    let mut out = String::new();
+    let mut line = |label: &str, text: String| {
+        writeln!(out, "{label:<11} {text}").ok();
+    };
+    line(
+        "chat-bench",
+        format!(
+            "scenario {} · {} sessions over {} connections to {} · {} rooms · {} senders · {} B",
+            r("scenario"),
+            r("sessions"),
+            r("conns"),
+            r("server"),
+            r("rooms"),
+            r("senders"),
+            r("size")
+        ),
+    );
+    line(
+        "joined",
+        format!("{}/{} in {} s", r("joined"), r("sessions"), r("join_s")),
+    );
+    match mode {
+        Mode::Idle => {}
+        Mode::Churn => line(
+            "churn",
+            format!(
+                "{} s, {} completed cycles at {} CHATs/s per sender",
+                r("duration_s"),
+                r("cycles"),
+                r("rate")
+            ),
+        ),
+        Mode::Soak => line(
+            "soak",
+            format!(
+                "{} s at {} CHATs/s per sender, a line every {} s",
+                r("duration_s"),
+                r("rate"),
+                r("soak_interval_s")
+            ),
+        ),
+        Mode::Window | Mode::FindMax | Mode::Fairness => line(
+            "window",
+            format!(
+                "{} s warm-up + {} s measured at {} CHATs/s per sender",
+                r("warmup_s"),
+                r("duration_s"),
+                r("rate")
+            ),
+        ),
+    }
+    if mode == Mode::Fairness {
+        line(
+            "rooms",
+            "the figures below are those of rooms B..Z in the flood run".into(),
+        );
+    }
+    if mode != Mode::Idle {
+        line("sent", r("sent"));
+        line(
+            "delivered",
+            format!(
+                "{} of {} expected (ratio {}), {} deliveries/s, {} late",
+                r("delivered"),
+                r("expected"),
+                r("delivery_ratio"),
+                r("deliveries_per_sec"),
+                r("late")
+            ),
+        );
+        line(
+            "latency ms",
+            format!(
+                "p50 {} · p90 {} · p99 {} · p99.9 {} · max {}",
+                r("p50_ms"),
+                r("p90_ms"),
+                r("p99_ms"),
+                r("p999_ms"),
+                r("max_ms")
+            ),
+        );
+    }
+    line("errors", show_counts(&report["error_codes"]));
+    line("ended", show_counts(&report["ended_by_server"]));
+    line("transport", show_counts(&report["transport_failures"]));
+    if !report["server_pid"].is_null() {
+        line(
+            "server",
+            format!(
+                "pid {}: peak RSS {} kB, CPU {} s",
+                r("server_pid"),
+                r("server_peak_rss_kb"),
+                r("server_cpu_s")
+            ),
+        );
+    }
+    if !report["server_rss_joined_kb"].is_null() {
+        line(
+            "server RSS",
+            format!(
+                "{} kB at start, {} kB with the sessions joined: {} bytes per session",
+                r("server_rss_start_kb"),
+                r("server_rss_joined_kb"),
+                r("server_rss_per_session_bytes")
+            ),
+        );
+    }
+    if !report["server_rss_before_kb"].is_null() {
+        line(
+            "server RSS",
+            format!(
+                "{} kB before, {} kB after ({} %, within 10%: {})",
+                r("server_rss_before_kb"),
+                r("server_rss_after_kb"),
+                r("server_rss_change_pct"),
+                r("server_rss_within_10pct")
+            ),
+        );
+    }
+    if mode == Mode::Soak {
+        line(
+            "server RSS",
+            format!(
+                "{} kB at start, {} kB at end, max {} kB (growth {} %)",
+                r("rss_start_kb"),
+                r("rss_end_kb"),
+                r("rss_max_kb"),
+                r("rss_growth_pct")
+            ),
+        );
+    }
+    if mode == Mode::Fairness {
+        render_fairness(report, &mut line);
+    }
+    line("loadgen", format!("CPU {} s", r("loadgen_cpu_s")));
+    if let Some(steps) = report["steps"].as_array() {
+        writeln!(
+            out,
+            "\n{:>4} {:>10} {:>9} {:>11} {:>11} {:>9} {:>12} {:>8} {:>8} {:>8}  ok",
+            "step",
+            "rate/s",
+            "sent",
+            "delivered",
+            "expected",
+            "ratio",
+            "deliv/s",
+            "p50 ms",
+            "p99 ms",
+            "max ms"
+        )
+        .ok();
+        for s in steps {
+            let f = |key: &str| show(&s[key]);
+            writeln!(
+                out,
+                "{:>4} {:>10} {:>9} {:>11} {:>11} {:>9} {:>12} {:>8} {:>8} {:>8}  {}{}",
+                f("step"),
+                format!("{:.2}", s["rate"].as_f64().unwrap_or(0.0)),
+                f("sent"),
+                f("delivered"),
+                f("expected"),
+                f("delivery_ratio"),
+                f("deliveries_per_sec"),
+                f("p50_ms"),
+                f("p99_ms"),
+                f("max_ms"),
+                if s["ok"] == json!(true) { "yes" } else { "no" },
+                if s["partial"] == json!(true) {
+                    " (partial)"
+                } else {
+                    ""
+                },
+            )
+            .ok();
+        }
+        writeln!(
+            out,
+            "max        {} deliveries/s with ratio 1.0 and p99 ≤ {FIND_MAX_P99_MS} ms (rate {})",
+            r("max_ok_deliveries_per_sec"),
+            r("max_ok_rate")
+        )
+        .ok();
+    }
+    for note in report["notes"].as_array().into_iter().flatten() {
+        writeln!(out, "note        {}", show(note)).ok();
+    }
+    out
+}
+
+/// The fairness lines of the table: rooms B..Z without and with the flood, and the flooder.
+fn render_fairness(report: &Value, line: &mut impl FnMut(&str, String)) {
+    let r = |key: &str| show(&report[key]);
+    let run = |name: &str| {
+        let run = &report[name];
+        format!(
+            "rooms B..Z p50 {} · p99 {} ms, delivered {} of {}",
+            show(&run["p50_ms"]),
+            show(&run["p99_ms"]),
+            show(&run["delivered"]),
+            show(&run["expected"])
+        )
+    };
+    line("no flood", run("no_flood"));
+    line("flood", run("flood"));
+    line(
+        "fairness",
+        format!(
+            "p99 flood/no-flood {} (p50 {}), target ≤ 2: {}",
+            r("p99_ratio"),
+            r("p50_ratio"),
+            r("p99_within_2x")
+        ),
+    );
+    line(
+        "flooder",
+        format!(
+            "sent {} CHATs ({} /s), {} delivered in room A, {} ERROR replies, ended by the \
+             server: {}",
+            r("flooder_sent"),
+            r("flooder_per_sec"),
+            r("flooder_delivered"),
+            r("flooder_errors"),
+            r("flooder_ended")
+        ),
+    );
+    line(
+        "streams",
+        format!(
+            "streams of rooms B..Z ended: {}, of room A: {}",
+            r("others_ended"),
+            r("room_a_ended")
+        ),
+    );
+}
+
+/// Prints the report once (JSON line or table) and exits with `code`. Whoever comes first, `main`
+/// or the watchdog, holds the print lock until the process is gone, so the output is never doubled.
+pub fn finish(shared: &Shared, code: u8) -> ! {
+    let _printing = lock(&shared.printing);
+    shared.stopping.store(true, Relaxed);
+    let in_progress = lock(&shared.window).take();
+    if let Some(plan) = in_progress {
+        let partial = shared.harvest(&plan, None, true);
+        lock(&shared.outcome).steps.push(partial);
+    }
+    shared.progress.clear();
+    let report = build_report(shared);
+    let text = if shared.params.json {
+        format!("{report}\n")
+    } else {
+        render_table(&report, shared.params.mode)
+    };
+    let mut stdout = std::io::stdout().lock();
+    // Nothing sensible is left to do if stdout is gone; the exit code still tells.
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+    std::process::exit(i32::from(code));
+}
+
+/// A plain thread, not a task: it must fire even if the async runtime is wedged.
+pub fn spawn_watchdog(shared: Arc<Shared>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(shared.params.deadline);
+            shared.note(format!(
+                "hard deadline of {} s hit: results are partial",
+                shared.params.deadline.as_secs_f64()
+            ));
+            finish(&shared, EXIT_DEADLINE);
+        })
+        .map(drop)
+}
