@@ -539,6 +539,25 @@ mod tests {
             shipped.session.max_rooms_per_session,
             defaults.session.max_rooms_per_session
         );
+        assert_eq!(shipped.metrics, defaults.metrics);
+        assert_eq!(shipped.log, defaults.log);
+        assert_eq!(
+            shipped.server.keepalive_interval_ms,
+            defaults.server.keepalive_interval_ms
+        );
+        assert_eq!(
+            shipped.server.keepalive_timeout_ms,
+            defaults.server.keepalive_timeout_ms
+        );
+        assert_eq!(
+            shipped.server.max_concurrent_streams,
+            defaults.server.max_concurrent_streams
+        );
+        assert_eq!(shipped.server.tcp_nodelay, defaults.server.tcp_nodelay);
+        assert_eq!(
+            shipped.server.shutdown_grace_ms,
+            defaults.server.shutdown_grace_ms
+        );
     }
 
     #[test]
