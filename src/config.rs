@@ -53,6 +53,10 @@ pub struct ServerConfig {
     /// Concurrent streams (sessions) one HTTP/2 connection may carry.
     pub max_concurrent_streams: u32,
     pub tcp_nodelay: bool,
+    /// Actix arbiter threads running the session and room actors; 0 = one per core.
+    pub actor_threads: usize,
+    /// Tokio worker threads running the gRPC transport; 0 = one per core.
+    pub io_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -66,11 +70,22 @@ impl Default for ServerConfig {
             keepalive_timeout_ms: 10_000,
             max_concurrent_streams: 1024,
             tcp_nodelay: true,
+            actor_threads: 0,
+            io_threads: 0,
         }
     }
 }
 
 impl ServerConfig {
+    /// `n`, or the number of cores when `n` is 0.
+    pub fn threads(n: usize) -> usize {
+        if n > 0 {
+            n
+        } else {
+            std::thread::available_parallelism().map_or(2, |c| c.get())
+        }
+    }
+
     pub fn keepalive_interval(&self) -> Option<Duration> {
         (self.keepalive_interval_ms > 0).then(|| Duration::from_millis(self.keepalive_interval_ms))
     }
@@ -554,6 +569,8 @@ mod tests {
             defaults.server.max_concurrent_streams
         );
         assert_eq!(shipped.server.tcp_nodelay, defaults.server.tcp_nodelay);
+        assert_eq!(shipped.server.actor_threads, defaults.server.actor_threads);
+        assert_eq!(shipped.server.io_threads, defaults.server.io_threads);
         assert_eq!(
             shipped.server.shutdown_grace_ms,
             defaults.server.shutdown_grace_ms

@@ -45,6 +45,9 @@ fn main() -> ExitCode {
     init_logging(&config.log);
     info!(source = config.source(), "config loaded");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(chatrooms::config::ServerConfig::threads(
+            config.server.io_threads,
+        ))
         .enable_all()
         .build()
     {

@@ -58,7 +58,7 @@ impl Server {
             }
             None => None,
         };
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = crate::config::ServerConfig::threads(config.server.actor_threads);
         let runtime = ActorRuntime::start(threads)?;
         let hub = Arc::new(Hub::new(config, runtime.arbiters()));
         Ok(Server {
