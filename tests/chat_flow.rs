@@ -14,11 +14,7 @@ const FAST: &str = "[limits]\nrate_per_sec = 100000\nburst = 100000\n";
 #[tokio::test]
 async fn broadcast_reaches_every_member_including_the_sender() {
     let server = TestServer::start("").await;
-    let mut ada = server.client("ada").await;
-    let mut bob = server.client("bob").await;
-    ada.join("general").await;
-    bob.join("general").await;
-    ada.expect(Kind::Join).await; // bob's presence
+    let (mut ada, mut bob) = server.pair_in("general", "ada", "bob").await; // bob's presence
 
     let r#ref = ada.chat("general", "hello").await;
     let own = ada.expect(Kind::Chat).await;
@@ -178,11 +174,7 @@ async fn requests_are_handled_in_send_order() {
 #[tokio::test]
 async fn identity_is_stamped_by_the_server() {
     let server = TestServer::start("").await;
-    let mut ada = server.client("ada").await;
-    let mut bob = server.client("bob").await;
-    ada.join("r").await;
-    bob.join("r").await;
-    ada.expect(Kind::Join).await;
+    let (ada, mut bob) = server.pair_in("r", "ada", "bob").await;
 
     // Later `user` values are ignored: ada cannot post as bob.
     ada.send(Message {

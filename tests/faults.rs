@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 
 use chatrooms::proto::{Kind, Message};
-use common::{Client, TestServer};
+use common::{Client, TestServer, small_window_client};
 use tonic::Code;
 
 const FAST: &str = "[limits]\nrate_per_sec = 1000000\nburst = 1000000\n";
@@ -74,14 +74,7 @@ async fn a_stalled_reader_among_200_members_is_ended_and_199_receive_everything(
     }
     // The stalled member joins last: 198 presence messages piled up unread would trip its own
     // client's h2 flood protection (GOAWAY too_many_data_frames) before the server's verdict.
-    let stalled_channel = server
-        .endpoint()
-        .initial_stream_window_size(16 * 1024)
-        .initial_connection_window_size(16 * 1024)
-        .connect()
-        .await
-        .unwrap();
-    let mut stalled = Client::open(stalled_channel, "stalled").await;
+    let mut stalled = small_window_client(server.endpoint(), "stalled").await;
     stalled.join("big").await;
     let mut sender = server.client("sender").await;
     sender.join("big").await;

@@ -44,11 +44,7 @@ async fn joined_seq_is_the_rooms_last_seq() {
 #[tokio::test]
 async fn rejoin_gets_joined_again_without_duplicate_membership_or_presence() {
     let server = TestServer::start("").await;
-    let mut ada = server.client("ada").await;
-    let mut bob = server.client("bob").await;
-    ada.join("r").await;
-    bob.join("r").await;
-    ada.expect(Kind::Join).await;
+    let (mut ada, mut bob) = server.pair_in("r", "ada", "bob").await;
 
     let again = bob.join("r").await;
     assert_eq!(again.members, vec!["ada", "bob"]);
@@ -167,11 +163,7 @@ async fn replay_since_seq_past_the_retained_window_starts_at_the_oldest_retained
 #[tokio::test]
 async fn leave_gets_left_and_the_others_see_leave() {
     let server = TestServer::start("").await;
-    let mut ada = server.client("ada").await;
-    let mut bob = server.client("bob").await;
-    ada.join("r").await;
-    bob.join("r").await;
-    ada.expect(Kind::Join).await;
+    let (mut ada, mut bob) = server.pair_in("r", "ada", "bob").await;
 
     bob.send_kind(Kind::Leave, "r").await;
     bob.expect(Kind::Left).await;
@@ -211,11 +203,7 @@ async fn disconnect_leaves_every_room_with_presence() {
 #[tokio::test]
 async fn half_close_delivers_everything_queued_then_ends_ok() {
     let server = TestServer::start(FAST).await;
-    let mut ada = server.client("ada").await;
-    let mut bob = server.client("bob").await;
-    ada.join("r").await;
-    bob.join("r").await;
-    ada.expect(Kind::Join).await;
+    let (mut ada, mut bob) = server.pair_in("r", "ada", "bob").await;
     let mut refs = Vec::new();
     for n in 0..50 {
         refs.push(ada.chat("r", &n.to_string()).await);

@@ -11,11 +11,7 @@ use tonic::Code;
 #[tokio::test]
 async fn shutdown_delivers_accepted_messages_then_ends_streams_with_unavailable() {
     let server = TestServer::start("").await;
-    let mut ada = server.client("ada").await;
-    let mut bob = server.client("bob").await;
-    ada.join("r").await;
-    bob.join("r").await;
-    ada.expect(Kind::Join).await;
+    let (mut ada, mut bob) = server.pair_in("r", "ada", "bob").await;
     for n in 0..20 {
         ada.chat("r", &n.to_string()).await;
     }

@@ -7,7 +7,7 @@ mod common;
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use chatrooms::proto::Kind;
-use common::{Client, WAIT};
+use common::{Client, WAIT, small_window_client};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -148,14 +148,7 @@ async fn sigterm_refuses_new_streams_and_exits_within_the_grace_period_despite_a
     );
     let mut server = Process::start("term", &config).await;
     // A reader that stops reading, with a window far smaller than what is sent to it.
-    let stalled_channel = server
-        .endpoint()
-        .initial_stream_window_size(16 * 1024)
-        .initial_connection_window_size(16 * 1024)
-        .connect()
-        .await
-        .unwrap();
-    let mut stalled = Client::open(stalled_channel, "stalled").await;
+    let mut stalled = small_window_client(server.endpoint(), "stalled").await;
     stalled.join("r").await;
     let mut sender = server.client("sender").await;
     sender.join("r").await;

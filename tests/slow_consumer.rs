@@ -4,7 +4,7 @@
 mod common;
 
 use chatrooms::proto::Kind;
-use common::{Client, TestServer};
+use common::{Client, TestServer, small_window_client};
 use tonic::Code;
 
 #[tokio::test]
@@ -15,14 +15,7 @@ async fn slow_consumer_is_ended_with_resource_exhausted_while_others_get_everyth
     )
     .await;
     // A small HTTP/2 window keeps what the transport buffers for the idle reader small.
-    let slow_channel = server
-        .endpoint()
-        .initial_stream_window_size(16 * 1024)
-        .initial_connection_window_size(16 * 1024)
-        .connect()
-        .await
-        .unwrap();
-    let mut slow = Client::open(slow_channel, "slow").await;
+    let mut slow = small_window_client(server.endpoint(), "slow").await;
     slow.join("r").await;
     let mut readers = Vec::new();
     for i in 0..3 {

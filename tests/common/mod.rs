@@ -107,6 +107,16 @@ impl TestServer {
             .unwrap();
     }
 
+    /// Two clients `a` and `b` in `room`, with `a`'s presence notice about `b` consumed.
+    pub async fn pair_in(&self, room: &str, a: &str, b: &str) -> (Client, Client) {
+        let mut first = self.client(a).await;
+        let mut second = self.client(b).await;
+        first.join(room).await;
+        second.join(room).await;
+        first.expect(Kind::Join).await;
+        (first, second)
+    }
+
     /// Waits until nothing is left: no session, no room, no actor, no reader task.
     pub async fn wait_empty(&self) {
         self.wait_sessions(0).await;
@@ -148,6 +158,19 @@ impl Drop for TestServer {
             let _ = stop.send(());
         }
     }
+}
+
+/// An HTTP/2 endpoint with small flow-control windows, for a client that is going to stop
+/// reading: the transport then buffers little on its behalf, so the server's queue fills soon.
+pub fn small_window(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+}
+
+/// A client on its own small-window connection (see [`small_window`]).
+pub async fn small_window_client(endpoint: Endpoint, user: &str) -> Client {
+    Client::open(small_window(endpoint).connect().await.unwrap(), user).await
 }
 
 /// One `ChatStream` call: requests go in through `tx`, replies come out of `rx`.
