@@ -4,7 +4,7 @@
 mod common;
 
 use chatrooms::proto::Kind;
-use common::{Client, TestServer, small_window_client};
+use common::{TestServer, small_window_client};
 use tonic::Code;
 
 #[tokio::test]
