@@ -57,6 +57,13 @@ pub struct ServerConfig {
     pub actor_threads: usize,
     /// Tokio worker threads running the gRPC transport; 0 = one per core.
     pub io_threads: usize,
+    /// Open sessions one user name may hold; 0 = no limit.
+    pub max_sessions_per_user: usize,
+    /// Open streams one client IP may hold; 0 = no limit.
+    pub max_streams_per_ip: usize,
+    /// New streams per second one client IP may open (token bucket); 0 = no limit.
+    pub new_streams_per_ip_per_sec: f64,
+    pub new_streams_per_ip_burst: u32,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +79,10 @@ impl Default for ServerConfig {
             tcp_nodelay: true,
             actor_threads: 0,
             io_threads: 0,
+            max_sessions_per_user: 0,
+            max_streams_per_ip: 0,
+            new_streams_per_ip_per_sec: 0.0,
+            new_streams_per_ip_burst: 50,
         }
     }
 }
@@ -177,6 +188,8 @@ pub struct RoomLimits {
     pub rate_per_sec: f64,
     pub burst: u32,
     pub empty_room_ttl_ms: u64,
+    /// Most names a JOINED lists, so joining a huge room cannot cost megabytes.
+    pub max_members_listed: usize,
 }
 
 impl Default for RoomLimits {
@@ -189,6 +202,7 @@ impl Default for RoomLimits {
             rate_per_sec: 20.0,
             burst: 40,
             empty_room_ttl_ms: 30_000,
+            max_members_listed: 1000,
         }
     }
 }
@@ -313,6 +327,19 @@ impl Config {
             return fail(
                 "server.keepalive_timeout_ms",
                 "must be above 0 when keepalive is on".into(),
+            );
+        }
+        let rate = self.server.new_streams_per_ip_per_sec;
+        if !(rate.is_finite() && rate >= 0.0) {
+            return fail(
+                "server.new_streams_per_ip_per_sec",
+                "must be 0 (off) or above".into(),
+            );
+        }
+        if rate > 0.0 && self.server.new_streams_per_ip_burst == 0 {
+            return fail(
+                "server.new_streams_per_ip_burst",
+                "must be at least 1".into(),
             );
         }
         if self.server.max_concurrent_streams == 0 {
@@ -462,6 +489,9 @@ fn validate_limits(
     if l.burst == 0 {
         return Err((key("burst"), "must be at least 1".into()));
     }
+    if l.max_members_listed == 0 {
+        return Err((key("max_members_listed"), "must be at least 1".into()));
+    }
     Ok(())
 }
 
@@ -571,6 +601,22 @@ mod tests {
         assert_eq!(shipped.server.tcp_nodelay, defaults.server.tcp_nodelay);
         assert_eq!(shipped.server.actor_threads, defaults.server.actor_threads);
         assert_eq!(shipped.server.io_threads, defaults.server.io_threads);
+        assert_eq!(
+            shipped.server.max_sessions_per_user,
+            defaults.server.max_sessions_per_user
+        );
+        assert_eq!(
+            shipped.server.max_streams_per_ip,
+            defaults.server.max_streams_per_ip
+        );
+        assert_eq!(
+            shipped.server.new_streams_per_ip_per_sec,
+            defaults.server.new_streams_per_ip_per_sec
+        );
+        assert_eq!(
+            shipped.server.new_streams_per_ip_burst,
+            defaults.server.new_streams_per_ip_burst
+        );
         assert_eq!(
             shipped.server.shutdown_grace_ms,
             defaults.server.shutdown_grace_ms

@@ -50,6 +50,8 @@ pub enum Fatal {
     Shutdown,
     /// The request stream failed (undecodable frame, frame over the limit, transport error).
     Inbound(Status),
+    /// An abuse limit refused the session (e.g. too many sessions of one user).
+    Refused(Status),
 }
 
 impl Fatal {
@@ -65,6 +67,7 @@ impl Fatal {
             Fatal::IdleTimeout => "idle_timeout",
             Fatal::Shutdown => "shutdown",
             Fatal::Inbound(_) => "error",
+            Fatal::Refused(_) => "refused",
         }
     }
 }
@@ -81,7 +84,7 @@ impl From<&Fatal> for Status {
             Fatal::Inbound(s) if s.code() == Code::OutOfRange => {
                 Status::resource_exhausted(s.message().to_string())
             }
-            Fatal::Inbound(s) => s.clone(),
+            Fatal::Inbound(s) | Fatal::Refused(s) => s.clone(),
         }
     }
 }

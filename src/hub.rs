@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use crate::{
+    abuse::{AbuseLimits, IpSlot},
     actors::{End, session::Session},
     config::Config,
     error::Fatal,
@@ -33,6 +34,7 @@ pub struct Hub {
     pub rooms: RoomRegistry,
     pub sessions: Arc<SessionTable>,
     pub census: Arc<Census>,
+    pub abuse: Arc<AbuseLimits>,
 }
 
 impl Hub {
@@ -45,6 +47,7 @@ impl Hub {
             rooms: RoomRegistry::default(),
             sessions: Arc::new(SessionTable::new(max_sessions)),
             census: Arc::new(Census::default()),
+            abuse: Arc::new(AbuseLimits::default()),
         }
     }
 
@@ -121,6 +124,7 @@ impl SessionTable {
         Ok(SessionPermit {
             id,
             table: self.clone(),
+            ip: None,
         })
     }
 
@@ -185,6 +189,15 @@ struct OpenSession {
 pub struct SessionPermit {
     pub id: SessionId,
     table: Arc<SessionTable>,
+    /// The client IP's stream place, given back with the session's.
+    ip: Option<IpSlot>,
+}
+
+impl SessionPermit {
+    pub fn holding_ip(mut self, slot: Option<IpSlot>) -> SessionPermit {
+        self.ip = slot;
+        self
+    }
 }
 
 impl Drop for SessionPermit {

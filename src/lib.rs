@@ -12,6 +12,7 @@
 //! - [`outbound`]: the per-session bounded queue and the slow-consumer rule.
 //! - [`config`]: the TOML schema and per-room limits; [`server`]: assembly and shutdown.
 
+pub mod abuse;
 pub mod actors;
 pub mod codec;
 pub mod config;

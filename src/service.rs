@@ -38,7 +38,15 @@ impl ChatService for ChatEdge {
         let (tx, outbound) = SessionTx::channel(self.hub.config().session.outbound_queue);
         // The stream holds the place: the session counts until the transport lets go of its
         // response, which can outlive the actor while the last messages are written.
-        let permit = self.hub.sessions.admit(&tx)?;
+        let ip_slot = match request.remote_addr() {
+            Some(peer) => Some(
+                self.hub
+                    .abuse
+                    .admit_ip(peer.ip(), &self.hub.config().server)?,
+            ),
+            None => None,
+        };
+        let permit = self.hub.sessions.admit(&tx)?.holding_ip(ip_slot);
         let id = permit.id;
         let (stopped_tx, stopped_rx) = oneshot::channel();
         let session = Session::start(self.hub.clone(), id, tx, stopped_tx);

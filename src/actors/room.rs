@@ -189,6 +189,14 @@ impl Room {
         let mut members: Vec<String> = self.members.values().map(|m| m.user.to_string()).collect();
         members.sort_unstable();
         members.dedup();
+        let listed = self.limits.max_members_listed;
+        if members.len() > listed {
+            // The first names in order, and always the joiner itself.
+            members.retain(|m| m != joiner.as_str());
+            members.truncate(listed - 1);
+            members.push(joiner.to_string());
+            members.sort_unstable();
+        }
         proto::encode(&proto::Message {
             members,
             seq: self.seq,

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use super::{End, Evicted, Inbound, InboundEnded, Join, Leave, Post, room::Room};
 use crate::{
+    abuse::UserSlot,
     error::{ChatError, Fatal},
     hub::{Counted, Hub, Living},
     metrics,
@@ -66,6 +67,8 @@ pub struct Session {
     /// Dropped with the actor, which tells the edge's reader task to let go of the request stream.
     _stopped: oneshot::Sender<()>,
     _census: Counted,
+    /// This session's place among its user's sessions (`max_sessions_per_user`).
+    user_slot: Option<UserSlot>,
 }
 
 impl Session {
@@ -90,6 +93,7 @@ impl Session {
             last_seen: Instant::now(),
             _stopped: stopped,
             _census: census,
+            user_slot: None,
         })
     }
 
@@ -99,6 +103,11 @@ impl Session {
             self.identity = Identity::claim(&msg.user);
             if let Identity::Named(user) = &self.identity {
                 info!(session = %self.id, user = %user, "session named");
+                let max = self.hub.config().server.max_sessions_per_user;
+                match self.hub.abuse.claim_user(user, max) {
+                    Ok(slot) => self.user_slot = Some(slot),
+                    Err(status) => return self.end(Fatal::Refused(status), ctx),
+                }
             }
         }
         if msg.r#ref.len() > MAX_REF_BYTES {

@@ -1,0 +1,156 @@
+//! Abuse limits on who may hold streams: per client IP (open streams, and new streams per second
+//! through a token bucket) and per user (open sessions). Checked when a stream opens (IP) and when
+//! the session is named (user); every place taken is given back by a guard, so the counts cannot
+//! drift. Limits of 0 mean "no limit"; values are read from the live configuration.
+
+use std::{net::IpAddr, sync::Arc, time::Instant};
+
+use dashmap::DashMap;
+use tonic::Status;
+
+use crate::{config::ServerConfig, limits::TokenBucket, names::UserName};
+
+/// Rate buckets are forgotten once full again; the map is swept when it grows past this.
+const SWEEP_ABOVE: usize = 1024;
+
+#[derive(Debug, Default)]
+pub struct AbuseLimits {
+    streams_per_ip: DashMap<IpAddr, usize>,
+    new_streams: DashMap<IpAddr, TokenBucket>,
+    sessions_per_user: DashMap<UserName, usize>,
+}
+
+impl AbuseLimits {
+    /// Takes a stream place for `ip`, or refuses with RESOURCE_EXHAUSTED.
+    pub fn admit_ip(self: &Arc<Self>, ip: IpAddr, cfg: &ServerConfig) -> Result<IpSlot, Status> {
+        if cfg.new_streams_per_ip_per_sec > 0.0 {
+            let now = Instant::now();
+            let (rate, burst) = (cfg.new_streams_per_ip_per_sec, cfg.new_streams_per_ip_burst);
+            if self.new_streams.len() > SWEEP_ABOVE {
+                self.new_streams.retain(|_, b| !b.is_full(now, rate, burst));
+            }
+            let mut bucket = self
+                .new_streams
+                .entry(ip)
+                .or_insert_with(|| TokenBucket::full(burst, now));
+            if !bucket.try_take(now, rate, burst) {
+                return Err(Status::resource_exhausted(format!(
+                    "too many new streams from {ip}: at most {rate}/s (burst {burst})"
+                )));
+            }
+        }
+        let mut open = self.streams_per_ip.entry(ip).or_insert(0);
+        if cfg.max_streams_per_ip > 0 && *open >= cfg.max_streams_per_ip {
+            return Err(Status::resource_exhausted(format!(
+                "{ip} already holds max_streams_per_ip ({}) streams",
+                cfg.max_streams_per_ip
+            )));
+        }
+        *open += 1;
+        Ok(IpSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Takes a session place for `user`, or refuses with RESOURCE_EXHAUSTED.
+    pub fn claim_user(self: &Arc<Self>, user: &UserName, max: usize) -> Result<UserSlot, Status> {
+        let mut open = self.sessions_per_user.entry(user.clone()).or_insert(0);
+        if max > 0 && *open >= max {
+            return Err(Status::resource_exhausted(format!(
+                "user {user} already has max_sessions_per_user ({max}) sessions"
+            )));
+        }
+        *open += 1;
+        Ok(UserSlot {
+            limits: self.clone(),
+            user: user.clone(),
+        })
+    }
+}
+
+/// One open stream of an IP; given back on drop.
+#[derive(Debug)]
+pub struct IpSlot {
+    limits: Arc<AbuseLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        self.limits.streams_per_ip.remove_if_mut(&self.ip, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
+}
+
+/// One open session of a user; given back on drop.
+#[derive(Debug)]
+pub struct UserSlot {
+    limits: Arc<AbuseLimits>,
+    user: UserName,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        self.limits
+            .sessions_per_user
+            .remove_if_mut(&self.user, |_, n| {
+                *n -= 1;
+                *n == 0
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(max_streams_per_ip: usize, rate: f64, burst: u32) -> ServerConfig {
+        ServerConfig {
+            max_streams_per_ip,
+            new_streams_per_ip_per_sec: rate,
+            new_streams_per_ip_burst: burst,
+            ..ServerConfig::default()
+        }
+    }
+
+    #[test]
+    fn ip_places_are_counted_and_given_back() {
+        let limits = Arc::new(AbuseLimits::default());
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let c = cfg(2, 0.0, 1);
+        let a = limits.admit_ip(ip, &c).unwrap();
+        let _b = limits.admit_ip(ip, &c).unwrap();
+        assert!(limits.admit_ip(ip, &c).is_err());
+        drop(a);
+        assert!(limits.admit_ip(ip, &c).is_ok());
+        let other: IpAddr = [127, 0, 0, 2].into();
+        assert!(limits.admit_ip(other, &c).is_ok(), "limits are per IP");
+    }
+
+    #[test]
+    fn new_stream_rate_per_ip() {
+        let limits = Arc::new(AbuseLimits::default());
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let c = cfg(0, 0.001, 3);
+        let slots: Vec<IpSlot> = (0..3).map(|_| limits.admit_ip(ip, &c).unwrap()).collect();
+        drop(slots);
+        let refused = limits.admit_ip(ip, &c).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn user_places_are_counted_and_the_map_empties() {
+        let limits = Arc::new(AbuseLimits::default());
+        let eve = UserName::parse("eve").unwrap();
+        let a = limits.claim_user(&eve, 1).unwrap();
+        assert!(limits.claim_user(&eve, 1).is_err());
+        drop(a);
+        let b = limits.claim_user(&eve, 1).unwrap();
+        drop(b);
+        assert!(limits.sessions_per_user.is_empty());
+        assert!(limits.claim_user(&eve, 0).is_ok(), "0 = no limit");
+    }
+}
