@@ -447,6 +447,14 @@ impl Config {
         );
         keep(&self.metrics, &mut new.metrics, "metrics", r);
         keep(&self.log, &mut new.log, "log", r);
+        // The gRPC decoder limit is fixed at start: room limits that would need a larger one
+        // keep their running values as a whole.
+        if new.max_frame_bytes() > self.max_frame_bytes() {
+            new.limits = self.limits.clone();
+            new.rooms = self.rooms.clone();
+            new.resolved = self.resolved.clone();
+            restart.push("max_message_bytes above the running maximum (the gRPC decoder limit)");
+        }
         (new, restart)
     }
 }

@@ -66,6 +66,8 @@ impl Fatal {
             Fatal::SlowConsumer => "slow_consumer",
             Fatal::IdleTimeout => "idle_timeout",
             Fatal::Shutdown => "shutdown",
+            // A client that cancels or resets its stream just left.
+            Fatal::Inbound(s) if s.code() == Code::Cancelled => "client_closed",
             Fatal::Inbound(_) => "error",
             Fatal::Refused(_) => "refused",
         }

@@ -63,13 +63,7 @@ impl Hub {
     /// ones included) use the new limits at once. Returns the changed keys that need a restart.
     pub fn reload(&self, new: Config) -> Vec<String> {
         let (effective, restart) = self.config().reloaded(new);
-        let mut restart: Vec<String> = restart.into_iter().map(String::from).collect();
-        if effective.max_frame_bytes() > self.frame_limit {
-            restart.push(format!(
-                "max_message_bytes above {} (the gRPC decoder limit)",
-                self.frame_limit - crate::config::ENVELOPE_BYTES
-            ));
-        }
+        let restart: Vec<String> = restart.into_iter().map(String::from).collect();
         self.sessions.set_max(effective.server.max_sessions);
         self.config.store(Arc::new(effective));
         self.rooms.reconfigure_all();
@@ -160,10 +154,13 @@ impl SessionTable {
         self.max.store(max, Ordering::Relaxed);
     }
 
+    /// Reads the count and publishes it under the watch's lock, so two changes racing cannot
+    /// publish out of order and leave a stale value behind.
     fn publish_count(&self) {
-        let n = self.open.len();
-        self.count.send_replace(n);
-        metrics::get().sessions_open.set(n as f64);
+        self.count.send_modify(|n| {
+            *n = self.open.len();
+            metrics::get().sessions_open.set(*n as f64);
+        });
     }
 
     pub fn is_empty(&self) -> bool {

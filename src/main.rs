@@ -58,6 +58,8 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        // Signal handlers first: the default action of SIGTERM/SIGHUP would kill the process.
+        let shutdown = shutdown_signal();
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
@@ -67,7 +69,7 @@ fn main() -> ExitCode {
             server.hub(),
             args.config.clone(),
         ));
-        server.serve(shutdown_signal()).await?;
+        server.serve(shutdown).await?;
         anyhow::Ok(())
     });
     match result {

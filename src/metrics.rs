@@ -107,7 +107,9 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
+                // E.g. out of file descriptors: back off instead of spinning on the error.
                 warn!(%error, "metrics endpoint: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };

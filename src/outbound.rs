@@ -167,6 +167,7 @@ impl OutboundStream {
 
 impl Drop for OutboundStream {
     fn drop(&mut self) {
+        self.flush_count();
         if self.permit.is_some() {
             // A session ends, for the metrics, when the transport lets go of its stream.
             metrics::session_ended(

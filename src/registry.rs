@@ -81,10 +81,13 @@ impl RoomRegistry {
         }
     }
 
+    /// Reads the count and publishes it under the watch's lock, so two changes racing cannot
+    /// publish out of order and leave a stale value behind.
     fn publish_count(&self) {
-        let n = self.rooms.len();
-        self.count.send_replace(n);
-        metrics::get().rooms_open.set(n as f64);
+        self.count.send_modify(|n| {
+            *n = self.rooms.len();
+            metrics::get().rooms_open.set(*n as f64);
+        });
     }
 
     /// Watches the number of registered rooms.

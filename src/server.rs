@@ -199,37 +199,51 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status(CHAT_SERVICE, status).await;
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives while the server starts is not lost.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
+    let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let terminate = async {
+            match sigterm {
+                Ok(mut sigterm) => {
+                    sigterm.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => info!("SIGINT received"),
+            () = terminate => info!("SIGTERM received"),
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => info!("SIGINT received"),
-        () = terminate => info!("SIGTERM received"),
     }
 }
 
 /// Re-reads the configuration on every SIGHUP and applies it to `hub`. A file that does not load
-/// is logged and ignored: the running configuration stays.
+/// is logged and ignored: the running configuration stays. The handler is installed when this is
+/// called (before serving), so an early SIGHUP does not terminate the process.
 #[cfg(unix)]
-pub async fn reload_on_hangup(hub: Arc<Hub>, path: Option<PathBuf>) {
+pub fn reload_on_hangup(hub: Arc<Hub>, path: Option<PathBuf>) -> impl Future<Output = ()> + Send {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        warn!("cannot listen for SIGHUP; configuration reload is off");
-        return;
-    };
+    let hangups = signal(SignalKind::hangup());
+    async move {
+        let Ok(mut hangups) = hangups else {
+            warn!("cannot listen for SIGHUP; configuration reload is off");
+            return;
+        };
+        reload_loop(&mut hangups, &hub, path).await;
+    }
+}
+
+#[cfg(unix)]
+async fn reload_loop(hangups: &mut tokio::signal::unix::Signal, hub: &Hub, path: Option<PathBuf>) {
     while hangups.recv().await.is_some() {
         match Config::load(path.as_deref()) {
             Ok(new) => {

@@ -25,7 +25,7 @@ async fn a_thousand_abrupt_disconnects_mid_stream_leave_nothing_behind() {
                 c.send_kind(Kind::Join, &format!("vanish-{}", i % 5)).await;
                 c.chat(&format!("vanish-{}", i % 5), "mid-flight").await;
                 c.send_kind(Kind::Ping, "").await;
-                drop(c);
+                c.abort();
             }
             // The connection goes too.
             drop(channel);

@@ -371,7 +371,7 @@ async fn perform(op: &Op, k: usize, server: &TestServer, clients: &mut [Option<C
             );
             assert!(status.is_none(), "half-close ends OK: {status:?}");
         }
-        Op::Drop(s) => clients[s] = None,
+        Op::Drop(s) => clients[s].take().unwrap().abort(),
     }
 }
 

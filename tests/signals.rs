@@ -173,6 +173,9 @@ async fn sigterm_refuses_new_streams_and_exits_within_the_grace_period_despite_a
         }
     };
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    // Refused by admission (the transport still accepts while sessions drain), not by a closed
+    // listener, which would be UNAVAILABLE too.
+    assert_eq!(refused.message(), "server shutting down", "{refused:?}");
 
     let status = timeout(grace + Duration::from_secs(5), server.child.wait())
         .await

@@ -218,6 +218,14 @@ impl Client {
             .expect("request stream open");
     }
 
+    /// Drops the stream abruptly: the response side first (a RST_STREAM, as when a client dies),
+    /// not the orderly half-close that dropping the request side first would send.
+    pub fn abort(self) {
+        let Client { rx, tx, .. } = self;
+        drop(rx);
+        drop(tx);
+    }
+
     /// Half-closes the request stream (CloseSend).
     pub fn close_send(&mut self) {
         self.tx = None;
