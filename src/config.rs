@@ -64,6 +64,19 @@ pub struct ServerConfig {
     /// New streams per second one client IP may open (token bucket); 0 = no limit.
     pub new_streams_per_ip_per_sec: f64,
     pub new_streams_per_ip_burst: u32,
+    /// `[server.tls]`: serve TLS (and require client certificates when `client_ca_path` is set).
+    pub tls: Option<TlsConfig>,
+}
+
+/// PEM files for TLS; read at load so a missing or unreadable file stops the server at start.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_path: std::path::PathBuf,
+    pub key_path: std::path::PathBuf,
+    /// Clients must present a certificate signed by this CA (mutual TLS).
+    #[serde(default)]
+    pub client_ca_path: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +96,7 @@ impl Default for ServerConfig {
             max_streams_per_ip: 0,
             new_streams_per_ip_per_sec: 0.0,
             new_streams_per_ip_burst: 50,
+            tls: None,
         }
     }
 }
@@ -341,6 +355,20 @@ impl Config {
                 "server.new_streams_per_ip_burst",
                 "must be at least 1".into(),
             );
+        }
+        if let Some(tls) = &self.server.tls {
+            let files = [
+                ("server.tls.cert_path", Some(&tls.cert_path)),
+                ("server.tls.key_path", Some(&tls.key_path)),
+                ("server.tls.client_ca_path", tls.client_ca_path.as_ref()),
+            ];
+            for (key, path) in files {
+                if let Some(path) = path
+                    && let Err(e) = std::fs::read(path)
+                {
+                    return fail(key, format!("cannot read {}: {e}", path.display()));
+                }
+            }
         }
         if self.server.max_concurrent_streams == 0 {
             return fail("server.max_concurrent_streams", "must be at least 1".into());
@@ -671,6 +699,10 @@ mod tests {
             ("[server]\nmax_sessions = 0", "server.max_sessions"),
             ("[metrics]\nlisten = \"nowhere\"", "metrics.listen"),
             ("[log]\nformat = \"xml\"", "log.format"),
+            (
+                "[server.tls]\ncert_path = \"/nonexistent.pem\"\nkey_path = \"/nonexistent.key\"",
+                "server.tls.cert_path",
+            ),
             ("[log]\nlevel = \"[[\"", "log.level"),
             ("[rooms.\"x\"]\nmax_members = 0", "rooms.\"x\".max_members"),
             ("[rooms.\"x\"]\nfoo = 1", "rooms.\"x\".foo"),

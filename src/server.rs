@@ -105,8 +105,12 @@ impl Server {
         });
 
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        info!(listen = %listener.local_addr()?, "serving {CHAT_SERVICE}");
-        let serve = tonic::transport::Server::builder()
+        let mut transport = tonic::transport::Server::builder();
+        if let Some(tls) = &config.server.tls {
+            transport = transport.tls_config(tls_config(tls)?)?;
+        }
+        info!(listen = %listener.local_addr()?, tls = config.server.tls.is_some(), "serving {CHAT_SERVICE}");
+        let serve = transport
             .http2_keepalive_interval(config.server.keepalive_interval())
             .http2_keepalive_timeout(Some(Duration::from_millis(
                 config.server.keepalive_timeout_ms,
@@ -192,6 +196,23 @@ where
             Ok(())
         }
     }
+}
+
+/// The rustls configuration of `[server.tls]`: certificate chain and key, and the CA that client
+/// certificates must chain to when mutual TLS is on.
+fn tls_config(
+    tls: &crate::config::TlsConfig,
+) -> Result<tonic::transport::ServerTlsConfig, std::io::Error> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let identity = Identity::from_pem(
+        std::fs::read(&tls.cert_path)?,
+        std::fs::read(&tls.key_path)?,
+    );
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_path {
+        config = config.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
+    }
+    Ok(config)
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

@@ -1,0 +1,142 @@
+//! TLS (part of the security work): certificates made in the test with rcgen. A TLS client that
+//! trusts the test CA is served; a plaintext client is not; with `client_ca_path`, only clients
+//! presenting a certificate from that CA get in. A missing key file stops the binary with exit 2.
+
+mod common;
+
+use std::path::PathBuf;
+
+use chatrooms::proto::Kind;
+use common::{Client, TestServer};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// A CA, and leaf certificates it signs. PEM strings.
+struct TestCa {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert_pem = params.self_signed(&key).unwrap().pem();
+        TestCa {
+            cert_pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// (certificate PEM, key PEM) for `names`.
+    fn leaf(&self, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn write(name: &str, contents: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("tls-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+async fn tls_server(ca: &TestCa, client_ca: Option<&TestCa>, tag: &str) -> TestServer {
+    let (cert, key) = ca.leaf(&["localhost"]);
+    let cert_path = write(&format!("{tag}-server.pem"), &cert);
+    let key_path = write(&format!("{tag}-server.key"), &key);
+    let mut toml = format!(
+        "[server.tls]\ncert_path = {:?}\nkey_path = {:?}\n",
+        cert_path.display().to_string(),
+        key_path.display().to_string()
+    );
+    if let Some(client_ca) = client_ca {
+        let path = write(&format!("{tag}-clients-ca.pem"), &client_ca.cert_pem);
+        toml.push_str(&format!(
+            "client_ca_path = {:?}\n",
+            path.display().to_string()
+        ));
+    }
+    TestServer::start(&toml).await
+}
+
+fn tls_endpoint(server: &TestServer, ca: &TestCa, identity: Option<Identity>) -> Endpoint {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca.cert_pem))
+        .domain_name("localhost");
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    Endpoint::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_tls_client_with_the_test_ca_is_served_and_a_plaintext_one_is_not() {
+    let ca = TestCa::new("test ca");
+    let server = tls_server(&ca, None, "plain").await;
+
+    let channel = tls_endpoint(&server, &ca, None).connect().await.unwrap();
+    let mut secure = Client::open(channel, "secure").await;
+    secure.join("r").await;
+    secure.chat("r", "over tls").await;
+    assert_eq!(secure.expect(Kind::Chat).await.content, "over tls");
+
+    // Plaintext HTTP/2 against the TLS port: the stream never opens.
+    let plaintext = server.endpoint().connect_lazy();
+    assert!(Client::try_open(plaintext, "plain").await.is_err());
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() {
+    let ca = TestCa::new("server ca");
+    let clients = TestCa::new("clients ca");
+    let server = tls_server(&ca, Some(&clients), "mutual").await;
+
+    let (cert, key) = clients.leaf(&["alice"]);
+    let with_cert = tls_endpoint(&server, &ca, Some(Identity::from_pem(cert, key)));
+    let mut alice = Client::open(with_cert.connect().await.unwrap(), "alice").await;
+    alice.join("r").await;
+
+    let without_cert = tls_endpoint(&server, &ca, None).connect_lazy();
+    assert!(Client::try_open(without_cert, "nobody").await.is_err());
+
+    let stranger_ca = TestCa::new("stranger ca");
+    let (cert, key) = stranger_ca.leaf(&["mallory"]);
+    let wrong = tls_endpoint(&server, &ca, Some(Identity::from_pem(cert, key))).connect_lazy();
+    assert!(Client::try_open(wrong, "mallory").await.is_err());
+}
+
+#[test]
+fn a_missing_key_file_stops_the_binary_with_exit_code_2() {
+    let ca = TestCa::new("ca");
+    let (cert, _) = ca.leaf(&["localhost"]);
+    let cert_path = write("exit2-server.pem", &cert);
+    let config = write(
+        "exit2.toml",
+        &format!(
+            "[server.tls]\ncert_path = {:?}\nkey_path = \"/nonexistent/server.key\"\n",
+            cert_path.display().to_string()
+        ),
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chatrooms"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("server.tls.key_path"), "{stderr}");
+}
