@@ -25,6 +25,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
     /// Default limits of every room.
     pub limits: RoomLimits,
     /// Per-room overrides of `limits`, keyed by exact name or a `*` glob; kept raw until
@@ -138,6 +139,29 @@ impl MetricsConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    None,
+    Jwt,
+}
+
+/// `[auth]`: how streams prove who they are.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// HS256 shared secret.
+    pub secret: String,
+    /// RS256 or ES256 public key (PEM), when there is no secret.
+    pub public_key_path: Option<std::path::PathBuf>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -204,6 +228,9 @@ pub struct RoomLimits {
     pub empty_room_ttl_ms: u64,
     /// Most names a JOINED lists, so joining a huge room cannot cost megabytes.
     pub max_members_listed: usize,
+    /// Members may join and read; only `writers` may post.
+    pub read_only: bool,
+    pub writers: Vec<String>,
 }
 
 impl Default for RoomLimits {
@@ -217,6 +244,8 @@ impl Default for RoomLimits {
             burst: 40,
             empty_room_ttl_ms: 30_000,
             max_members_listed: 1000,
+            read_only: false,
+            writers: Vec::new(),
         }
     }
 }
@@ -355,6 +384,9 @@ impl Config {
                 "server.new_streams_per_ip_burst",
                 "must be at least 1".into(),
             );
+        }
+        if let Err(e) = crate::auth::Verifier::from_config(&self.auth) {
+            return fail("auth", e);
         }
         if let Some(tls) = &self.server.tls {
             let files = [

@@ -22,6 +22,8 @@ pub enum ChatError {
     TooManyRooms { max: usize },
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Forbidden(&'static str),
 }
 
 impl ChatError {
@@ -35,6 +37,7 @@ impl ChatError {
             ChatError::InvalidUser(_) => "invalid_user",
             ChatError::TooManyRooms { .. } => "too_many_rooms",
             ChatError::BadRequest(_) => "bad_request",
+            ChatError::Forbidden(_) => "forbidden",
         }
     }
 }

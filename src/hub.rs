@@ -15,6 +15,7 @@ use tonic::Status;
 use crate::{
     abuse::{AbuseLimits, IpSlot},
     actors::{End, session::Session},
+    auth::Verifier,
     config::Config,
     error::Fatal,
     metrics,
@@ -35,12 +36,17 @@ pub struct Hub {
     pub sessions: Arc<SessionTable>,
     pub census: Arc<Census>,
     pub abuse: Arc<AbuseLimits>,
+    /// `Some` in jwt mode: every stream must carry a valid bearer token.
+    pub verifier: Option<Verifier>,
 }
 
 impl Hub {
     pub fn new(config: Config, arbiters: Arbiters) -> Hub {
         let max_sessions = config.server.max_sessions;
+        // unwrap: the configuration was validated, which builds the same verifier.
+        let verifier = Verifier::from_config(&config.auth).unwrap();
         Hub {
+            verifier,
             frame_limit: config.max_frame_bytes(),
             config: ArcSwap::from_pointee(config),
             arbiters,

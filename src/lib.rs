@@ -14,6 +14,7 @@
 
 pub mod abuse;
 pub mod actors;
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod error;

@@ -35,6 +35,10 @@ impl ChatService for ChatEdge {
         &self,
         request: Request<Streaming<proto::Message>>,
     ) -> Result<Response<OutboundStream>, Status> {
+        let authorized = match &self.hub.verifier {
+            Some(verifier) => Some(verifier.verify(request.metadata())?),
+            None => None,
+        };
         let (tx, outbound) = SessionTx::channel(self.hub.config().session.outbound_queue);
         // The stream holds the place: the session counts until the transport lets go of its
         // response, which can outlive the actor while the last messages are written.
@@ -49,7 +53,7 @@ impl ChatService for ChatEdge {
         let permit = self.hub.sessions.admit(&tx)?.holding_ip(ip_slot);
         let id = permit.id;
         let (stopped_tx, stopped_rx) = oneshot::channel();
-        let session = Session::start(self.hub.clone(), id, tx, stopped_tx);
+        let session = Session::start(self.hub.clone(), id, tx, stopped_tx, authorized);
         self.hub.sessions.attach(id, session.clone());
         let census = self.hub.census.enter(Living::ReaderTask);
         tokio::spawn(async move {

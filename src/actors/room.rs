@@ -285,6 +285,9 @@ impl Handler<Post> for Room {
             .members
             .get_mut(&post.session)
             .ok_or(ChatError::NotAMember)?;
+        if limits.read_only && !limits.writers.iter().any(|w| w == member.user.as_str()) {
+            return Err(ChatError::Forbidden("this room is read-only for you"));
+        }
         if post.content.len() > limits.max_message_bytes {
             return Err(ChatError::MessageTooLarge {
                 len: post.content.len(),

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use super::{End, Evicted, Inbound, InboundEnded, Join, Leave, Post, room::Room};
 use crate::{
     abuse::UserSlot,
+    auth::Authorized,
     error::{ChatError, Fatal},
     hub::{Counted, Hub, Living},
     metrics,
@@ -60,6 +61,8 @@ pub struct Session {
     hub: Arc<Hub>,
     tx: SessionTx,
     identity: Identity,
+    /// The token's `rooms` claim, when it has one.
+    allowed_rooms: Option<Authorized>,
     rooms: HashMap<RoomName, Addr<Room>>,
     /// Where CHAT and JOIN with an empty `room` go; fixed for the life of the server.
     default_room: RoomName,
@@ -78,6 +81,7 @@ impl Session {
         id: SessionId,
         tx: SessionTx,
         stopped: oneshot::Sender<()>,
+        authorized: Option<Authorized>,
     ) -> Addr<Session> {
         let arbiter = hub.arbiters.next().clone();
         // unwrap: the configuration was validated, default_room included.
@@ -88,7 +92,11 @@ impl Session {
             default_room,
             hub,
             tx,
-            identity: Identity::Unset,
+            // A verified token names the session; the `user` field of requests is then ignored.
+            identity: authorized
+                .as_ref()
+                .map_or(Identity::Unset, |a| Identity::Named(a.user.clone())),
+            allowed_rooms: authorized.filter(|a| a.rooms.is_some()),
             rooms: HashMap::new(),
             last_seen: Instant::now(),
             _stopped: stopped,
@@ -98,16 +106,19 @@ impl Session {
     }
 
     fn request(&mut self, msg: proto::Message, ctx: &mut Context<Self>) {
-        let first = matches!(self.identity, Identity::Unset);
-        if first {
+        if matches!(self.identity, Identity::Unset) {
             self.identity = Identity::claim(&msg.user);
-            if let Identity::Named(user) = &self.identity {
-                info!(session = %self.id, user = %user, "session named");
-                let max = self.hub.config().server.max_sessions_per_user;
-                match self.hub.abuse.claim_user(user, max) {
-                    Ok(slot) => self.user_slot = Some(slot),
-                    Err(status) => return self.end(Fatal::Refused(status), ctx),
-                }
+        }
+        // Once per session, on its first request: the name (from that request or from the
+        // token) takes a place among its user's sessions.
+        if self.user_slot.is_none()
+            && let Identity::Named(user) = &self.identity
+        {
+            info!(session = %self.id, user = %user, "session named");
+            let max = self.hub.config().server.max_sessions_per_user;
+            match self.hub.abuse.claim_user(user, max) {
+                Ok(slot) => self.user_slot = Some(slot),
+                Err(status) => return self.end(Fatal::Refused(status), ctx),
             }
         }
         if msg.r#ref.len() > MAX_REF_BYTES {
@@ -138,6 +149,14 @@ impl Session {
             Ok(room) => room,
             Err(error) => return self.refuse(error, &msg.room, msg.r#ref, ctx),
         };
+        if kind != Kind::Leave
+            && let Some(allowed) = &self.allowed_rooms
+            && !allowed.may_use(room.as_str())
+        {
+            let error =
+                ChatError::Forbidden("the token's `rooms` claim does not include this room");
+            return self.refuse(error, room.as_str(), msg.r#ref, ctx);
+        }
         match kind {
             Kind::Join => self.join(user, room, msg.since_seq, msg.r#ref, ctx),
             Kind::Leave => self.leave(room, msg.r#ref, ctx),

@@ -187,9 +187,23 @@ impl Client {
     }
 
     pub async fn try_open(channel: Channel, user: &str) -> Result<Client, Status> {
+        Client::try_open_with_token(channel, user, None).await
+    }
+
+    /// Opens a stream carrying `authorization: Bearer <token>` when a token is given.
+    pub async fn try_open_with_token(
+        channel: Channel,
+        user: &str,
+        token: Option<&str>,
+    ) -> Result<Client, Status> {
         let (tx, rx) = mpsc::channel(1024);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = token {
+            let value = format!("Bearer {token}").parse().expect("ascii token");
+            request.metadata_mut().insert("authorization", value);
+        }
         let rx = ChatServiceClient::new(channel)
-            .chat_stream(ReceiverStream::new(rx))
+            .chat_stream(request)
             .await?
             .into_inner();
         Ok(Client {

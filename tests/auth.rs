@@ -1,0 +1,122 @@
+//! Authentication and room permissions (part of the security work): in jwt mode a stream needs
+//! a valid bearer token, whose `sub` stamps every message and whose `rooms` claim limits the
+//! rooms; read-only rooms let only their writers post.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chatrooms::proto::{Kind, Message};
+use common::{Client, TestServer};
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde::Serialize;
+use tonic::Code;
+
+const SECRET: &str = "test-secret-of-enough-length";
+const JWT: &str = "[auth]\nmode = \"jwt\"\nsecret = \"test-secret-of-enough-length\"\n";
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rooms: Option<Vec<&'a str>>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(sub: &str, exp: u64, rooms: Option<Vec<&str>>, secret: &str) -> String {
+    let claims = Claims { sub, exp, rooms };
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn open(server: &TestServer, token: Option<&str>) -> Result<Client, tonic::Status> {
+    Client::try_open_with_token(server.channel().await, "ignored", token).await
+}
+
+#[tokio::test]
+async fn jwt_mode_refuses_missing_expired_wrong_key_and_tampered_tokens() {
+    let server = TestServer::start(JWT).await;
+    let valid = token("alice", now() + 600, None, SECRET);
+    let mut tampered = valid.clone();
+    tampered.pop();
+    tampered.push(if valid.ends_with('A') { 'B' } else { 'A' });
+    for (what, bad) in [
+        ("missing", None),
+        ("expired", Some(token("alice", now() - 600, None, SECRET))),
+        (
+            "wrong key",
+            Some(token("alice", now() + 600, None, "another-secret-entirely")),
+        ),
+        ("tampered", Some(tampered)),
+        ("garbage", Some("not.a.jwt".to_string())),
+    ] {
+        let refused = open(&server, bad.as_deref()).await.err().expect(what);
+        assert_eq!(refused.code(), Code::Unauthenticated, "{what}: {refused:?}");
+    }
+    assert!(open(&server, Some(&valid)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_valid_tokens_sub_stamps_every_message_whatever_user_says() {
+    let server = TestServer::start(JWT).await;
+    let mut alice = open(&server, Some(&token("alice", now() + 600, None, SECRET)))
+        .await
+        .unwrap();
+    alice
+        .send(Message {
+            kind: Kind::Join.into(),
+            room: "r".into(),
+            user: "mallory".into(),
+            ..Message::default()
+        })
+        .await;
+    assert_eq!(alice.expect(Kind::Joined).await.members, vec!["alice"]);
+    alice
+        .send(Message {
+            kind: Kind::Chat.into(),
+            room: "r".into(),
+            user: "mallory".into(),
+            content: "hi".into(),
+            ..Message::default()
+        })
+        .await;
+    assert_eq!(alice.expect(Kind::Chat).await.user, "alice");
+}
+
+#[tokio::test]
+async fn the_rooms_claim_answers_forbidden_outside_it() {
+    let server = TestServer::start(JWT).await;
+    let limited = token("agent", now() + 600, Some(vec!["support-*", "ops"]), SECRET);
+    let mut agent = open(&server, Some(&limited)).await.unwrap();
+    agent.join("support-42").await;
+    agent.join("ops").await;
+    agent.send_kind(Kind::Join, "general").await;
+    assert_eq!(agent.expect_error("forbidden").await.room, "general");
+    agent.chat("general", "sneaky").await;
+    agent.expect_error("forbidden").await;
+    agent.chat("support-42", "allowed").await;
+    assert_eq!(agent.expect(Kind::Chat).await.content, "allowed");
+}
+
+#[tokio::test]
+async fn read_only_rooms_let_only_their_writers_post() {
+    let server =
+        TestServer::start("[rooms.\"news\"]\nread_only = true\nwriters = [\"editor\"]\n").await;
+    let (mut editor, mut reader) = server.pair_in("news", "editor", "reader").await;
+    reader.chat("news", "my opinion").await;
+    reader.expect_error("forbidden").await;
+    editor.chat("news", "headline").await;
+    assert_eq!(reader.expect(Kind::Chat).await.content, "headline");
+    assert_eq!(editor.expect(Kind::Chat).await.content, "headline");
+}
