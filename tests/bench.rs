@@ -48,37 +48,33 @@ async fn run_bench(args: &[&str]) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_run_delivers_everything_it_expects() {
     let server = TestServer::start(BENCH_ROOMS).await;
-    let run = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
-        .args(["--server", &server.addr.to_string()])
-        .args(["--sessions", "20", "--conns", "2", "--rooms", "2"])
-        .args(["--senders", "4", "--rate", "20", "--size", "48"])
-        .args([
-            "--warmup",
-            "1",
-            "--duration",
-            "2",
-            "--deadline",
-            "20",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let output = timeout(RUN_LIMIT, run)
-        .await
-        .expect("chat-bench ends on its own")
-        .expect("chat-bench starts");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {stderr}",
-        output.status
-    );
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one JSON line: {stdout}");
-    let report: Value = serde_json::from_str(lines[0]).expect("the line is JSON");
+    let addr = server.addr.to_string();
+    let lines = run_bench(&[
+        "--server",
+        &addr,
+        "--sessions",
+        "20",
+        "--conns",
+        "2",
+        "--rooms",
+        "2",
+        "--senders",
+        "4",
+        "--rate",
+        "20",
+        "--size",
+        "48",
+        "--warmup",
+        "1",
+        "--duration",
+        "2",
+        "--deadline",
+        "20",
+        "--json",
+    ])
+    .await;
+    assert_eq!(lines.len(), 1, "exactly one JSON line: {lines:?}");
+    let report = &lines[0];
 
     assert_eq!(report["sessions"], 20, "{report}");
     assert_eq!(report["joined"], 20, "{report}");

@@ -76,15 +76,8 @@ async fn post_at_rate(
             step: plan.step,
             sent_nanos: unix_nanos(due),
         };
-        if requests
-            .send(chat_request(&name, marker.content(size)))
-            .await
-            .is_err()
-        {
+        if !post(&shared, &requests, room, &name, &marker, size).await {
             return; // the stream is gone; its reader reports why
-        }
-        if marker.measured {
-            shared.room_sent[room].fetch_add(1, Relaxed);
         }
     }
 }
@@ -113,17 +106,33 @@ async fn flood(
             step: plan.step,
             sent_nanos: unix_nanos(now),
         };
-        if requests
-            .send(chat_request(&name, marker.content(size)))
-            .await
-            .is_err()
-        {
+        if !post(&shared, &requests, room, &name, &marker, size).await {
             return;
         }
-        if marker.measured {
-            shared.room_sent[room].fetch_add(1, Relaxed);
-        }
     }
+}
+
+/// Queues one CHAT stamped with `marker` and counts it when measured; `false` once the stream
+/// is gone.
+async fn post(
+    shared: &Shared,
+    requests: &mpsc::Sender<Message>,
+    room: usize,
+    name: &str,
+    marker: &Marker,
+    size: usize,
+) -> bool {
+    if requests
+        .send(chat_request(name, marker.content(size)))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    if marker.measured {
+        shared.room_sent[room].fetch_add(1, Relaxed);
+    }
+    true
 }
 
 /// A window whose senders run: the coordinator watches it, lets it settle, then finishes it.
