@@ -1,6 +1,7 @@
-//! Build script: compiles `proto/chat.proto` with a vendored `protoc` (nothing to install), and
-//! generates the server side of `ChatService` by hand-description so that its responses can be
-//! pre-encoded bytes (see `src/codec.rs`) while clients keep the plain prost types.
+//! Build script: compiles `proto/chat.proto` and `proto/admin.proto` with a vendored `protoc`
+//! (nothing to install), and generates the server side of `ChatService` by hand-description so
+//! that its responses can be pre-encoded bytes (see `src/codec.rs`) while clients keep the plain
+//! prost types.
 
 use std::{env, path::PathBuf};
 
@@ -10,11 +11,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { env::set_var("PROTOC", protoc) };
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
 
-    // Messages and the client stub, plus the descriptor set that reflection will serve.
+    // Messages, clients and the AdminService server, plus the descriptor set that reflection
+    // serves. The prost-generated ChatService server is left unused in favour of the one below.
     tonic_prost_build::configure()
-        .build_server(false)
         .file_descriptor_set_path(out_dir.join("chat_descriptor.bin"))
-        .compile_protos(&["proto/chat.proto"], &["proto"])?;
+        .compile_protos(&["proto/chat.proto", "proto/admin.proto"], &["proto"])?;
 
     // The server stub: requests decode to `Message`, responses are already-encoded `Bytes`,
     // so a broadcast is encoded once and only copied per member.
@@ -37,5 +38,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile(&[service]);
 
     println!("cargo:rerun-if-changed=proto/chat.proto");
+    println!("cargo:rerun-if-changed=proto/admin.proto");
     Ok(())
 }

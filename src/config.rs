@@ -26,6 +26,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub admin: AdminConfig,
     /// Default limits of every room.
     pub limits: RoomLimits,
     /// Per-room overrides of `limits`, keyed by exact name or a `*` glob; kept raw until
@@ -160,6 +161,26 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// Required `aud`, when set.
     pub audience: Option<String>,
+}
+
+/// Shortest accepted admin token: anything shorter could be guessed.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+/// `[admin]`: the operator API (`chat.v1.AdminService`).
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token of operators; empty = the admin API is refused.
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    // The token must never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &if self.token.is_empty() { "" } else { "<set>" })
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -388,6 +409,15 @@ impl Config {
         if let Err(e) = crate::auth::Verifier::from_config(&self.auth) {
             return fail("auth", e);
         }
+        let token = &self.admin.token;
+        if !token.is_empty() && token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+            return fail(
+                "admin.token",
+                format!(
+                    "must be empty (admin API off) or at least {MIN_ADMIN_TOKEN_CHARS} characters"
+                ),
+            );
+        }
         if let Some(tls) = &self.server.tls {
             let files = [
                 ("server.tls.cert_path", Some(&tls.cert_path)),
@@ -507,6 +537,8 @@ impl Config {
         );
         keep(&self.metrics, &mut new.metrics, "metrics", r);
         keep(&self.log, &mut new.log, "log", r);
+        // The token verifier is built once at start; `[admin] token` is live (rotation).
+        keep(&self.auth, &mut new.auth, "auth", r);
         // The gRPC decoder limit is fixed at start: room limits that would need a larger one
         // keep their running values as a whole.
         if new.max_frame_bytes() > self.max_frame_bytes() {

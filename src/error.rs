@@ -55,6 +55,8 @@ pub enum Fatal {
     Inbound(Status),
     /// An abuse limit refused the session (e.g. too many sessions of one user).
     Refused(Status),
+    /// An operator kicked the session (admin API); the reason may be empty.
+    Kicked(String),
 }
 
 impl Fatal {
@@ -73,6 +75,7 @@ impl Fatal {
             Fatal::Inbound(s) if s.code() == Code::Cancelled => "client_closed",
             Fatal::Inbound(_) => "error",
             Fatal::Refused(_) => "refused",
+            Fatal::Kicked(_) => "kicked",
         }
     }
 }
@@ -90,6 +93,8 @@ impl From<&Fatal> for Status {
                 Status::resource_exhausted(s.message().to_string())
             }
             Fatal::Inbound(s) | Fatal::Refused(s) => s.clone(),
+            Fatal::Kicked(reason) if reason.is_empty() => Status::permission_denied("kicked"),
+            Fatal::Kicked(reason) => Status::permission_denied(format!("kicked: {reason}")),
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::{
     config::Config,
     error::Fatal,
     metrics,
-    names::SessionId,
+    names::{SessionId, UserName},
     outbound::{SessionTx, StreamEnder},
     registry::RoomRegistry,
     runtime::Arbiters,
@@ -118,6 +118,7 @@ impl SessionTable {
         let entry = OpenSession {
             stream: tx.ender(),
             actor: None,
+            user: None,
         };
         self.open.insert(id, entry);
         self.publish_count();
@@ -136,6 +137,32 @@ impl SessionTable {
         // A shutdown that began between admission and here has not seen this actor.
         if self.closing.load(Ordering::Acquire) {
             actor.do_send(End(Fatal::Shutdown));
+        }
+    }
+
+    /// Records the user a session named itself (or its token named), for kicks by user.
+    pub fn name(&self, id: SessionId, user: UserName) {
+        if let Some(mut entry) = self.open.get_mut(&id) {
+            entry.user = Some(user);
+        }
+    }
+
+    /// The open sessions of `user`, or the session `id`, with their actors.
+    pub fn find(&self, target: &SessionTarget) -> Vec<(SessionId, Addr<Session>)> {
+        let actor_of = |id: SessionId, entry: &OpenSession| entry.actor.clone().map(|a| (id, a));
+        match target {
+            SessionTarget::Id(id) => self
+                .open
+                .get(id)
+                .and_then(|entry| actor_of(*id, &entry))
+                .into_iter()
+                .collect(),
+            SessionTarget::User(user) => self
+                .open
+                .iter()
+                .filter(|entry| entry.user.as_ref() == Some(user))
+                .filter_map(|entry| actor_of(*entry.key(), entry.value()))
+                .collect(),
         }
     }
 
@@ -184,6 +211,24 @@ struct OpenSession {
     stream: StreamEnder,
     /// Set right after the actor starts.
     actor: Option<Addr<Session>>,
+    /// Set once the session is named.
+    user: Option<UserName>,
+}
+
+/// Who an operator action is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionTarget {
+    User(UserName),
+    Id(SessionId),
+}
+
+impl SessionTarget {
+    pub fn matches(&self, id: SessionId, user: &UserName) -> bool {
+        match self {
+            SessionTarget::User(u) => u == user,
+            SessionTarget::Id(i) => *i == id,
+        }
+    }
 }
 
 /// A session's place in the table, held by its response stream and given back when the

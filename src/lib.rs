@@ -10,10 +10,12 @@
 //! - [`actors`]: Session (identity, joined rooms, idle) and Room (members, seq, history, fan-out).
 //! - [`registry`]: room name → room actor, with a race-free remove-if-still-empty.
 //! - [`outbound`]: the per-session bounded queue and the slow-consumer rule.
+//! - [`admin`]: the operator API (`chat.v1.AdminService`), behind `[admin] token`.
 //! - [`config`]: the TOML schema and per-room limits; [`server`]: assembly and shutdown.
 
 pub mod abuse;
 pub mod actors;
+pub mod admin;
 pub mod auth;
 pub mod codec;
 pub mod config;

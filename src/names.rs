@@ -9,6 +9,8 @@ use crate::error::ChatError;
 pub const MAX_ROOM_BYTES: usize = 128;
 /// Longest user name in characters.
 pub const MAX_USER_CHARS: usize = 64;
+/// The author of operator announcements; no client may take this name.
+pub const SYSTEM_USER: &str = "system";
 
 /// Process-unique id of one stream's session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,6 +66,8 @@ impl UserName {
             Some("user name is longer than 64 characters")
         } else if name.chars().any(char::is_control) {
             Some("user name contains control characters")
+        } else if name == SYSTEM_USER {
+            Some("user name \"system\" is reserved for server announcements")
         } else {
             None
         };

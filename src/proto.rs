@@ -1,15 +1,24 @@
-//! The generated `chat.v1` types, the server stub, and the few constructors and encoders the
-//! actors need. Generated code stays behind this module.
+//! The generated `chat.v1` types (chat and admin), the chat server stub, and the few
+//! constructors and encoders the actors need. Generated code stays behind this module.
 
 use bytes::Bytes;
 use prost::Message as _;
 
-#[allow(clippy::all, missing_docs)]
+#[allow(clippy::all, missing_docs, dead_code)]
 mod generated {
     tonic::include_proto!("chat.v1");
 }
 
 pub use generated::{Kind, Message, chat_service_client};
+
+/// `chat.v1.AdminService`: its messages, client and server.
+pub mod admin {
+    pub use super::generated::{
+        AnnounceRequest, AnnounceResponse, CloseRoomRequest, CloseRoomResponse, GetRoomRequest,
+        GetRoomResponse, KickMode, KickRequest, KickResponse, ListRoomsRequest, ListRoomsResponse,
+        RoomMember, RoomSummary, admin_service_client, admin_service_server,
+    };
+}
 
 /// Server side of `ChatService`; its responses are pre-encoded [`Bytes`] (see `codec`).
 #[allow(clippy::all, missing_docs)]
@@ -18,7 +27,7 @@ pub mod chat_service_server {
     pub use chat_service_server::*;
 }
 
-/// Descriptor of `chat.proto`, for gRPC reflection.
+/// Descriptors of `chat.proto` and `admin.proto`, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));
 

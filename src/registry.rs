@@ -65,6 +65,15 @@ impl RoomRegistry {
         self.rooms.get(name).map(|a| a.clone())
     }
 
+    /// The registered rooms whose name starts with `prefix`.
+    pub fn snapshot(&self, prefix: &str) -> Vec<(RoomName, Addr<Room>)> {
+        self.rooms
+            .iter()
+            .filter(|entry| entry.key().as_str().starts_with(prefix))
+            .map(|entry| (entry.key().clone(), entry.value().clone()))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.rooms.len()
     }

@@ -11,10 +11,14 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{error, info, warn};
 
 use crate::{
+    admin::{AdminAuth, AdminEdge},
     config::Config,
     hub::Hub,
     metrics,
-    proto::{FILE_DESCRIPTOR_SET, chat_service_server::ChatServiceServer},
+    proto::{
+        FILE_DESCRIPTOR_SET, admin::admin_service_server::AdminServiceServer,
+        chat_service_server::ChatServiceServer,
+    },
     runtime::ActorRuntime,
     service::ChatEdge,
 };
@@ -99,6 +103,10 @@ impl Server {
             .build_v1()?;
         let chat = ChatServiceServer::new(ChatEdge::new(hub.clone()))
             .max_decoding_message_size(hub.frame_limit());
+        let admin = AdminServiceServer::with_interceptor(
+            AdminEdge::new(hub.clone()),
+            AdminAuth::new(hub.clone()),
+        );
         let metrics_task = metrics_listener.map(|l| {
             info!(listen = %l.local_addr().map_or("?".into(), |a| a.to_string()), "serving /metrics");
             tokio::spawn(metrics::serve(l, metrics::install()))
@@ -119,6 +127,7 @@ impl Server {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(chat)
+            .add_service(admin)
             .serve_with_incoming_shutdown(accepted(listener, config.server.tcp_nodelay), async {
                 let _ = stop_rx.await;
             });

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use chatrooms::proto::{Kind, Message};
 use common::{Client, TestServer};
-use jsonwebtoken::{EncodingKey, Header, encode};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde::Serialize;
 use tonic::Code;
 
@@ -119,4 +119,58 @@ async fn read_only_rooms_let_only_their_writers_post() {
     editor.chat("news", "headline").await;
     assert_eq!(reader.expect(Kind::Chat).await.content, "headline");
     assert_eq!(editor.expect(Kind::Chat).await.content, "headline");
+}
+
+#[derive(Serialize)]
+struct IssuedClaims<'a> {
+    sub: &'a str,
+    exp: u64,
+    iss: &'a str,
+    aud: &'a str,
+}
+
+fn es256(key: &rcgen::KeyPair, iss: &str, aud: &str) -> String {
+    let claims = IssuedClaims {
+        sub: "erin",
+        exp: now() + 600,
+        iss,
+        aud,
+    };
+    let signing = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    encode(&Header::new(Algorithm::ES256), &claims, &signing).unwrap()
+}
+
+#[tokio::test]
+async fn es256_public_keys_verify_tokens_with_issuer_and_audience() {
+    let key = rcgen::KeyPair::generate().unwrap(); // ECDSA P-256
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("jwt-{}-es256.pem", std::process::id()));
+    std::fs::write(&path, key.public_key_pem()).unwrap();
+    let server = TestServer::start(&format!(
+        "[auth]\nmode = \"jwt\"\npublic_key_path = {:?}\nissuer = \"https://auth.test\"\naudience = \"chat\"\n",
+        path.display().to_string()
+    ))
+    .await;
+
+    let mut erin = open(&server, Some(&es256(&key, "https://auth.test", "chat")))
+        .await
+        .unwrap();
+    erin.chat("", "signed with ES256").await;
+    assert_eq!(erin.expect(Kind::Chat).await.user, "erin");
+
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    for (what, bad) in [
+        ("other key", es256(&other_key, "https://auth.test", "chat")),
+        ("wrong issuer", es256(&key, "https://evil.test", "chat")),
+        ("wrong audience", es256(&key, "https://auth.test", "other")),
+        // HS256 signed with the public key's text: the algorithm must not follow the header.
+        (
+            "algorithm confusion",
+            token("erin", now() + 600, None, &key.public_key_pem()),
+        ),
+    ] {
+        let refused = open(&server, Some(&bad)).await.err().expect(what);
+        assert_eq!(refused.code(), Code::Unauthenticated, "{what}: {refused:?}");
+    }
+    std::fs::remove_file(path).unwrap();
 }

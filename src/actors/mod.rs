@@ -10,6 +10,11 @@
 //! | `Evicted`      | Room → Session   | `()`                       | the room dropped this slow consumer; the session ends |
 //! | `End`          | server → Session | `()`                       | shutdown: end the stream after its queue drains |
 //! | `Reconfigure`  | server → Room    | `()`                       | configuration reloaded: re-read the limits |
+//! | `Inspect`      | admin → Room     | `RoomSnapshot`             | ListRooms / GetRoom / Kick: seq and members |
+//! | `Announce`     | admin → Room     | `Result<(seq, id), ChatError>` | a CHAT from "system"                   |
+//! | `Close`        | admin → Room     | `usize` (members removed)  | CloseRoom: LEFT to everyone, then stop     |
+//! | `Kick`         | admin → Session  | `()`                       | leave a room (or all), or end the stream   |
+//! | `Removed`      | Room → Session   | `()`                       | the room closed: forget the membership     |
 //!
 //! Rooms never wait on sessions: everything a room sends a member goes through the member's
 //! [`SessionTx`] with `try_deliver`.
@@ -63,6 +68,8 @@ pub struct Leave {
     pub session: SessionId,
     /// `Some(ref)`: a LEAVE request, answered with LEFT. `None`: the session is ending.
     pub ack: Option<String>,
+    /// Content of the LEFT: empty for a client's own LEAVE, the operator's reason for a kick.
+    pub reason: String,
 }
 
 #[derive(Message)]
@@ -80,3 +87,49 @@ pub struct End(pub Fatal);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Reconfigure;
+
+/// A room's state as an operator sees it.
+#[derive(Debug, Clone)]
+pub struct RoomSnapshot {
+    pub last_seq: u64,
+    pub member_count: usize,
+    /// Filled only when asked for (`Inspect { members: true }`).
+    pub members: Vec<(SessionId, UserName, Addr<session::Session>)>,
+}
+
+#[derive(Message)]
+#[rtype(result = "RoomSnapshot")]
+pub struct Inspect {
+    pub members: bool,
+}
+
+/// A CHAT from [`crate::names::SYSTEM_USER`], outside any membership and rate limit.
+#[derive(Message)]
+#[rtype(result = "Result<(u64, String), ChatError>")]
+pub struct Announce {
+    pub content: String,
+}
+
+/// Removes every member (each gets LEFT with `reason`) and stops the room.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Close {
+    pub reason: String,
+}
+
+/// An operator's kick. `room: None` means every room (leave) or the stream itself (disconnect).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Kick {
+    pub room: Option<RoomName>,
+    pub disconnect: bool,
+    pub reason: String,
+}
+
+/// The room `room` at `addr` closed and removed this session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Removed {
+    pub room: RoomName,
+    pub addr: Addr<room::Room>,
+}

@@ -10,7 +10,10 @@ use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, SpawnHand
 use bytes::Bytes;
 use tracing::info;
 
-use super::{Evicted, Join, Leave, Post, Reconfigure, session::Session};
+use super::{
+    Announce, Close, Evicted, Inspect, Join, Leave, Post, Reconfigure, Removed, RoomSnapshot,
+    session::Session,
+};
 use crate::{
     config::RoomLimits,
     error::{ChatError, Fatal},
@@ -18,7 +21,7 @@ use crate::{
     hub::{Counted, Hub, Living},
     limits::TokenBucket,
     metrics,
-    names::{RoomName, SessionId, UserName},
+    names::{RoomName, SYSTEM_USER, SessionId, UserName},
     outbound::{Delivery, SessionTx},
     proto::{self, Kind},
 };
@@ -106,7 +109,7 @@ impl Room {
                 continue;
             };
             if failure == Delivery::Full {
-                self.end_slow_consumer(id, &member);
+                end_slow_consumer(&self.name, id, &member);
             }
             let presence = proto::encode(&proto::Message::event(
                 Kind::Leave,
@@ -116,16 +119,6 @@ impl Room {
             self.broadcast(&presence, None);
         }
         self.expire_when_empty(ctx);
-    }
-
-    fn end_slow_consumer(&self, id: SessionId, member: &Member) {
-        info!(room = %self.name, session = %id, user = %member.user, "slow consumer dropped");
-        member.tx.end(Fatal::SlowConsumer);
-        // do_send: at most one per room the session is in, and the session must hear of it even
-        // when its mailbox is busy.
-        member.session.do_send(Evicted {
-            room: self.name.clone(),
-        });
     }
 
     fn expire_when_empty(&mut self, ctx: &mut Context<Self>) {
@@ -203,6 +196,24 @@ impl Room {
             r#ref,
             ..proto::Message::event(Kind::Joined, self.name.as_str(), joiner.as_str())
         })
+    }
+
+    /// Accepts a CHAT: assigns the next seq, encodes it once and keeps it in the history.
+    fn accept_chat(&mut self, user: &str, content: String) -> (Bytes, String) {
+        self.seq += 1;
+        let id = uuid::Uuid::now_v7().to_string();
+        let live = proto::encode(&proto::Message {
+            kind: Kind::Chat.into(),
+            user: user.to_string(),
+            content,
+            timestamp: proto::now_ms(),
+            room: self.name.to_string(),
+            id: id.clone(),
+            seq: self.seq,
+            ..proto::Message::default()
+        });
+        self.history.push(self.seq, live.clone());
+        (live, id)
     }
 
     fn replay(&self, since_seq: u64) -> Vec<Bytes> {
@@ -303,18 +314,8 @@ impl Handler<Post> for Room {
                 burst: limits.burst,
             });
         }
-        self.seq += 1;
-        let live = proto::encode(&proto::Message {
-            kind: Kind::Chat.into(),
-            user: member.user.to_string(),
-            content: post.content,
-            timestamp: proto::now_ms(),
-            room: self.name.to_string(),
-            id: uuid::Uuid::now_v7().to_string(),
-            seq: self.seq,
-            ..proto::Message::default()
-        });
-        self.history.push(self.seq, live.clone());
+        let user = member.user.clone();
+        let (live, _) = self.accept_chat(user.as_str(), post.content);
         let started = Instant::now();
         self.broadcast(&live, Some(post.session));
         self.deliver(post.session, proto::with_ref(&live, &post.r#ref));
@@ -336,10 +337,11 @@ impl Handler<Leave> for Room {
             self.remember_departed(leave.session, member.bucket.clone());
             let left = proto::Message {
                 r#ref,
+                content: leave.reason,
                 ..proto::Message::event(Kind::Left, self.name.as_str(), member.user.as_str())
             };
             if member.tx.try_deliver(proto::encode(&left)) == Delivery::Full {
-                self.end_slow_consumer(leave.session, &member);
+                end_slow_consumer(&self.name, leave.session, &member);
             }
         }
         let presence = proto::encode(&proto::Message::event(
@@ -364,4 +366,81 @@ impl Handler<Reconfigure> for Room {
             self.limits = limits;
         }
     }
+}
+
+impl Handler<Inspect> for Room {
+    type Result = actix::MessageResult<Inspect>;
+
+    fn handle(&mut self, inspect: Inspect, _ctx: &mut Context<Self>) -> Self::Result {
+        let members = if inspect.members {
+            self.members
+                .iter()
+                .map(|(id, m)| (*id, m.user.clone(), m.session.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        actix::MessageResult(RoomSnapshot {
+            last_seq: self.seq,
+            member_count: self.members.len(),
+            members,
+        })
+    }
+}
+
+impl Handler<Announce> for Room {
+    type Result = Result<(u64, String), ChatError>;
+
+    fn handle(&mut self, announce: Announce, ctx: &mut Context<Self>) -> Self::Result {
+        if announce.content.is_empty() {
+            return Err(ChatError::BadRequest(
+                "an announcement needs `content`".into(),
+            ));
+        }
+        if announce.content.len() > self.limits.max_message_bytes {
+            return Err(ChatError::MessageTooLarge {
+                len: announce.content.len(),
+                max: self.limits.max_message_bytes,
+            });
+        }
+        let (live, id) = self.accept_chat(SYSTEM_USER, announce.content);
+        self.broadcast(&live, None);
+        self.drop_failed(ctx);
+        Ok((self.seq, id))
+    }
+}
+
+impl Handler<Close> for Room {
+    type Result = usize;
+
+    fn handle(&mut self, close: Close, ctx: &mut Context<Self>) -> usize {
+        let members = std::mem::take(&mut self.members);
+        let addr = ctx.address();
+        for (id, member) in &members {
+            let left = proto::Message {
+                content: close.reason.clone(),
+                ..proto::Message::event(Kind::Left, self.name.as_str(), member.user.as_str())
+            };
+            if member.tx.try_deliver(proto::encode(&left)) == Delivery::Full {
+                end_slow_consumer(&self.name, *id, member);
+            }
+            // do_send: one per member, once; the session must forget the room even when busy.
+            member.session.do_send(Removed {
+                room: self.name.clone(),
+                addr: addr.clone(),
+            });
+        }
+        // Stopping now: mail still queued (a JOIN, a CHAT) fails and the sender sees the room
+        // gone, as with an expired room.
+        self.close(ctx);
+        members.len()
+    }
+}
+
+fn end_slow_consumer(room: &RoomName, id: SessionId, member: &Member) {
+    info!(room = %room, session = %id, user = %member.user, "slow consumer dropped");
+    member.tx.end(Fatal::SlowConsumer);
+    // do_send: at most one per room the session is in, and the session must hear of it even
+    // when its mailbox is busy.
+    member.session.do_send(Evicted { room: room.clone() });
 }

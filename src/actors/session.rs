@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{End, Evicted, Inbound, InboundEnded, Join, Leave, Post, room::Room};
+use super::{End, Evicted, Inbound, InboundEnded, Join, Kick, Leave, Post, Removed, room::Room};
 use crate::{
     abuse::UserSlot,
     auth::Authorized,
@@ -115,6 +115,7 @@ impl Session {
             && let Identity::Named(user) = &self.identity
         {
             info!(session = %self.id, user = %user, "session named");
+            self.hub.sessions.name(self.id, user.clone());
             let max = self.hub.config().server.max_sessions_per_user;
             match self.hub.abuse.claim_user(user, max) {
                 Ok(slot) => self.user_slot = Some(slot),
@@ -159,7 +160,7 @@ impl Session {
         }
         match kind {
             Kind::Join => self.join(user, room, msg.since_seq, msg.r#ref, ctx),
-            Kind::Leave => self.leave(room, msg.r#ref, ctx),
+            Kind::Leave => self.leave(room, msg.r#ref, String::new(), ctx),
             _ => self.chat(user, room, msg.content, msg.r#ref, ctx),
         }
     }
@@ -284,13 +285,15 @@ impl Session {
         ctx.wait(posting);
     }
 
-    fn leave(&mut self, room: RoomName, r#ref: String, ctx: &mut Context<Self>) {
+    /// Leaves `room`; its LEFT carries `reason` (empty unless an operator kicked the session).
+    fn leave(&mut self, room: RoomName, r#ref: String, reason: String, ctx: &mut Context<Self>) {
         let Some(addr) = self.rooms.remove(&room) else {
             return self.refuse(ChatError::NotAMember, room.as_str(), r#ref, ctx);
         };
         let leave = Leave {
             session: self.id,
             ack: Some(r#ref.clone()),
+            reason,
         };
         let leaving = addr
             .send(leave)
@@ -411,6 +414,7 @@ impl Actor for Session {
             room.do_send(Leave {
                 session: self.id,
                 ack: None,
+                reason: String::new(),
             });
         }
         Running::Stop
@@ -465,5 +469,44 @@ impl Handler<End> for Session {
 
     fn handle(&mut self, End(fatal): End, ctx: &mut Context<Self>) {
         self.end(fatal, ctx);
+    }
+}
+
+impl Handler<Kick> for Session {
+    type Result = ();
+
+    fn handle(&mut self, kick: Kick, ctx: &mut Context<Self>) {
+        let room = kick.room.as_ref().map_or("", RoomName::as_str);
+        info!(
+            session = %self.id,
+            user = self.user_name(),
+            room,
+            disconnect = kick.disconnect,
+            reason = %kick.reason,
+            "kicked by an operator"
+        );
+        if kick.disconnect {
+            return self.end(Fatal::Kicked(kick.reason), ctx);
+        }
+        let rooms: Vec<RoomName> = match kick.room {
+            // Left meanwhile: nothing to do, and no error for a request the client never made.
+            Some(room) if !self.rooms.contains_key(&room) => Vec::new(),
+            Some(room) => vec![room],
+            None => self.rooms.keys().cloned().collect(),
+        };
+        for room in rooms {
+            self.leave(room, String::new(), kick.reason.clone(), ctx);
+        }
+    }
+}
+
+impl Handler<Removed> for Session {
+    type Result = ();
+
+    fn handle(&mut self, removed: Removed, _ctx: &mut Context<Self>) {
+        // Only that room: the session may already be in a newer room of the same name.
+        if self.rooms.get(&removed.room) == Some(&removed.addr) {
+            self.rooms.remove(&removed.room);
+        }
     }
 }
