@@ -71,10 +71,9 @@ async fn operations_health_reflection_and_metrics() {
         panic!("unexpected reflection reply {reply:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"chat.v1.ChatService".to_string()),
-        "{names:?}"
-    );
+    for service in ["chat.v1.ChatService", "chat.v1.AdminService"] {
+        assert!(names.contains(&service.to_string()), "{names:?}");
+    }
     assert!(
         names.contains(&"grpc.health.v1.Health".to_string()),
         "{names:?}"
