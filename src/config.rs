@@ -27,6 +27,7 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub admin: AdminConfig,
+    pub cluster: ClusterConfig,
     /// Default limits of every room.
     pub limits: RoomLimits,
     /// Per-room overrides of `limits`, keyed by exact name or a `*` glob; kept raw until
@@ -161,6 +162,40 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// Required `aud`, when set.
     pub audience: Option<String>,
+}
+
+/// Where rooms live: this process only, or shared by every node through Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterEngine {
+    #[default]
+    Memory,
+    Redis,
+}
+
+/// `[cluster]`: several nodes sharing rooms through Redis.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub engine: ClusterEngine,
+    /// Rooms are spread over these by a stable hash of their name.
+    pub redis_urls: Vec<String>,
+    /// This node's name in presence entries; empty = a fresh UUID at every start.
+    pub node_id: String,
+    /// A node refreshes its members' presence within a third of this; a node that stops
+    /// refreshing disappears (and its members leave) once it has passed.
+    pub presence_ttl_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            engine: ClusterEngine::Memory,
+            redis_urls: vec!["redis://127.0.0.1:6379".into()],
+            node_id: String::new(),
+            presence_ttl_ms: 10_000,
+        }
+    }
 }
 
 /// Shortest accepted admin token: anything shorter could be guessed.
@@ -409,6 +444,28 @@ impl Config {
         if let Err(e) = crate::auth::Verifier::from_config(&self.auth) {
             return fail("auth", e);
         }
+        if self.cluster.engine == ClusterEngine::Redis {
+            if self.cluster.redis_urls.is_empty() {
+                return fail("cluster.redis_urls", "redis needs at least one URL".into());
+            }
+            if let Some(url) = self
+                .cluster
+                .redis_urls
+                .iter()
+                .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+            {
+                return fail(
+                    "cluster.redis_urls",
+                    format!("{url:?} is not a redis:// or rediss:// URL"),
+                );
+            }
+            if self.cluster.presence_ttl_ms < 300 {
+                return fail("cluster.presence_ttl_ms", "must be at least 300".into());
+            }
+        }
+        if self.cluster.node_id.contains('|') {
+            return fail("cluster.node_id", "must not contain `|`".into());
+        }
         let token = &self.admin.token;
         if !token.is_empty() && token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
             return fail(
@@ -539,6 +596,7 @@ impl Config {
         keep(&self.log, &mut new.log, "log", r);
         // The token verifier is built once at start; `[admin] token` is live (rotation).
         keep(&self.auth, &mut new.auth, "auth", r);
+        keep(&self.cluster, &mut new.cluster, "cluster", r);
         // The gRPC decoder limit is fixed at start: room limits that would need a larger one
         // keep their running values as a whole.
         if new.max_frame_bytes() > self.max_frame_bytes() {
@@ -669,6 +727,8 @@ mod tests {
         let shipped = parse(SHIPPED).unwrap();
         let defaults = Config::default();
         assert_eq!(shipped.limits, defaults.limits);
+        assert_eq!(shipped.cluster, defaults.cluster);
+        assert_eq!(shipped.admin, defaults.admin);
         assert_eq!(shipped.server.listen, defaults.server.listen);
         assert_eq!(shipped.server.default_room, defaults.server.default_room);
         assert_eq!(shipped.server.max_sessions, defaults.server.max_sessions);

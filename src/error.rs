@@ -24,6 +24,9 @@ pub enum ChatError {
     BadRequest(String),
     #[error("{0}")]
     Forbidden(&'static str),
+    /// Cluster mode: the shared store (Redis) cannot be reached; the session stays open.
+    #[error("cluster store unavailable, try again: {0}")]
+    Unavailable(String),
 }
 
 impl ChatError {
@@ -38,6 +41,7 @@ impl ChatError {
             ChatError::TooManyRooms { .. } => "too_many_rooms",
             ChatError::BadRequest(_) => "bad_request",
             ChatError::Forbidden(_) => "forbidden",
+            ChatError::Unavailable(_) => "unavailable",
         }
     }
 }
