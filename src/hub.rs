@@ -16,6 +16,7 @@ use crate::{
     abuse::{AbuseLimits, IpSlot},
     actors::{End, session::Session},
     auth::Verifier,
+    cluster::RedisEngine,
     config::Config,
     error::Fatal,
     metrics,
@@ -25,7 +26,6 @@ use crate::{
     runtime::Arbiters,
 };
 
-#[derive(Debug)]
 pub struct Hub {
     /// Swapped whole on reload; readers take a cheap snapshot with [`Hub::config`].
     config: ArcSwap<Config>,
@@ -38,15 +38,18 @@ pub struct Hub {
     pub abuse: Arc<AbuseLimits>,
     /// `Some` in jwt mode: every stream must carry a valid bearer token.
     pub verifier: Option<Verifier>,
+    /// `Some` in cluster mode: rooms are shared with other nodes through Redis.
+    pub cluster: Option<RedisEngine>,
 }
 
 impl Hub {
-    pub fn new(config: Config, arbiters: Arbiters) -> Hub {
+    pub fn new(config: Config, arbiters: Arbiters, cluster: Option<RedisEngine>) -> Hub {
         let max_sessions = config.server.max_sessions;
         // unwrap: the configuration was validated, which builds the same verifier.
         let verifier = Verifier::from_config(&config.auth).unwrap();
         Hub {
             verifier,
+            cluster,
             frame_limit: config.max_frame_bytes(),
             config: ArcSwap::from_pointee(config),
             arbiters,

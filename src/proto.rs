@@ -32,6 +32,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));
 
 /// Field numbers appended to an already-encoded message (see [`with_ref`] and [`as_replay`]).
+const SEQ_FIELD: u32 = 7;
 const REF_FIELD: u32 = 8;
 const REPLAY_FIELD: u32 = 12;
 
@@ -56,6 +57,15 @@ pub fn with_ref(live: &Bytes, r#ref: &str) -> Bytes {
     let mut buf = Vec::with_capacity(live.len() + r#ref.len() + 4);
     buf.extend_from_slice(live);
     prost::encoding::string::encode(REF_FIELD, &r#ref.to_string(), &mut buf);
+    Bytes::from(buf)
+}
+
+/// A CHAT encoded without its seq (cluster mode: Redis assigns it) with `seq` set, by the same
+/// append as [`with_ref`].
+pub fn with_seq(body: &[u8], seq: u64) -> Bytes {
+    let mut buf = Vec::with_capacity(body.len() + 11);
+    buf.extend_from_slice(body);
+    prost::encoding::uint64::encode(SEQ_FIELD, &seq, &mut buf);
     Bytes::from(buf)
 }
 
@@ -121,6 +131,12 @@ mod tests {
             }
         );
         assert_eq!(with_ref(&live, ""), live);
+    }
+
+    #[test]
+    fn appended_seq_decodes_as_the_seq_field() {
+        let without = encode(&Message { seq: 0, ..chat() });
+        assert_eq!(Message::decode(with_seq(&without, 7)).unwrap(), chat());
     }
 
     #[test]

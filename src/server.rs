@@ -12,7 +12,8 @@ use tracing::{error, info, warn};
 
 use crate::{
     admin::{AdminAuth, AdminEdge},
-    config::Config,
+    cluster::{RedisEngine, Timeouts},
+    config::{ClusterEngine, Config},
     hub::Hub,
     metrics,
     proto::{
@@ -34,6 +35,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::InvalidCluster),
 }
 
 /// A server bound to its listeners, not yet serving. Tests keep [`Server::hub`] to look inside.
@@ -62,9 +65,26 @@ impl Server {
             }
             None => None,
         };
+        let cluster = match config.cluster.engine {
+            ClusterEngine::Memory => None,
+            ClusterEngine::Redis => {
+                let node_id = match config.cluster.node_id.as_str() {
+                    "" => uuid::Uuid::now_v7().to_string(),
+                    id => id.to_string(),
+                };
+                info!(
+                    node_id,
+                    shards = config.cluster.redis_urls.len(),
+                    "cluster mode: rooms shared through redis"
+                );
+                let engine =
+                    RedisEngine::new(&config.cluster.redis_urls, node_id, Timeouts::default())?;
+                Some(engine)
+            }
+        };
         let threads = crate::config::ServerConfig::threads(config.server.actor_threads);
         let runtime = ActorRuntime::start(threads)?;
-        let hub = Arc::new(Hub::new(config, runtime.arbiters()));
+        let hub = Arc::new(Hub::new(config, runtime.arbiters(), cluster));
         Ok(Server {
             listener,
             metrics_listener,
@@ -133,11 +153,24 @@ impl Server {
             });
         tokio::pin!(serve);
         set_health(&health, ServingStatus::Serving).await;
+        let cluster_health = hub
+            .cluster
+            .as_ref()
+            .map(|engine| tokio::spawn(follow_cluster(engine.connected(), health.clone())));
 
         let result = tokio::select! {
             result = &mut serve => result,
-            () = shutdown => shut_down(&hub, &health, serve, stop_tx).await,
+            () = shutdown => {
+                // From here on health only goes NOT_SERVING.
+                if let Some(task) = &cluster_health {
+                    task.abort();
+                }
+                shut_down(&hub, &health, serve, stop_tx).await
+            }
         };
+        if let Some(task) = cluster_health {
+            task.abort();
+        }
         if let Some(task) = metrics_task {
             task.abort();
         }
@@ -222,6 +255,28 @@ fn tls_config(
         config = config.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
     }
     Ok(config)
+}
+
+/// Cluster mode: NOT_SERVING while Redis cannot be reached (a node without Redis cannot serve
+/// its rooms), SERVING again once it can.
+async fn follow_cluster(mut connected: tokio::sync::watch::Receiver<bool>, health: HealthReporter) {
+    loop {
+        let up = *connected.borrow_and_update();
+        if up {
+            info!("cluster store reachable: health SERVING");
+        } else {
+            warn!("cluster store unreachable: health NOT_SERVING");
+        }
+        let status = if up {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        set_health(&health, status).await;
+        if connected.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

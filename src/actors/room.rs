@@ -3,10 +3,17 @@
 //! and the replay on JOIN joins the live traffic with no gap and no duplicate. Fan-out encodes a
 //! message once and hands each member the same bytes; a member whose queue is full is dropped,
 //! never waited for.
+//!
+//! In cluster mode (`[cluster] engine = "redis"`) the seq, the history and the presence live in
+//! Redis and the room's order is the order of its Redis channel; see [`cluster`].
+
+mod cluster;
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, SpawnHandle};
+use actix::{
+    Actor, ActorContext, ActorResponse, Addr, AsyncContext, Context, Handler, Response, SpawnHandle,
+};
 use bytes::Bytes;
 use tracing::info;
 
@@ -34,6 +41,9 @@ struct Member {
     tx: SessionTx,
     session: Addr<Session>,
     bucket: TokenBucket,
+    /// Cluster mode: the seq this member's JOINED and replay covered; live CHATs up to it that
+    /// were still on their way from Redis are not delivered again.
+    live_after: u64,
 }
 
 pub struct Room {
@@ -51,6 +61,8 @@ pub struct Room {
     /// Rate buckets of members who sent LEAVE, kept until they refill, so leaving and
     /// re-joining cannot reset a member's rate limit.
     departed: HashMap<SessionId, TokenBucket>,
+    /// `Some` in cluster mode.
+    cluster: Option<cluster::ClusterRoom>,
     _census: Counted,
 }
 
@@ -63,6 +75,7 @@ impl Room {
         Room::start_in_arbiter(&arbiter, move |ctx| {
             ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
             let limits = hub.config().limits_for(name.as_str());
+            let cluster = hub.cluster.clone().map(cluster::ClusterRoom::new);
             Room {
                 history: History::new(limits.history),
                 name,
@@ -73,6 +86,7 @@ impl Room {
                 failed: Vec::new(),
                 expiry: None,
                 departed: HashMap::new(),
+                cluster,
                 _census: census,
             }
         })
@@ -111,14 +125,23 @@ impl Room {
             if failure == Delivery::Full {
                 end_slow_consumer(&self.name, id, &member);
             }
-            let presence = proto::encode(&proto::Message::event(
-                Kind::Leave,
-                self.name.as_str(),
-                member.user.as_str(),
-            ));
-            self.broadcast(&presence, None);
+            self.announce_leave(id, &member.user, ctx);
         }
         self.expire_when_empty(ctx);
+    }
+
+    /// Tells the other members that `user`'s session `id` left: directly, or in cluster mode
+    /// through Redis, whose echo reaches the members of every node in the room's one order.
+    fn announce_leave(&mut self, id: SessionId, user: &UserName, ctx: &mut Context<Self>) {
+        if self.cluster.is_some() {
+            return self.cluster_leave(id, user.clone(), ctx);
+        }
+        let presence = proto::encode(&proto::Message::event(
+            Kind::Leave,
+            self.name.as_str(),
+            user.as_str(),
+        ));
+        self.broadcast(&presence, None);
     }
 
     fn expire_when_empty(&mut self, ctx: &mut Context<Self>) {
@@ -178,8 +201,19 @@ impl Room {
         }
     }
 
+    /// The JOINED of `joiner`, listing this room's members (all nodes' in cluster mode).
     fn joined(&self, joiner: &UserName, r#ref: String) -> Bytes {
-        let mut members: Vec<String> = self.members.values().map(|m| m.user.to_string()).collect();
+        let members = self.members.values().map(|m| m.user.to_string()).collect();
+        self.joined_with(joiner, r#ref, members, self.seq)
+    }
+
+    fn joined_with(
+        &self,
+        joiner: &UserName,
+        r#ref: String,
+        mut members: Vec<String>,
+        seq: u64,
+    ) -> Bytes {
         members.sort_unstable();
         members.dedup();
         let listed = self.limits.max_members_listed;
@@ -192,7 +226,7 @@ impl Room {
         }
         proto::encode(&proto::Message {
             members,
-            seq: self.seq,
+            seq,
             r#ref,
             ..proto::Message::event(Kind::Joined, self.name.as_str(), joiner.as_str())
         })
@@ -229,8 +263,11 @@ impl Room {
 impl Actor for Room {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Context<Self>) {
-        info!(room = %self.name, "room started");
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        info!(room = %self.name, cluster = self.cluster.is_some(), "room started");
+        if self.cluster.is_some() {
+            self.cluster_started(ctx);
+        }
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -239,9 +276,18 @@ impl Actor for Room {
 }
 
 impl Handler<Join> for Room {
-    type Result = Result<(), ChatError>;
+    type Result = Response<Result<(), ChatError>>;
 
     fn handle(&mut self, join: Join, ctx: &mut Context<Self>) -> Self::Result {
+        if self.cluster.is_some() {
+            return self.cluster_join(join, ctx);
+        }
+        Response::reply(self.join_here(join, ctx))
+    }
+}
+
+impl Room {
+    fn join_here(&mut self, join: Join, ctx: &mut Context<Self>) -> Result<(), ChatError> {
         let rejoin = self.members.contains_key(&join.session);
         if !rejoin {
             if self.members.len() >= self.limits.max_members {
@@ -260,6 +306,7 @@ impl Handler<Join> for Room {
                     tx: join.tx,
                     session: join.addr,
                     bucket,
+                    live_after: 0,
                 },
             );
         }
@@ -288,9 +335,30 @@ impl Handler<Join> for Room {
 }
 
 impl Handler<Post> for Room {
-    type Result = Result<(), ChatError>;
+    type Result = ActorResponse<Self, Result<(), ChatError>>;
 
     fn handle(&mut self, post: Post, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(error) = self.admit_post(&post) {
+            return ActorResponse::reply(Err(error));
+        }
+        if self.cluster.is_some() {
+            return self.cluster_post(post);
+        }
+        let user = self.members[&post.session].user.clone();
+        let (live, _) = self.accept_chat(user.as_str(), post.content);
+        let started = Instant::now();
+        self.broadcast(&live, Some(post.session));
+        self.deliver(post.session, proto::with_ref(&live, &post.r#ref));
+        metrics::get().fanout.record(started.elapsed());
+        self.drop_failed(ctx);
+        ActorResponse::reply(Ok(()))
+    }
+}
+
+impl Room {
+    /// The checks a CHAT passes before it gets a seq: membership, write permission, size and
+    /// the member's rate (which takes a token).
+    fn admit_post(&mut self, post: &Post) -> Result<(), ChatError> {
         let limits = &self.limits;
         let member = self
             .members
@@ -314,13 +382,6 @@ impl Handler<Post> for Room {
                 burst: limits.burst,
             });
         }
-        let user = member.user.clone();
-        let (live, _) = self.accept_chat(user.as_str(), post.content);
-        let started = Instant::now();
-        self.broadcast(&live, Some(post.session));
-        self.deliver(post.session, proto::with_ref(&live, &post.r#ref));
-        metrics::get().fanout.record(started.elapsed());
-        self.drop_failed(ctx);
         Ok(())
     }
 }
@@ -344,12 +405,7 @@ impl Handler<Leave> for Room {
                 end_slow_consumer(&self.name, leave.session, &member);
             }
         }
-        let presence = proto::encode(&proto::Message::event(
-            Kind::Leave,
-            self.name.as_str(),
-            member.user.as_str(),
-        ));
-        self.broadcast(&presence, None);
+        self.announce_leave(leave.session, &member.user, ctx);
         self.drop_failed(ctx);
         Ok(())
     }
@@ -389,24 +445,26 @@ impl Handler<Inspect> for Room {
 }
 
 impl Handler<Announce> for Room {
-    type Result = Result<(u64, String), ChatError>;
+    type Result = ActorResponse<Self, Result<(u64, String), ChatError>>;
 
     fn handle(&mut self, announce: Announce, ctx: &mut Context<Self>) -> Self::Result {
         if announce.content.is_empty() {
-            return Err(ChatError::BadRequest(
-                "an announcement needs `content`".into(),
-            ));
+            let error = ChatError::BadRequest("an announcement needs `content`".into());
+            return ActorResponse::reply(Err(error));
         }
         if announce.content.len() > self.limits.max_message_bytes {
-            return Err(ChatError::MessageTooLarge {
+            return ActorResponse::reply(Err(ChatError::MessageTooLarge {
                 len: announce.content.len(),
                 max: self.limits.max_message_bytes,
-            });
+            }));
+        }
+        if self.cluster.is_some() {
+            return self.cluster_announce(announce.content);
         }
         let (live, id) = self.accept_chat(SYSTEM_USER, announce.content);
         self.broadcast(&live, None);
         self.drop_failed(ctx);
-        Ok((self.seq, id))
+        ActorResponse::reply(Ok((self.seq, id)))
     }
 }
 
@@ -429,6 +487,9 @@ impl Handler<Close> for Room {
                 room: self.name.clone(),
                 addr: addr.clone(),
             });
+            if self.cluster.is_some() {
+                self.cluster_leave(*id, member.user.clone(), ctx);
+            }
         }
         // Stopping now: mail still queued (a JOIN, a CHAT) fails and the sender sees the room
         // gone, as with an expired room.

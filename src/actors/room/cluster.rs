@@ -1,0 +1,580 @@
+//! The Room actor in cluster mode: the room's order is its Redis channel's order. A CHAT is
+//! checked here, then published by one atomic script that assigns the global seq; every node's
+//! room (this one included) fans it out when it comes back on the channel, so members of every
+//! node see one order with one gapless seq. JOIN, replay and presence go through Redis too.
+//!
+//! Gaplessness rests on three rules: the room reads any seq only after its subscription is live;
+//! a seq that arrives ahead of the next expected one makes the room fetch the missing ones from
+//! the room's Redis stream first; and a joiner's replay ends at the seq its join script saw, from
+//! which on it gets live traffic.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use actix::{
+    ActorFutureExt, ActorResponse, AsyncContext, Context, Response, StreamHandler, WrapFuture,
+};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+use super::{Member, Room};
+use crate::{
+    actors::Join,
+    cluster::{JoinError, LocalPresence, Published, RedisEngine, Subscription, Unavailable},
+    error::ChatError,
+    metrics,
+    names::{SYSTEM_USER, SessionId, UserName},
+    outbound::Delivery,
+    proto::{self, Kind},
+};
+
+/// Messages from the channel that may wait for the room.
+const SINK_CAPACITY: usize = 1024;
+/// An ack whose echo has not come back in this long is forgotten (its publish timed out and
+/// may never have happened).
+const PENDING_ACK_TTL: Duration = Duration::from_secs(30);
+/// Pause before a failed re-sync is tried again.
+const RESYNC_RETRY: Duration = Duration::from_millis(200);
+
+pub(super) struct ClusterRoom {
+    engine: RedisEngine,
+    /// Live while the room is subscribed; `None` before the first success or after a failure.
+    subscription: Option<Subscription>,
+    sink: Option<mpsc::Sender<Published>>,
+    /// This node's CHATs on their way through Redis: message id → (sender, its `ref`).
+    pending: HashMap<String, (SessionId, String, Instant)>,
+    /// Id of the last CHAT delivered: after a reconnect, the entry Redis holds at the room's
+    /// seq must still be this one, or Redis lost the room's data (restarted without it).
+    last_id: String,
+}
+
+impl ClusterRoom {
+    pub(super) fn new(engine: RedisEngine) -> ClusterRoom {
+        ClusterRoom {
+            engine,
+            subscription: None,
+            sink: None,
+            pending: HashMap::new(),
+            last_id: String::new(),
+        }
+    }
+}
+
+/// The message id inside an encoded CHAT (only on the rare gap-filling paths).
+fn body_id(body: &[u8]) -> String {
+    <proto::Message as prost::Message>::decode(body)
+        .map(|m| m.id)
+        .unwrap_or_default()
+}
+
+/// The retained CHATs with `from < seq <= to` (`replay` reads `since_seq = 0` as "the last n").
+async fn fetch_range(
+    engine: &RedisEngine,
+    room: &str,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(u64, Bytes)>, Unavailable> {
+    if from == 0 {
+        let n = usize::try_from(to).unwrap_or(usize::MAX);
+        engine.replay(room, 0, n, to).await
+    } else {
+        engine.replay(room, from, 0, to).await
+    }
+}
+
+fn unavailable(error: &Unavailable) -> ChatError {
+    ChatError::Unavailable(error.to_string())
+}
+
+impl Room {
+    fn engine(&self) -> RedisEngine {
+        // unwrap: only called on the cluster path.
+        self.cluster.as_ref().unwrap().engine.clone()
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.hub.config().cluster.presence_ttl_ms)
+    }
+
+    pub(super) fn cluster_started(&mut self, ctx: &mut Context<Self>) {
+        let (sink, published) = mpsc::channel(SINK_CAPACITY);
+        ctx.add_stream(ReceiverStream::new(published));
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.sink = Some(sink);
+        }
+        self.ensure_subscribed(ctx);
+        // Presence: keep this node's members alive and clear other nodes' expired ones.
+        let every = self.ttl() / 3;
+        ctx.run_interval(every, |room, ctx| room.refresh_presence(ctx));
+    }
+
+    /// Subscribes (unless already subscribed) and learns the room's current seq, holding every
+    /// other mail meanwhile, so nothing is handled before the room knows where live starts.
+    fn ensure_subscribed(&mut self, ctx: &mut Context<Self>) {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return;
+        };
+        if cluster.subscription.is_some() {
+            return;
+        }
+        let Some(sink) = cluster.sink.clone() else {
+            return;
+        };
+        let engine = cluster.engine.clone();
+        let name = self.name.to_string();
+        let subscribing = async move {
+            let subscription = engine.subscribe(&name, sink).await?;
+            let seq = engine.last_seq(&name).await?;
+            Ok::<_, Unavailable>((subscription, seq))
+        };
+        ctx.wait(
+            subscribing
+                .into_actor(self)
+                .map(|subscribed, room, _ctx| match subscribed {
+                    Ok((subscription, seq)) => {
+                        room.seq = room.seq.max(seq);
+                        if let Some(cluster) = room.cluster.as_mut() {
+                            cluster.subscription = Some(subscription);
+                        }
+                    }
+                    Err(error) => warn!(room = %room.name, %error, "cannot subscribe the room"),
+                }),
+        );
+    }
+
+    /// JOIN through Redis: the script checks `max_members` over all nodes, adds the presence
+    /// entry, publishes the JOIN and returns the seq and every node's members; the replay is
+    /// read up to that seq. The room handles nothing else meanwhile.
+    pub(super) fn cluster_join(
+        &mut self,
+        join: Join,
+        ctx: &mut Context<Self>,
+    ) -> Response<Result<(), ChatError>> {
+        self.ensure_subscribed(ctx);
+        let (done, answer) = oneshot::channel();
+        let respond = Response::fut(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(ChatError::Unavailable("room stopped".into())))
+        });
+        let rejoin = self.members.contains_key(&join.session);
+        let bucket = if rejoin {
+            None
+        } else {
+            match self.bucket_for_join(join.session, Instant::now()) {
+                Ok(bucket) => Some(bucket),
+                Err(error) => {
+                    let _ = done.send(Err(error));
+                    return respond;
+                }
+            }
+        };
+        let engine = self.engine();
+        let name = self.name.to_string();
+        let (ttl, max_members) = (self.ttl(), self.limits.max_members);
+        let (since_seq, history_on_join) = (join.since_seq, self.limits.history_on_join);
+        let subscribed = self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.subscription.is_some());
+        let presence = proto::encode(&proto::Message::event(
+            Kind::Join,
+            self.name.as_str(),
+            join.user.as_str(),
+        ));
+        let (session, user, replay_wanted) =
+            (join.session, join.user.to_string(), join.ack.is_some());
+        let joining = async move {
+            if !subscribed {
+                return Err(ChatError::Unavailable(
+                    "the room is not subscribed to the cluster".into(),
+                ));
+            }
+            let joined = if rejoin {
+                let members = engine.members(&name).await.map_err(|e| unavailable(&e))?;
+                let seq = engine.last_seq(&name).await.map_err(|e| unavailable(&e))?;
+                crate::cluster::Joined { seq, members }
+            } else {
+                engine
+                    .join(&name, session, &user, ttl, max_members, presence)
+                    .await
+                    .map_err(|e| match e {
+                        JoinError::Full { max } => ChatError::RoomFull { max },
+                        JoinError::Unavailable(e) => unavailable(&e),
+                    })?
+            };
+            let replay = if replay_wanted && !rejoin {
+                engine
+                    .replay(&name, since_seq, history_on_join, joined.seq)
+                    .await
+                    .map_err(|e| unavailable(&e))?
+            } else {
+                Vec::new()
+            };
+            Ok((joined, replay))
+        };
+        let joining = joining.into_actor(self).map(move |outcome, room, ctx| {
+            let (joined, replay) = match outcome {
+                Ok(ok) => ok,
+                Err(error) => {
+                    if let Some(bucket) = bucket {
+                        room.remember_departed(join.session, bucket);
+                    }
+                    let _ = done.send(Err(error));
+                    return;
+                }
+            };
+            if let Some(bucket) = bucket {
+                if let Some(expiry) = room.expiry.take() {
+                    ctx.cancel_future(expiry);
+                }
+                room.members.insert(
+                    join.session,
+                    Member {
+                        user: join.user.clone(),
+                        tx: join.tx,
+                        session: join.addr,
+                        bucket,
+                        live_after: joined.seq,
+                    },
+                );
+            }
+            if let Some(r#ref) = join.ack {
+                let members = joined.members.into_iter().map(|m| m.user).collect();
+                let ack = room.joined_with(&join.user, r#ref, members, joined.seq);
+                room.deliver(join.session, ack);
+                for (seq, body) in replay {
+                    room.deliver(join.session, proto::as_replay(&proto::with_seq(&body, seq)));
+                }
+            }
+            room.drop_failed(ctx);
+            let _ = done.send(Ok(()));
+        });
+        ctx.wait(joining);
+        respond
+    }
+
+    /// A CHAT that passed the room's checks: published through Redis. The sender's ack (its
+    /// `ref`) is delivered when the echo comes back, in the room's order.
+    pub(super) fn cluster_post(
+        &mut self,
+        post: crate::actors::Post,
+    ) -> ActorResponse<Self, Result<(), ChatError>> {
+        let user = self.members[&post.session].user.clone();
+        let (id, body) = self.chat_body(user.as_str(), post.content);
+        if let Some(cluster) = self.cluster.as_mut() {
+            let entry = (post.session, post.r#ref, Instant::now());
+            cluster.pending.insert(id.clone(), entry);
+        }
+        let publishing = self.publish(id.clone(), post.session, body);
+        ActorResponse::r#async(publishing.into_actor(self).map(move |published, room, _| {
+            published.map(drop).inspect_err(|_| {
+                if let Some(cluster) = room.cluster.as_mut() {
+                    cluster.pending.remove(&id);
+                }
+            })
+        }))
+    }
+
+    /// An operator's announcement, published like any CHAT.
+    pub(super) fn cluster_announce(
+        &mut self,
+        content: String,
+    ) -> ActorResponse<Self, Result<(u64, String), ChatError>> {
+        let (id, body) = self.chat_body(SYSTEM_USER, content);
+        let publishing = self.publish(id.clone(), SessionId(0), body);
+        ActorResponse::r#async(
+            async move { publishing.await.map(|seq| (seq, id)) }.into_actor(self),
+        )
+    }
+
+    /// A CHAT encoded without its seq, which Redis assigns.
+    fn chat_body(&self, user: &str, content: String) -> (String, Bytes) {
+        let id = uuid::Uuid::now_v7().to_string();
+        let body = proto::encode(&proto::Message {
+            kind: Kind::Chat.into(),
+            user: user.to_string(),
+            content,
+            timestamp: proto::now_ms(),
+            room: self.name.to_string(),
+            id: id.clone(),
+            ..proto::Message::default()
+        });
+        (id, body)
+    }
+
+    fn publish(
+        &self,
+        id: String,
+        origin: SessionId,
+        body: Bytes,
+    ) -> impl Future<Output = Result<u64, ChatError>> + 'static {
+        let engine = self.engine();
+        let name = self.name.to_string();
+        let history = self.limits.history;
+        async move {
+            engine
+                .publish_chat(&name, history, &id, origin, body)
+                .await
+                .map_err(|e| unavailable(&e))
+        }
+    }
+
+    /// Removes the presence entry of a session that left this node's room; the LEAVE reaches
+    /// every node's members through the channel. The room waits for it, so a quick re-JOIN of
+    /// the same session cannot be overtaken by its own older LEAVE. If Redis cannot be reached,
+    /// the entry expires after `presence_ttl_ms` and a sweep announces the LEAVE then.
+    pub(super) fn cluster_leave(&mut self, id: SessionId, user: UserName, ctx: &mut Context<Self>) {
+        let engine = self.engine();
+        let name = self.name.to_string();
+        let body = proto::encode(&proto::Message::event(
+            Kind::Leave,
+            self.name.as_str(),
+            user.as_str(),
+        ));
+        // Runs as its own task, so it completes even if the room stops meanwhile.
+        let removal = actix_rt::spawn(async move {
+            if let Err(error) = engine.leave(&name, id, user.as_str(), body).await {
+                warn!(room = %name, session = %id, %error, "LEAVE not published; presence expires by TTL");
+            }
+        });
+        ctx.wait(async move { drop(removal.await) }.into_actor(self));
+    }
+
+    fn refresh_presence(&mut self, ctx: &mut Context<Self>) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        cluster
+            .pending
+            .retain(|_, (_, _, at)| at.elapsed() < PENDING_ACK_TTL);
+        if cluster.subscription.is_none() {
+            return self.ensure_subscribed(ctx);
+        }
+        let local: Vec<LocalPresence> = self
+            .members
+            .iter()
+            .map(|(id, m)| LocalPresence {
+                session: *id,
+                user: m.user.to_string(),
+                join_body: proto::encode(&proto::Message::event(
+                    Kind::Join,
+                    self.name.as_str(),
+                    m.user.as_str(),
+                )),
+            })
+            .collect();
+        let (engine, name, ttl) = (self.engine(), self.name.to_string(), self.ttl());
+        actix_rt::spawn(async move {
+            let refreshed = engine.refresh(&name, &local, ttl).await;
+            let swept = engine.sweep(&name).await;
+            if let Err(error) = refreshed.and(swept) {
+                tracing::debug!(room = %name, %error, "presence refresh failed");
+            }
+        });
+    }
+
+    /// A CHAT from the channel: delivered to the local members in seq order, after fetching any
+    /// seq the channel skipped (lost during a reconnect).
+    fn on_chat(
+        &mut self,
+        seq: u64,
+        session: SessionId,
+        id: String,
+        body: Bytes,
+        ctx: &mut Context<Self>,
+    ) {
+        if seq <= self.seq {
+            return; // already delivered (fetched to fill a gap)
+        }
+        if seq == self.seq + 1 {
+            return self.deliver_chat(seq, session, &id, &body, ctx);
+        }
+        let (engine, name, from) = (self.engine(), self.name.to_string(), self.seq);
+        let fetching = async move { fetch_range(&engine, &name, from, seq - 1).await };
+        ctx.wait(fetching.into_actor(self).map(move |missed, room, ctx| {
+            match missed {
+                Ok(missed) => {
+                    for (missed_seq, missed_body) in missed {
+                        if missed_seq > room.seq {
+                            let missed_id = body_id(&missed_body);
+                            room.deliver_chat(
+                                missed_seq,
+                                SessionId(0),
+                                &missed_id,
+                                &missed_body,
+                                ctx,
+                            );
+                        }
+                    }
+                }
+                Err(error) => {
+                    warn!(room = %room.name, from, to = seq - 1, %error, "seq gap not filled")
+                }
+            }
+            room.deliver_chat(seq, session, &id, &body, ctx);
+        }));
+    }
+
+    fn deliver_chat(
+        &mut self,
+        seq: u64,
+        origin: SessionId,
+        id: &str,
+        body: &[u8],
+        ctx: &mut Context<Self>,
+    ) {
+        self.seq = seq;
+        let live = proto::with_seq(body, seq);
+        let ack = self.cluster.as_mut().and_then(|c| {
+            c.last_id.clear();
+            c.last_id.push_str(id);
+            c.pending.remove(id)
+        });
+        let ack = ack.filter(|(session, _, _)| *session == origin);
+        let started = Instant::now();
+        for (member_id, member) in &self.members {
+            if member.live_after >= seq {
+                continue;
+            }
+            let message = match &ack {
+                Some((sender, r#ref, _)) if sender == member_id => proto::with_ref(&live, r#ref),
+                _ => live.clone(),
+            };
+            match member.tx.try_deliver(message) {
+                Delivery::Sent => {}
+                failure => self.failed.push((*member_id, failure)),
+            }
+        }
+        metrics::get().fanout.record(started.elapsed());
+        self.drop_failed(ctx);
+    }
+
+    /// The channel came back after a loss: whatever was published meanwhile was missed. Local
+    /// presence is written again (Redis may have lost it) and the seq gap is filled; a seq that
+    /// went backwards means Redis lost the room's data, so the count starts over from Redis's.
+    fn resync(&mut self, ctx: &mut Context<Self>) {
+        info!(room = %self.name, "cluster channel back: re-syncing the room");
+        self.refresh_presence(ctx);
+        let (engine, name, seq) = (self.engine(), self.name.to_string(), self.seq);
+        let last_id = self
+            .cluster
+            .as_ref()
+            .map(|c| c.last_id.clone())
+            .unwrap_or_default();
+        let reading = async move {
+            let last = engine.last_seq(&name).await?;
+            if seq == 0 {
+                return Ok((last, true));
+            }
+            let at_seq = if seq == 1 {
+                engine.replay(&name, 0, 1, 1).await?
+            } else {
+                engine.replay(&name, seq - 1, 0, seq).await?
+            };
+            let kept = match at_seq.first() {
+                Some((s, body)) if *s == seq => body_id(body) == last_id,
+                // Trimmed away by newer messages, or gone with the rest.
+                _ => last >= seq,
+            };
+            Ok::<_, Unavailable>((last, kept))
+        };
+        ctx.wait(reading.into_actor(self).map(|read, room, ctx| match read {
+            Ok((last, kept)) if !kept || last < room.seq => {
+                warn!(room = %room.name, was = room.seq, now = last, "redis lost the room's seq; following redis");
+                room.seq = 0;
+                for member in room.members.values_mut() {
+                    member.live_after = 0;
+                }
+                if last > 0 {
+                    room.on_chat_gap_to(last, ctx);
+                }
+            }
+            Ok((last, _)) if last > room.seq => room.on_chat_gap_to(last, ctx),
+            Ok(_) => {}
+            Err(error) => {
+                // The channel can come back before the command connection does: try again.
+                warn!(room = %room.name, %error, "re-sync failed, retrying");
+                ctx.run_later(RESYNC_RETRY, |room, ctx| room.resync(ctx));
+            }
+        }));
+    }
+
+    /// Fetches and delivers every seq after the room's up to `last`.
+    fn on_chat_gap_to(&mut self, last: u64, ctx: &mut Context<Self>) {
+        let (engine, name, from) = (self.engine(), self.name.to_string(), self.seq);
+        let fetching = async move { fetch_range(&engine, &name, from, last).await };
+        ctx.wait(
+            fetching
+                .into_actor(self)
+                .map(|missed, room, ctx| match missed {
+                    Ok(missed) => {
+                        for (seq, body) in missed {
+                            if seq > room.seq {
+                                let id = body_id(&body);
+                                room.deliver_chat(seq, SessionId(0), &id, &body, ctx);
+                            }
+                        }
+                    }
+                    Err(error) => warn!(room = %room.name, %error, "seq gap not filled"),
+                }),
+        );
+    }
+}
+
+impl StreamHandler<Published> for Room {
+    fn handle(&mut self, published: Published, ctx: &mut Context<Self>) {
+        let me = self
+            .cluster
+            .as_ref()
+            .map(|c| c.engine.node_id().to_string())
+            .unwrap_or_default();
+        match published {
+            Published::Chat {
+                seq,
+                node,
+                session,
+                id,
+                body,
+            } => {
+                // Only this node's sessions can be owed an ack.
+                let origin = if node == me { session } else { SessionId(0) };
+                self.on_chat(seq, origin, id, body, ctx);
+            }
+            Published::Join {
+                node,
+                session,
+                user,
+                ..
+            } => {
+                let presence = proto::encode(&proto::Message::event(
+                    Kind::Join,
+                    self.name.as_str(),
+                    &user,
+                ));
+                let except = (node == me).then_some(session);
+                self.broadcast(&presence, except);
+                self.drop_failed(ctx);
+            }
+            Published::Leave { user, .. } => {
+                let presence = proto::encode(&proto::Message::event(
+                    Kind::Leave,
+                    self.name.as_str(),
+                    &user,
+                ));
+                self.broadcast(&presence, None);
+                self.drop_failed(ctx);
+            }
+            Published::Resubscribed => self.resync(ctx),
+        }
+    }
+
+    /// The sink closes only when the engine is gone; the room goes on without live traffic.
+    fn finished(&mut self, _ctx: &mut Context<Self>) {
+        warn!(room = %self.name, "cluster channel closed");
+    }
+}

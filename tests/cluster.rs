@@ -1,0 +1,418 @@
+//! Cluster mode: two and three in-process nodes on one real Redis (started by the test on a free
+//! loopback port) behave as one server per room — one order and one gapless seq under concurrent
+//! senders on different nodes, presence and members from every node, replay and history served
+//! from Redis, a killed node's members leaving within the TTL, a Redis restart answered with
+//! `unavailable` and then healed without reconnecting, and rooms sharded over two Redis servers.
+
+mod common;
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use chatrooms::proto::{Kind, Message};
+use common::{Client, TestServer, WAIT, redis::RedisServer};
+use tokio::{
+    process::Command,
+    time::{Instant, timeout},
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const TTL_MS: u64 = 900;
+
+fn node_config(urls: &[String], node: &str) -> String {
+    let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+    format!(
+        "[cluster]\nengine = \"redis\"\nredis_urls = [{}]\nnode_id = \"{node}\"\npresence_ttl_ms = {TTL_MS}\n\
+         [limits]\nrate_per_sec = 100000\nburst = 100000\nhistory = 100\nhistory_on_join = 5\n",
+        urls.join(", ")
+    )
+}
+
+async fn node(redis: &[&RedisServer], name: &str) -> TestServer {
+    let urls: Vec<String> = redis.iter().map(|r| r.url()).collect();
+    let server = TestServer::start(&node_config(&urls, name)).await;
+    wait_health(&server, ServingStatus::Serving).await;
+    server
+}
+
+async fn health(server: &TestServer) -> ServingStatus {
+    let mut client = HealthClient::new(server.channel().await);
+    let reply = client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    reply.status()
+}
+
+/// Polls the health service (bounded): health follows Redis's reachability.
+async fn wait_health(server: &TestServer, want: ServingStatus) {
+    let deadline = Instant::now() + WAIT;
+    while health(server).await != want {
+        assert!(Instant::now() < deadline, "health never became {want:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The next `n` CHATs, skipping presence.
+async fn chats(client: &mut Client, n: usize) -> Vec<Message> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let message = client.next().await;
+        match message.kind() {
+            Kind::Chat => out.push(message),
+            Kind::Join | Kind::Leave => {}
+            _ => panic!("{}: unexpected {message:?}", client.user),
+        }
+    }
+    out
+}
+
+fn seqs(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+#[tokio::test]
+async fn concurrent_senders_on_two_nodes_share_one_order_and_one_gapless_seq() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], "a").await, node(&[&redis], "b").await);
+    let mut ada = a.client("ada").await;
+    let mut bob = b.client("bob").await;
+    ada.join("r").await;
+    let joined = bob.join("r").await;
+    assert_eq!(joined.members, vec!["ada", "bob"], "members of both nodes");
+    assert_eq!(
+        ada.expect(Kind::Join).await.user,
+        "bob",
+        "presence crosses nodes"
+    );
+
+    const EACH: usize = 60;
+    for n in 0..EACH {
+        ada.chat("r", &format!("a{n}")).await;
+        bob.chat("r", &format!("b{n}")).await;
+    }
+    let seen_by_ada = chats(&mut ada, 2 * EACH).await;
+    let seen_by_bob = chats(&mut bob, 2 * EACH).await;
+    let expected: Vec<u64> = (1..=2 * EACH as u64).collect();
+    assert_eq!(seqs(&seen_by_ada), expected);
+    assert_eq!(seqs(&seen_by_bob), expected);
+    let order = |m: &[Message]| m.iter().map(|m| m.content.clone()).collect::<Vec<_>>();
+    assert_eq!(order(&seen_by_ada), order(&seen_by_bob), "one order");
+    // Each sender's acks carry its refs, in its own send order.
+    let acked: Vec<&str> = seen_by_ada
+        .iter()
+        .filter(|m| !m.r#ref.is_empty())
+        .map(|m| m.content.as_str())
+        .collect();
+    let own: Vec<String> = (0..EACH).map(|n| format!("a{n}")).collect();
+    assert_eq!(acked, own);
+    ada.expect_silence().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn members_and_max_members_count_every_node() {
+    let redis = RedisServer::start();
+    let nodes = [
+        node(&[&redis], "a").await,
+        node(&[&redis], "b").await,
+        node(&[&redis], "c").await,
+    ];
+    let mut ada = nodes[0].client("ada").await;
+    let mut bob = nodes[1].client("bob").await;
+    let mut carol = nodes[2].client("carol").await;
+    ada.join("r").await;
+    bob.join("r").await;
+    assert_eq!(carol.join("r").await.members, vec!["ada", "bob", "carol"]);
+    for member in [&mut ada, &mut bob] {
+        assert_eq!(
+            member
+                .until(|m| m.kind() == Kind::Join && m.user == "carol")
+                .await
+                .room,
+            "r"
+        );
+    }
+    // LEAVE on one node reaches the others.
+    bob.send_kind(Kind::Leave, "r").await;
+    bob.expect(Kind::Left).await;
+    for member in [&mut ada, &mut carol] {
+        let leave = member.until(|m| m.kind() == Kind::Leave).await;
+        assert_eq!(leave.user, "bob");
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn max_members_is_counted_over_all_nodes() {
+    let redis = RedisServer::start();
+    let urls = vec![redis.url()];
+    let config = format!(
+        "{}[rooms.\"small\"]\nmax_members = 2\n",
+        node_config(&urls, "a")
+    );
+    let a = TestServer::start(&config).await;
+    let b = TestServer::start(&config.replace("node_id = \"a\"", "node_id = \"b\"")).await;
+    wait_health(&a, ServingStatus::Serving).await;
+    wait_health(&b, ServingStatus::Serving).await;
+    let mut ada = a.client("ada").await;
+    let mut bob = b.client("bob").await;
+    let mut carol = a.client("carol").await;
+    ada.join("small").await;
+    bob.join("small").await;
+    carol.send_kind(Kind::Join, "small").await;
+    carol.expect_error("room_full").await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn replay_is_served_by_a_node_that_never_saw_the_messages() {
+    let redis = RedisServer::start();
+    let a = node(&[&redis], "a").await;
+    let mut ada = a.client("ada").await;
+    ada.join("r").await;
+    for n in 1..=6 {
+        ada.chat("r", &format!("m{n}")).await;
+    }
+    assert_eq!(seqs(&chats(&mut ada, 6).await), vec![1, 2, 3, 4, 5, 6]);
+
+    let c = node(&[&redis], "c").await;
+    let mut dan = c.client("dan").await;
+    let joined = dan.join_since("r", 2).await;
+    assert_eq!(joined.seq, 6, "JOINED carries the global seq");
+    let replayed = chats(&mut dan, 4).await;
+    assert_eq!(seqs(&replayed), vec![3, 4, 5, 6]);
+    assert!(replayed.iter().all(|m| m.replay && m.user == "ada"));
+    // Live continues right after the replay, no gap and no duplicate.
+    ada.chat("r", "m7").await;
+    let live = chats(&mut dan, 1).await;
+    assert_eq!((live[0].seq, live[0].replay), (7, false));
+    dan.expect_silence().await;
+    a.shutdown().await;
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn history_survives_a_node_restart() {
+    let redis = RedisServer::start();
+    let a = node(&[&redis], "a").await;
+    let mut ada = a.client("ada").await;
+    ada.join("r").await;
+    for n in 1..=3 {
+        ada.chat("r", &format!("kept {n}")).await;
+    }
+    chats(&mut ada, 3).await;
+    drop(ada);
+    a.shutdown().await;
+
+    let again = node(&[&redis], "a").await;
+    let mut eve = again.client("eve").await;
+    let joined = eve.join("r").await;
+    assert_eq!(
+        (joined.seq, joined.members.clone()),
+        (3, vec!["eve".to_string()])
+    );
+    let replayed = chats(&mut eve, 3).await;
+    let texts: Vec<&str> = replayed.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, vec!["kept 1", "kept 2", "kept 3"]);
+    eve.chat("r", "new").await;
+    assert_eq!(chats(&mut eve, 1).await[0].seq, 4);
+    again.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_killed_nodes_members_leave_presence_within_the_ttl() {
+    let redis = RedisServer::start();
+    let b = node(&[&redis], "b").await;
+    let mut bob = b.client("bob").await;
+    bob.join("r").await;
+
+    // The other node is the real binary, killed with SIGKILL: it cleans nothing up.
+    let config = format!(
+        "{}[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n",
+        node_config(&[redis.url()], "doomed")
+    );
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cluster-doomed-{}.toml", std::process::id()));
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatrooms"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = read_listen_addr(&mut child).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut probe = HealthClient::new(channel.clone());
+    loop {
+        let status = probe
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        if status == ServingStatus::Serving {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the binary never reached redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut zed = Client::open(channel, "zed").await;
+    assert_eq!(zed.join("r").await.members, vec!["bob", "zed"]);
+    bob.until(|m| m.kind() == Kind::Join && m.user == "zed")
+        .await;
+
+    child.start_kill().unwrap();
+    let killed = Instant::now();
+    let leave = bob
+        .until(|m| m.kind() == Kind::Leave && m.user == "zed")
+        .await;
+    assert_eq!(leave.room, "r");
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_millis(TTL_MS * 2 + 500),
+        "LEAVE after {took:?}, TTL {TTL_MS} ms"
+    );
+    let _ = child.wait().await;
+    std::fs::remove_file(path).unwrap();
+    b.shutdown().await;
+}
+
+/// Reads the binary's stdout until it logs the address it serves on.
+async fn read_listen_addr(child: &mut tokio::process::Child) -> String {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("serving chat.v1.ChatService") {
+                return line;
+            }
+        }
+        panic!("the binary ended before serving");
+    })
+    .await
+    .expect("the binary serves");
+    // Keep draining so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = line.split("listen=").nth(1).expect("address logged");
+    addr.split_whitespace().next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_redis_restart_answers_unavailable_then_the_same_sessions_chat_again() {
+    let _ = tracing_subscriber::fmt().with_env_filter("chatrooms=info").with_test_writer().try_init();
+    let mut redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], "a").await, node(&[&redis], "b").await);
+    let mut ada = a.client("ada").await;
+    let mut bob = b.client("bob").await;
+    ada.join("r").await;
+    bob.join("r").await;
+    ada.chat("r", "before").await;
+    assert_eq!(chats(&mut bob, 1).await[0].content, "before");
+    chats(&mut ada, 1).await;
+
+    redis.stop();
+    ada.chat("r", "during").await;
+    let refused = ada.until(|m| m.kind() == Kind::Error).await;
+    assert_eq!(refused.code, "unavailable", "{refused:?}");
+    wait_health(&a, ServingStatus::NotServing).await;
+    ada.send_kind(Kind::Ping, "").await;
+    ada.until(|m| m.kind() == Kind::Pong).await; // the session is still there
+
+    redis.start_again();
+    wait_health(&a, ServingStatus::Serving).await;
+    wait_health(&b, ServingStatus::Serving).await;
+    // The same streams, no reconnect: a CHAT goes through again (bounded retries while the
+    // room re-subscribes).
+    let deadline = Instant::now() + WAIT;
+    let delivered = loop {
+        assert!(Instant::now() < deadline, "never chatted again");
+        ada.chat("r", "after").await;
+        let reply = ada
+            .until(|m| matches!(m.kind(), Kind::Chat | Kind::Error))
+            .await;
+        if reply.kind() == Kind::Chat {
+            break reply;
+        }
+        assert_eq!(reply.code, "unavailable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(delivered.content, "after");
+    let at_bob = bob
+        .until(|m| m.kind() == Kind::Chat && m.content == "after")
+        .await;
+    assert_eq!(at_bob.seq, delivered.seq);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn rooms_sharded_over_two_redis_servers_keep_their_order() {
+    let (r1, r2) = (RedisServer::start(), RedisServer::start());
+    let (a, b) = (node(&[&r1, &r2], "a").await, node(&[&r1, &r2], "b").await);
+    let engine = a.hub.cluster.clone().unwrap();
+    // Rooms on both shards.
+    let rooms: Vec<String> = (0..40)
+        .map(|n| format!("room-{n}"))
+        .scan([0usize; 2], |taken, room| {
+            let shard = engine.shard_of(&room);
+            taken[shard] += 1;
+            Some((room, shard, taken[shard]))
+        })
+        .filter(|(_, _, nth)| *nth <= 2)
+        .map(|(room, _, _)| room)
+        .collect();
+    assert_eq!(rooms.len(), 4, "two rooms on each shard");
+
+    let mut ada = a.client("ada").await;
+    let mut bob = b.client("bob").await;
+    for room in &rooms {
+        ada.join(room).await;
+    }
+    for room in &rooms {
+        bob.join(room).await;
+    }
+    const EACH: usize = 15;
+    for n in 0..EACH {
+        for room in &rooms {
+            ada.chat(room, &format!("a{n}")).await;
+            bob.chat(room, &format!("b{n}")).await;
+        }
+    }
+    let total = rooms.len() * 2 * EACH;
+    let (seen_a, seen_b) = (chats(&mut ada, total).await, chats(&mut bob, total).await);
+    for room in &rooms {
+        let of = |seen: &[Message]| -> Vec<(u64, String)> {
+            seen.iter()
+                .filter(|m| &m.room == room)
+                .map(|m| (m.seq, m.content.clone()))
+                .collect()
+        };
+        let (in_a, in_b) = (of(&seen_a), of(&seen_b));
+        let expected: Vec<u64> = (1..=2 * EACH as u64).collect();
+        assert_eq!(
+            in_a.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            expected,
+            "{room}"
+        );
+        assert_eq!(in_a, in_b, "{room}: one order on both nodes");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
