@@ -11,10 +11,12 @@
 //! - [`registry`]: room name → room actor, with a race-free remove-if-still-empty.
 //! - [`outbound`]: the per-session bounded queue and the slow-consumer rule.
 //! - [`config`]: the TOML schema and per-room limits; [`server`]: assembly and shutdown.
+//! - [`cluster`]: the Redis layer of cluster mode (shared seq, history, presence, pub/sub).
 
 pub mod abuse;
 pub mod actors;
 pub mod auth;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod error;
