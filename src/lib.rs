@@ -12,11 +12,13 @@
 //! - [`outbound`]: the per-session bounded queue and the slow-consumer rule.
 //! - [`admin`]: the operator API (`chat.v1.AdminService`), behind `[admin] token`.
 //! - [`config`]: the TOML schema and per-room limits; [`server`]: assembly and shutdown.
+//! - [`cluster`]: the Redis layer of cluster mode (shared seq, history, presence, pub/sub).
 
 pub mod abuse;
 pub mod actors;
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod error;

@@ -434,7 +434,7 @@ fn connections(
     conns = conns.min(sessions);
     // Connection c dials server c % n; rounding conns to a multiple of n keeps session i, on
     // connection i % conns, on server i % n.
-    if conns % servers != 0 {
+    if !conns.is_multiple_of(servers) {
         conns = conns.div_ceil(servers) * servers;
     }
     Ok(conns)

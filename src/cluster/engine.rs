@@ -1,0 +1,730 @@
+//! [`RedisEngine`]: a node's handle on the cluster's Redis shards. It owns one auto-reconnecting
+//! command connection and one pub/sub task per shard, the health flag, and the per-room
+//! operations (publish, presence, replay) that rooms call. Cheap to clone; every call is bounded
+//! by the response timeout and answers [`Unavailable`] instead of hanging when Redis is down.
+
+use std::{
+    future::Future,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use redis::{
+    RedisError, RedisResult, Value,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+use tokio::{
+    runtime::Handle,
+    sync::{mpsc, oneshot, watch},
+};
+use tracing::{debug, warn};
+
+use super::{
+    InvalidCluster, JoinError, Unavailable,
+    keys::{RoomKeys, parse_presence_member, room_channel, shard_for},
+    payload::Published,
+    scripts::SCRIPTS,
+    subscriber::{ShardTask, SubCommand, Subscription},
+};
+use crate::names::SessionId;
+
+/// How often each shard's connections are checked while nothing else talks to them, so health
+/// turns false on a silent (half-open) connection and true again after an outage.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Commands waiting for a shard's pub/sub task (subscribe/unsubscribe).
+const SUBSCRIPTION_QUEUE: usize = 1024;
+
+/// Time limits of the engine's Redis calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Longest wait for one call's answer (connecting included) before [`Unavailable`].
+    pub response: Duration,
+    /// Longest wait for one connection attempt.
+    pub connect: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            response: Duration::from_millis(1500),
+            connect: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// One presence entry, as stored: which node, which of its sessions, which user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Member {
+    pub node: String,
+    pub session: SessionId,
+    pub user: String,
+}
+
+/// A local member whose presence entry [`RedisEngine::refresh`] extends.
+#[derive(Debug, Clone)]
+pub struct LocalPresence {
+    pub session: SessionId,
+    pub user: String,
+    /// The encoded JOIN presence message, published again if the entry had disappeared.
+    pub join_body: Bytes,
+}
+
+/// The answer to a successful [`RedisEngine::join`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The room's last seq at the moment of the join.
+    pub seq: u64,
+    /// Every live entry of every node, the joiner included (a user with two sessions appears
+    /// twice; dedupe for display if wanted).
+    pub members: Vec<Member>,
+}
+
+#[derive(Clone)]
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: String,
+    timeouts: Timeouts,
+    shards: Vec<Shard>,
+    health: Arc<Health>,
+    /// The runtime the engine was built on. Every call runs there, so connections and their
+    /// driver tasks live on one runtime even when rooms call from actix arbiters (each arbiter
+    /// is its own current-thread runtime that may stop before the connection does).
+    runtime: Handle,
+    next_subscription: AtomicU64,
+}
+
+struct Shard {
+    url: String,
+    commands: ConnectionManager,
+    subscriptions: mpsc::Sender<SubCommand>,
+}
+
+/// The inputs of the health flag: per shard, is its pub/sub connection up, and did its last
+/// command get through.
+pub(crate) struct Health {
+    pubsub_up: Vec<AtomicBool>,
+    commands_ok: Vec<AtomicBool>,
+    connected: watch::Sender<bool>,
+}
+
+impl Health {
+    fn new(shards: usize) -> Health {
+        Health {
+            pubsub_up: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            commands_ok: (0..shards).map(|_| AtomicBool::new(true)).collect(),
+            connected: watch::Sender::new(false),
+        }
+    }
+
+    pub(crate) fn set_pubsub_up(&self, shard: usize, up: bool) {
+        self.pubsub_up[shard].store(up, Ordering::SeqCst);
+        self.publish();
+    }
+
+    fn set_commands_ok(&self, shard: usize, ok: bool) {
+        // Skips the watch lock on the hot path when nothing changes.
+        if self.commands_ok[shard].swap(ok, Ordering::SeqCst) != ok {
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        // Recomputed under the watch's lock, so the last writer always sees every earlier store.
+        self.connected.send_if_modified(|connected| {
+            let now = self
+                .pubsub_up
+                .iter()
+                .chain(&self.commands_ok)
+                .all(|flag| flag.load(Ordering::SeqCst));
+            let changed = *connected != now;
+            *connected = now;
+            changed
+        });
+    }
+}
+
+impl RedisEngine {
+    /// Builds the engine without waiting for Redis: connections are made in the background (and
+    /// remade after any loss), so a node starts even while Redis is down. Must be called inside a
+    /// tokio runtime, which then runs all of the engine's I/O. Dropping every clone (and every
+    /// [`Subscription`]) stops its tasks.
+    pub fn new(
+        urls: &[String],
+        node_id: impl Into<String>,
+        timeouts: Timeouts,
+    ) -> Result<RedisEngine, InvalidCluster> {
+        let node_id = node_id.into();
+        if urls.is_empty() {
+            return Err(InvalidCluster::NoUrls);
+        }
+        if node_id.is_empty() || node_id.contains('|') || node_id.chars().any(char::is_control) {
+            // `|` separates the fields of a presence entry.
+            return Err(InvalidCluster::NodeId(node_id));
+        }
+        let runtime = Handle::try_current().map_err(|_| InvalidCluster::NoRuntime)?;
+        let _guard = runtime.enter();
+        let health = Arc::new(Health::new(urls.len()));
+        let mut shards = Vec::with_capacity(urls.len());
+        for (index, url) in urls.iter().enumerate() {
+            let client =
+                redis::Client::open(url.as_str()).map_err(|error| InvalidCluster::Url {
+                    url: url.clone(),
+                    reason: error.to_string(),
+                })?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeouts.connect))
+                .set_response_timeout(Some(timeouts.response))
+                // Few retries per reconnect: callers are bounded by `timeouts.response` anyway,
+                // and the next call starts a fresh attempt.
+                .set_number_of_retries(2)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_secs(2));
+            let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                .map_err(|error| InvalidCluster::Url {
+                    url: url.clone(),
+                    reason: error.to_string(),
+                })?;
+            let (subscriptions, subscription_rx) = mpsc::channel(SUBSCRIPTION_QUEUE);
+            ShardTask::spawn(
+                index,
+                client,
+                subscription_rx,
+                health.clone(),
+                timeouts,
+                &runtime,
+            );
+            shards.push(Shard {
+                url: url.clone(),
+                commands,
+                subscriptions,
+            });
+        }
+        let inner = Arc::new(Inner {
+            node_id,
+            timeouts,
+            shards,
+            health,
+            runtime: runtime.clone(),
+            next_subscription: AtomicU64::new(1),
+        });
+        runtime.spawn(watch_commands(Arc::downgrade(&inner)));
+        Ok(RedisEngine { inner })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// Which shard (index into the URLs) holds `room`.
+    pub fn shard_of(&self, room: &str) -> usize {
+        shard_for(room, self.inner.shards.len())
+    }
+
+    /// True while every shard's pub/sub connection is up and its last command got through.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.inner.health.connected.subscribe()
+    }
+
+    /// Assigns the room's next seq, appends `body` to its log (trimmed to about `max_len`, never
+    /// fewer) and publishes it, in one atomic script. After [`Unavailable::TimedOut`] the outcome
+    /// is unknown: the CHAT may still have been published.
+    pub async fn publish_chat(
+        &self,
+        room: &str,
+        max_len: usize,
+        id: &str,
+        origin: SessionId,
+        body: Bytes,
+    ) -> Result<u64, Unavailable> {
+        let keys = RoomKeys::new(room);
+        let args = [
+            keys.channel.into_bytes(),
+            max_len.max(1).to_string().into_bytes(),
+            self.inner.node_id.clone().into_bytes(),
+            origin.0.to_string().into_bytes(),
+            id.as_bytes().to_vec(),
+            body.to_vec(),
+        ];
+        self.call(room, "publish_chat", move |mut conn| async move {
+            SCRIPTS
+                .publish_chat
+                .key(keys.seq)
+                .key(keys.log)
+                .arg(&args[..])
+                .invoke_async::<u64>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Adds this node's `session` to the room's presence (expiring after `ttl` unless refreshed)
+    /// unless the room already has `max_members` live entries over all nodes, and publishes the
+    /// join. Expired entries are swept (and announced) first, so they never count.
+    #[allow(clippy::too_many_arguments)] // each is one field of the entry or one limit
+    pub async fn join(
+        &self,
+        room: &str,
+        session: SessionId,
+        user: &str,
+        ttl: Duration,
+        max_members: usize,
+        join_body: Bytes,
+    ) -> Result<Joined, JoinError> {
+        let keys = RoomKeys::new(room);
+        let args = [
+            keys.channel.into_bytes(),
+            self.inner.node_id.clone().into_bytes(),
+            session.0.to_string().into_bytes(),
+            user.as_bytes().to_vec(),
+            millis(ttl).into_bytes(),
+            max_members.to_string().into_bytes(),
+            join_body.to_vec(),
+        ];
+        let reply = self
+            .call(room, "join", move |mut conn| async move {
+                SCRIPTS
+                    .join
+                    .key(keys.presence)
+                    .key(keys.seq)
+                    .arg(&args[..])
+                    .invoke_async::<Value>(&mut conn)
+                    .await
+            })
+            .await?;
+        let malformed = |what: &str| {
+            JoinError::Unavailable(self.unexpected(room, "join", format!("reply {what}")))
+        };
+        let Value::Array(items) = reply else {
+            return Err(malformed("is not an array"));
+        };
+        match items.as_slice() {
+            [Value::Int(0)] => Err(JoinError::Full { max: max_members }),
+            [Value::Int(1), seq, Value::Array(members)] => Ok(Joined {
+                seq: integer(seq).ok_or_else(|| malformed("seq is not a number"))?,
+                members: parse_members(members),
+            }),
+            _ => Err(malformed("has an unexpected shape")),
+        }
+    }
+
+    /// Removes the session's presence entry; if it was there, publishes the leave. Answers
+    /// whether it was there.
+    pub async fn leave(
+        &self,
+        room: &str,
+        session: SessionId,
+        user: &str,
+        leave_body: Bytes,
+    ) -> Result<bool, Unavailable> {
+        let keys = RoomKeys::new(room);
+        let args = [
+            keys.channel.into_bytes(),
+            self.inner.node_id.clone().into_bytes(),
+            session.0.to_string().into_bytes(),
+            user.as_bytes().to_vec(),
+            leave_body.to_vec(),
+        ];
+        self.call(room, "leave", move |mut conn| async move {
+            SCRIPTS
+                .leave
+                .key(keys.presence)
+                .arg(&args[..])
+                .invoke_async::<bool>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Extends the presence entries of this node's `local` members to now + `ttl`. An entry that
+    /// had disappeared (swept while this node was cut off, or Redis lost its data) is added back
+    /// and its join published again. Answers how many were added back.
+    pub async fn refresh(
+        &self,
+        room: &str,
+        local: &[LocalPresence],
+        ttl: Duration,
+    ) -> Result<usize, Unavailable> {
+        if local.is_empty() {
+            return Ok(0);
+        }
+        let keys = RoomKeys::new(room);
+        let mut args = Vec::with_capacity(3 + 3 * local.len());
+        args.push(keys.channel.into_bytes());
+        args.push(self.inner.node_id.clone().into_bytes());
+        args.push(millis(ttl).into_bytes());
+        for entry in local {
+            args.push(entry.session.0.to_string().into_bytes());
+            args.push(entry.user.clone().into_bytes());
+            args.push(entry.join_body.to_vec());
+        }
+        self.call(room, "refresh", move |mut conn| async move {
+            SCRIPTS
+                .refresh
+                .key(keys.presence)
+                .arg(&args[..])
+                .invoke_async::<usize>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Removes the room's expired presence entries and publishes a leave (without a body) for
+    /// each, atomically: however many nodes sweep, each expiry is announced once. Answers how
+    /// many expired.
+    pub async fn sweep(&self, room: &str) -> Result<usize, Unavailable> {
+        let keys = RoomKeys::new(room);
+        self.call(room, "sweep", move |mut conn| async move {
+            SCRIPTS
+                .sweep
+                .key(keys.presence)
+                .arg(keys.channel)
+                .invoke_async::<usize>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Retained CHAT bodies with their seqs, ascending, none above `upto`: with `since_seq > 0`
+    /// those after `since_seq`; with `since_seq == 0` the last `last_n`.
+    pub async fn replay(
+        &self,
+        room: &str,
+        since_seq: u64,
+        last_n: usize,
+        upto: u64,
+    ) -> Result<Vec<(u64, Bytes)>, Unavailable> {
+        if upto == 0 || since_seq >= upto || (since_seq == 0 && last_n == 0) {
+            return Ok(Vec::new());
+        }
+        let log = RoomKeys::new(room).log;
+        let reply = self
+            .call(room, "replay", move |mut conn| async move {
+                // Stream ids are `<seq>-1`; a bare `N` means `N-0` as a start and `N-<max>` as an
+                // end, so these bounds select exactly on seq.
+                let cmd = if since_seq > 0 {
+                    let mut cmd = redis::cmd("XRANGE");
+                    cmd.arg(&log).arg(since_seq + 1).arg(upto);
+                    cmd
+                } else {
+                    let mut cmd = redis::cmd("XREVRANGE");
+                    cmd.arg(&log).arg(upto).arg("-").arg("COUNT").arg(last_n);
+                    cmd
+                };
+                cmd.query_async::<Value>(&mut conn).await
+            })
+            .await?;
+        let mut entries = parse_stream_entries(reply)
+            .ok_or_else(|| self.unexpected(room, "replay", "unexpected stream reply".into()))?;
+        if since_seq == 0 {
+            entries.reverse();
+        }
+        Ok(entries)
+    }
+
+    /// The room's live presence entries over all nodes.
+    pub async fn members(&self, room: &str) -> Result<Vec<Member>, Unavailable> {
+        let presence = RoomKeys::new(room).presence;
+        let reply = self
+            .call(room, "members", move |mut conn| async move {
+                SCRIPTS
+                    .members
+                    .key(presence)
+                    .invoke_async::<Vec<Value>>(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(parse_members(&reply))
+    }
+
+    /// The room's last seq (0 before its first CHAT).
+    pub async fn last_seq(&self, room: &str) -> Result<u64, Unavailable> {
+        let seq = RoomKeys::new(room).seq;
+        let reply = self
+            .call(room, "last_seq", move |mut conn| async move {
+                redis::cmd("GET")
+                    .arg(seq)
+                    .query_async::<Option<u64>>(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(reply.unwrap_or(0))
+    }
+
+    /// True when every shard answers PING within the response timeout.
+    pub async fn ping(&self) -> bool {
+        let mut all = true;
+        for shard in 0..self.inner.shards.len() {
+            all &= self.ping_shard(shard).await;
+        }
+        all
+    }
+
+    async fn ping_shard(&self, shard: usize) -> bool {
+        self.call_shard(shard, "ping", move |mut conn| async move {
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Subscribes `sink` to the room's channel and returns once Redis confirmed the
+    /// subscription, so everything published from then on reaches `sink`: read history after
+    /// this returns and nothing falls between history and live traffic. A later `subscribe` of
+    /// the same room replaces the sink. Dropping the [`Subscription`] (or `sink`'s receiver)
+    /// unsubscribes.
+    ///
+    /// Delivery waits for room in `sink` (back-pressure), and while it waits the shard's other
+    /// rooms wait too: give each room's sink enough capacity and drain it promptly.
+    pub async fn subscribe(
+        &self,
+        room: &str,
+        sink: mpsc::Sender<Published>,
+    ) -> Result<Subscription, Unavailable> {
+        let shard = self.shard_of(room);
+        let channel = room_channel(room);
+        let id = self.inner.next_subscription.fetch_add(1, Ordering::Relaxed);
+        let commands = self.inner.shards[shard].subscriptions.clone();
+        let (done, confirmed) = oneshot::channel();
+        let request = SubCommand::Subscribe {
+            channel: channel.clone(),
+            id,
+            sink,
+            done,
+        };
+        // The shard task answers within its own response timeout once it reads the request;
+        // the margin covers a queue of requests ahead of this one.
+        let limit = self.inner.timeouts.response * 2;
+        let outcome = tokio::time::timeout(limit, async {
+            commands.send(request).await.ok()?;
+            confirmed.await.ok()
+        })
+        .await;
+        match outcome {
+            Ok(Some(Ok(()))) => Ok(Subscription::new(
+                channel,
+                id,
+                commands,
+                self.inner.runtime.clone(),
+            )),
+            Ok(Some(Err(unavailable))) => Err(unavailable),
+            Ok(None) => Err(Unavailable::Unreachable {
+                shard,
+                op: "subscribe",
+                reason: "the shard's pub/sub task has stopped".into(),
+            }),
+            Err(_) => Err(Unavailable::TimedOut {
+                shard,
+                op: "subscribe",
+                after: limit,
+            }),
+        }
+    }
+
+    /// Runs `op` on the room's shard. See [`Self::call_shard`].
+    async fn call<T, F, Fut>(&self, room: &str, op: &'static str, f: F) -> Result<T, Unavailable>
+    where
+        T: Send + 'static,
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>> + Send + 'static,
+    {
+        self.call_shard(self.shard_of(room), op, f).await
+    }
+
+    /// Runs `op` on the shard's command connection, on the engine's runtime, bounded by the
+    /// response timeout, and records the outcome in the health flag.
+    async fn call_shard<T, F, Fut>(
+        &self,
+        shard: usize,
+        op: &'static str,
+        f: F,
+    ) -> Result<T, Unavailable>
+    where
+        T: Send + 'static,
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>> + Send + 'static,
+    {
+        let limit = self.inner.timeouts.response;
+        let future = f(self.inner.shards[shard].commands.clone());
+        let task = self
+            .inner
+            .runtime
+            .spawn(async move { tokio::time::timeout(limit, future).await });
+        let result = match task.await {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(error))) => Err(classify(shard, op, limit, &error)),
+            Ok(Err(_elapsed)) => Err(Unavailable::TimedOut {
+                shard,
+                op,
+                after: limit,
+            }),
+            Err(join_error) => Err(Unavailable::Unreachable {
+                shard,
+                op,
+                reason: format!("task failed: {join_error}"),
+            }),
+        };
+        match &result {
+            Ok(_) => self.inner.health.set_commands_ok(shard, true),
+            Err(Unavailable::Rejected { .. }) => {}
+            Err(error) => {
+                self.inner.health.set_commands_ok(shard, false);
+                debug!(url = %self.inner.shards[shard].url, %error, "redis call failed");
+            }
+        }
+        result
+    }
+
+    fn unexpected(&self, room: &str, op: &'static str, reason: String) -> Unavailable {
+        let error = Unavailable::Rejected {
+            shard: self.shard_of(room),
+            op,
+            reason,
+        };
+        warn!(room, %error, "unexpected redis reply");
+        error
+    }
+}
+
+/// Pings every shard each [`HEALTH_INTERVAL`] while the engine exists, so health follows Redis
+/// even when no room is calling.
+async fn watch_commands(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        RedisEngine { inner }.ping().await;
+    }
+}
+
+/// Connection trouble (health turns false) versus a command Redis refused (it stays as is).
+fn classify(shard: usize, op: &'static str, limit: Duration, error: &RedisError) -> Unavailable {
+    let reason = error.to_string();
+    if error.is_timeout() {
+        Unavailable::TimedOut {
+            shard,
+            op,
+            after: limit,
+        }
+    } else if error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_unrecoverable_error()
+    {
+        Unavailable::Unreachable { shard, op, reason }
+    } else {
+        Unavailable::Rejected { shard, op, reason }
+    }
+}
+
+fn millis(duration: Duration) -> String {
+    duration.as_millis().max(1).to_string()
+}
+
+fn integer(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        Value::SimpleString(text) => text.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Presence members from a script reply; entries not in our format are skipped.
+fn parse_members(values: &[Value]) -> Vec<Member> {
+    values
+        .iter()
+        .filter_map(|value| match value {
+            Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+            _ => None,
+        })
+        .filter_map(parse_presence_member)
+        .map(|(node, session, user)| Member {
+            node: node.to_owned(),
+            session,
+            user: user.to_owned(),
+        })
+        .collect()
+}
+
+/// XRANGE/XREVRANGE reply → (seq, body) in reply order; `None` if it is not a stream reply.
+fn parse_stream_entries(reply: Value) -> Option<Vec<(u64, Bytes)>> {
+    let Value::Array(entries) = reply else {
+        return None;
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(parts) = entry else {
+            return None;
+        };
+        let [Value::BulkString(id), Value::Array(fields)] = parts.as_slice() else {
+            return None;
+        };
+        let seq = std::str::from_utf8(id)
+            .ok()?
+            .split_once('-')?
+            .0
+            .parse()
+            .ok()?;
+        let body = fields.chunks(2).find_map(|pair| match pair {
+            [Value::BulkString(name), Value::BulkString(body)] if name == b"b" => {
+                Some(Bytes::copy_from_slice(body))
+            }
+            _ => None,
+        })?;
+        out.push((seq, body));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_replies_parse_and_garbage_does_not() {
+        let entry = |id: &str, body: &[u8]| {
+            Value::Array(vec![
+                Value::BulkString(id.as_bytes().to_vec()),
+                Value::Array(vec![
+                    Value::BulkString(b"b".to_vec()),
+                    Value::BulkString(body.to_vec()),
+                ]),
+            ])
+        };
+        let reply = Value::Array(vec![entry("7-1", b"x"), entry("8-1", b"")]);
+        assert_eq!(
+            parse_stream_entries(reply),
+            Some(vec![(7, Bytes::from_static(b"x")), (8, Bytes::new())])
+        );
+        assert_eq!(parse_stream_entries(Value::Nil), None);
+        assert_eq!(
+            parse_stream_entries(Value::Array(vec![entry("x-1", b"")])),
+            None
+        );
+    }
+
+    #[test]
+    fn health_needs_every_flag() {
+        let health = Health::new(2);
+        let connected = health.connected.subscribe();
+        assert!(!*connected.borrow());
+        health.set_pubsub_up(0, true);
+        assert!(!*connected.borrow());
+        health.set_pubsub_up(1, true);
+        assert!(*connected.borrow());
+        health.set_commands_ok(1, false);
+        assert!(!*connected.borrow());
+        health.set_commands_ok(1, true);
+        assert!(*connected.borrow());
+    }
+}

@@ -1,0 +1,138 @@
+//! The Lua scripts that change a room in Redis. Each runs atomically on the room's shard, so
+//! "assign a seq, store, publish" and "expire, remove, announce" are single steps no other node
+//! can interleave with. They run through `redis::Script` (EVALSHA, falling back to loading the
+//! script after a Redis restart). Payloads follow `payload.rs`; "now" is Redis server TIME so node
+//! clocks never matter (Redis 5+ replicates scripts by effects, which TIME needs).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Helpers shared by the scripts (prepended to each).
+macro_rules! prelude {
+    () => {
+        r#"
+-- One payload field: byte length, ':', bytes (payload.rs).
+local function field(s)
+  s = tostring(s)
+  return #s .. ':' .. s
+end
+-- Decimal integer text; tostring() would switch to exponent notation past 1e14.
+local function int(n)
+  return string.format('%d', n)
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Removes every presence entry whose expiry is past and publishes a leave (no body) for each.
+-- Inside a script this is atomic, so exactly one caller ever announces a given expiry.
+local function sweep(presence, channel, now)
+  local expired = redis.call('ZRANGEBYSCORE', presence, '-inf', int(now))
+  for _, member in ipairs(expired) do
+    redis.call('ZREM', presence, member)
+    local node, session, user = string.match(member, '^([^|]*)|([^|]*)|(.*)$')
+    if node then
+      redis.call('PUBLISH', channel,
+        field('L') .. field(node) .. field(session) .. field(user) .. field(''))
+    end
+  end
+  return #expired
+end
+"#
+    };
+}
+
+pub(crate) struct Scripts {
+    /// KEYS: seq, log. ARGV: channel, max_len, node, session, id, body. Returns the new seq.
+    pub publish_chat: Script,
+    /// KEYS: presence, seq. ARGV: channel, node, session, user, ttl_ms, max_members, body.
+    /// Returns `{0}` when full, else `{1, seq, {member...}}`.
+    pub join: Script,
+    /// KEYS: presence. ARGV: channel, node, session, user, body. Returns 1 if it was present.
+    pub leave: Script,
+    /// KEYS: presence. ARGV: channel, node, ttl_ms, then (session, user, body) per entry.
+    /// Returns how many entries were missing and announced again.
+    pub refresh: Script,
+    /// KEYS: presence. ARGV: channel. Returns how many entries expired.
+    pub sweep: Script,
+    /// KEYS: presence. Returns the live members.
+    pub members: Script,
+}
+
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    publish_chat: Script::new(concat!(
+        prelude!(),
+        r#"
+local seq = (tonumber(redis.call('GET', KEYS[1])) or 0) + 1
+local s = int(seq)
+-- XADD first: if it fails (say, a stream id out of order) nothing is written and no seq is burnt.
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], s .. '-1', 'b', ARGV[6])
+redis.call('SET', KEYS[1], s)
+redis.call('PUBLISH', ARGV[1],
+  field('C') .. field(s) .. field(ARGV[3]) .. field(ARGV[4]) .. field(ARGV[5]) .. field(ARGV[6]))
+return seq
+"#
+    )),
+    join: Script::new(concat!(
+        prelude!(),
+        r#"
+local now = now_ms()
+sweep(KEYS[1], ARGV[1], now)
+local member = ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4]
+local present = redis.call('ZSCORE', KEYS[1], member)
+if not present and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[6]) then
+  return {0}
+end
+redis.call('ZADD', KEYS[1], int(now + tonumber(ARGV[5])), member)
+-- A session joining again only extends its entry: the others saw it join already.
+if not present then
+  redis.call('PUBLISH', ARGV[1],
+    field('J') .. field(ARGV[2]) .. field(ARGV[3]) .. field(ARGV[4]) .. field(ARGV[7]))
+end
+return {1, redis.call('GET', KEYS[2]) or '0', redis.call('ZRANGE', KEYS[1], 0, -1)}
+"#
+    )),
+    leave: Script::new(concat!(
+        prelude!(),
+        r#"
+local member = ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4]
+if redis.call('ZREM', KEYS[1], member) == 1 then
+  redis.call('PUBLISH', ARGV[1],
+    field('L') .. field(ARGV[2]) .. field(ARGV[3]) .. field(ARGV[4]) .. field(ARGV[5]))
+  return 1
+end
+return 0
+"#
+    )),
+    refresh: Script::new(concat!(
+        prelude!(),
+        r#"
+local expiry = int(now_ms() + tonumber(ARGV[3]))
+local announced = 0
+for i = 4, #ARGV - 2, 3 do
+  local member = ARGV[2] .. '|' .. ARGV[i] .. '|' .. ARGV[i + 1]
+  -- ZADD answers 1 for a new member: this entry was gone (swept, or Redis lost its data).
+  if redis.call('ZADD', KEYS[1], expiry, member) == 1 then
+    redis.call('PUBLISH', ARGV[1],
+      field('J') .. field(ARGV[2]) .. field(ARGV[i]) .. field(ARGV[i + 1]) .. field(ARGV[i + 2]))
+    announced = announced + 1
+  end
+end
+return announced
+"#
+    )),
+    sweep: Script::new(concat!(
+        prelude!(),
+        r#"
+return sweep(KEYS[1], ARGV[1], now_ms())
+"#
+    )),
+    members: Script::new(concat!(
+        prelude!(),
+        r#"
+-- An entry whose expiry equals now is already expired (sweep uses the same bound).
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. int(now_ms()), '+inf')
+"#
+    )),
+});
