@@ -3,7 +3,7 @@
 //! action is ordered with the chat traffic like any other request. Every call is logged, refused
 //! ones included (without the token).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status, service::Interceptor};
@@ -11,14 +11,20 @@ use tracing::{info, warn};
 
 use crate::{
     actors::{Announce, Close, Inspect, Kick},
+    error::{ChatError, Fatal},
     hub::{Hub, SessionTarget},
     names::{RoomName, SessionId, UserName},
     proto::admin::{
         AnnounceRequest, AnnounceResponse, CloseRoomRequest, CloseRoomResponse, GetRoomRequest,
         GetRoomResponse, KickMode, KickRequest, KickResponse, ListRoomsRequest, ListRoomsResponse,
-        RoomMember, RoomSummary, admin_service_server::AdminService,
+        RoomMember, RoomSummary, admin_service_server::AdminService, kick_request::Target,
     },
 };
+
+/// Longest operator `reason`: it travels in a gRPC status message and in LEFT.
+pub const MAX_REASON_BYTES: usize = 256;
+/// Longest wait for a room to answer an admin call.
+const ROOM_ANSWER: Duration = Duration::from_secs(5);
 
 /// Checks `authorization: Bearer <token>` against `[admin] token`, read at every call so a
 /// reloaded token applies at once.
@@ -48,7 +54,9 @@ impl Interceptor for AdminAuth {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token);
         let Some(presented) = presented else {
             warn!(?peer, "admin call refused: no bearer token");
             return Err(Status::unauthenticated(
@@ -92,6 +100,36 @@ fn gone(room: &RoomName) -> Status {
     Status::not_found(format!("room {room} is not open"))
 }
 
+/// Asks a room, bounded: a room that does not answer in time gives DEADLINE_EXCEEDED instead of
+/// holding the admin call forever.
+async fn ask<M>(
+    room: &RoomName,
+    addr: &actix::Addr<crate::actors::room::Room>,
+    mail: M,
+) -> Result<M::Result, Status>
+where
+    M: actix::Message + Send + 'static,
+    M::Result: Send,
+    crate::actors::room::Room: actix::Handler<M>,
+{
+    match tokio::time::timeout(ROOM_ANSWER, addr.send(mail)).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(_)) => Err(gone(room)),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "room {room} did not answer in time"
+        ))),
+    }
+}
+
+fn check_reason(reason: &str) -> Result<(), Status> {
+    if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "`reason` must be at most {MAX_REASON_BYTES} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -102,8 +140,10 @@ impl AdminService for AdminEdge {
         &self,
         request: Request<ListRoomsRequest>,
     ) -> Result<Response<ListRoomsResponse>, Status> {
+        let peer = request.remote_addr();
         let prefix = request.into_inner().prefix;
-        // Every room is asked at once; the answers are gathered afterwards.
+        info!(action = "list_rooms", ?peer, prefix, "admin call");
+        // Every room is asked at once; the answers are gathered afterwards, each bounded.
         let pending: Vec<_> = self
             .hub
             .rooms
@@ -111,9 +151,11 @@ impl AdminService for AdminEdge {
             .into_iter()
             .map(|(name, addr)| (name, addr.send(Inspect { members: false })))
             .collect();
+        let deadline = tokio::time::Instant::now() + ROOM_ANSWER;
         let mut rooms = Vec::with_capacity(pending.len());
         for (name, answer) in pending {
-            if let Ok(snapshot) = answer.await {
+            // A room that stopped or did not answer in time is left out.
+            if let Ok(Ok(snapshot)) = tokio::time::timeout_at(deadline, answer).await {
                 rooms.push(RoomSummary {
                     name: name.to_string(),
                     members: count(snapshot.member_count),
@@ -122,7 +164,6 @@ impl AdminService for AdminEdge {
             }
         }
         rooms.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        info!(action = "list_rooms", prefix, rooms = rooms.len(), "admin");
         Ok(Response::new(ListRoomsResponse { rooms }))
     }
 
@@ -130,11 +171,11 @@ impl AdminService for AdminEdge {
         &self,
         request: Request<GetRoomRequest>,
     ) -> Result<Response<GetRoomResponse>, Status> {
-        let (room, addr) = self.open_room(&request.into_inner().room)?;
-        let snapshot = addr
-            .send(Inspect { members: true })
-            .await
-            .map_err(|_| gone(&room))?;
+        let peer = request.remote_addr();
+        let name = request.into_inner().room;
+        info!(action = "get_room", ?peer, room = name, "admin call");
+        let (room, addr) = self.open_room(&name)?;
+        let snapshot = ask(&room, &addr, Inspect { members: true }).await?;
         let mut members: Vec<RoomMember> = snapshot
             .members
             .iter()
@@ -144,7 +185,6 @@ impl AdminService for AdminEdge {
             })
             .collect();
         members.sort_unstable_by(|a, b| (&a.user, a.session_id).cmp(&(&b.user, b.session_id)));
-        info!(action = "get_room", room = %room, members = members.len(), "admin");
         Ok(Response::new(GetRoomResponse {
             room: Some(RoomSummary {
                 name: room.to_string(),
@@ -156,31 +196,39 @@ impl AdminService for AdminEdge {
     }
 
     async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {
+        let peer = request.remote_addr();
         let kick = request.into_inner();
-        let target = match (kick.user.is_empty(), kick.session_id) {
-            (false, 0) => SessionTarget::User(
-                UserName::parse(&kick.user).map_err(|e| Status::invalid_argument(e.to_string()))?,
+        info!(
+            action = "kick",
+            ?peer,
+            target = ?kick.target,
+            room = kick.room,
+            mode = kick.mode().as_str_name(),
+            reason = kick.reason,
+            "admin call"
+        );
+        let target = match &kick.target {
+            Some(Target::User(user)) => SessionTarget::User(
+                UserName::parse(user).map_err(|e| Status::invalid_argument(e.to_string()))?,
             ),
-            (true, id) if id > 0 => SessionTarget::Id(SessionId(id)),
-            _ => {
-                return Err(Status::invalid_argument(
-                    "name exactly one of `user` and `session_id`",
-                ));
-            }
+            Some(Target::SessionId(id)) if *id > 0 => SessionTarget::Id(SessionId(*id)),
+            _ => return Err(Status::invalid_argument("name a `user` or a `session_id`")),
         };
         let disconnect = match KickMode::try_from(kick.mode) {
             Ok(KickMode::Disconnect) => true,
             Ok(KickMode::Leave) => false,
-            Err(_) => return Err(Status::invalid_argument("unknown kick mode")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "`mode` must be KICK_MODE_DISCONNECT or KICK_MODE_LEAVE",
+                ));
+            }
         };
+        check_reason(&kick.reason)?;
         let (room, sessions) = if kick.room.is_empty() {
             (None, self.hub.sessions.find(&target))
         } else {
             let (room, addr) = self.open_room(&kick.room)?;
-            let snapshot = addr
-                .send(Inspect { members: true })
-                .await
-                .map_err(|_| gone(&room))?;
+            let snapshot = ask(&room, &addr, Inspect { members: true }).await?;
             let members = snapshot
                 .members
                 .into_iter()
@@ -189,29 +237,28 @@ impl AdminService for AdminEdge {
                 .collect();
             (Some(room), members)
         };
-        let mail = Kick {
-            room: room.clone(),
-            disconnect,
-            reason: kick.reason.clone(),
-        };
-        let mut kicked = 0;
-        for (_, session) in &sessions {
-            // A session that ended meanwhile has nothing left to kick.
-            if session.send(mail.clone()).await.is_ok() {
-                kicked += 1;
+        for (id, session) in &sessions {
+            if disconnect {
+                // Ended here and now: rooms stop delivering to it at once, whatever the
+                // session actor is busy with; the actor then leaves its rooms.
+                self.hub
+                    .sessions
+                    .end_stream(*id, Fatal::Kicked(kick.reason.clone()));
             }
+            // do_send: one per kicked session, and the call must not wait on a busy session.
+            session.do_send(Kick {
+                room: room.clone(),
+                disconnect,
+                reason: kick.reason.clone(),
+            });
         }
         info!(
             action = "kick",
-            target = ?target,
-            room = room.as_ref().map_or("", RoomName::as_str),
-            disconnect,
-            reason = %kick.reason,
-            sessions = kicked,
-            "admin"
+            sessions = sessions.len(),
+            "admin call done"
         );
         Ok(Response::new(KickResponse {
-            sessions: count(kicked),
+            sessions: count(sessions.len()),
         }))
     }
 
@@ -219,15 +266,20 @@ impl AdminService for AdminEdge {
         &self,
         request: Request<CloseRoomRequest>,
     ) -> Result<Response<CloseRoomResponse>, Status> {
+        let peer = request.remote_addr();
         let close = request.into_inner();
+        info!(
+            action = "close_room",
+            ?peer,
+            room = close.room,
+            reason = close.reason,
+            "admin call"
+        );
+        check_reason(&close.reason)?;
         let (room, addr) = self.open_room(&close.room)?;
-        let members = addr
-            .send(Close {
-                reason: close.reason.clone(),
-            })
-            .await
-            .map_err(|_| gone(&room))?;
-        info!(action = "close_room", room = %room, members, reason = %close.reason, "admin");
+        let reason = close.reason;
+        let members = ask(&room, &addr, Close { reason }).await?;
+        info!(action = "close_room", room = %room, members, "admin call done");
         Ok(Response::new(CloseRoomResponse {
             members: count(members),
         }))
@@ -237,17 +289,25 @@ impl AdminService for AdminEdge {
         &self,
         request: Request<AnnounceRequest>,
     ) -> Result<Response<AnnounceResponse>, Status> {
+        let peer = request.remote_addr();
         let announce = request.into_inner();
-        let (room, addr) = self.open_room(&announce.room)?;
         let bytes = announce.content.len();
-        let (seq, id) = addr
-            .send(Announce {
-                content: announce.content,
-            })
-            .await
-            .map_err(|_| gone(&room))?
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        info!(action = "announce", room = %room, seq, bytes, "admin");
+        info!(
+            action = "announce",
+            ?peer,
+            room = announce.room,
+            bytes,
+            "admin call"
+        );
+        let (room, addr) = self.open_room(&announce.room)?;
+        let content = announce.content;
+        let (seq, id) = ask(&room, &addr, Announce { content })
+            .await?
+            .map_err(|e| match e {
+                ChatError::Unavailable(_) => Status::unavailable(e.to_string()),
+                e => Status::invalid_argument(e.to_string()),
+            })?;
+        info!(action = "announce", room = %room, seq, "admin call done");
         Ok(Response::new(AnnounceResponse { seq, id }))
     }
 }

@@ -467,6 +467,12 @@ impl Config {
             return fail("cluster.node_id", "must not contain `|`".into());
         }
         let token = &self.admin.token;
+        if !token.is_empty() && !token.chars().all(|c| c.is_ascii_graphic()) {
+            return fail(
+                "admin.token",
+                "must be printable ASCII without spaces (it travels in a header)".into(),
+            );
+        }
         if !token.is_empty() && token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
             return fail(
                 "admin.token",

@@ -150,6 +150,13 @@ impl SessionTable {
         }
     }
 
+    /// Ends session `id`'s stream now (its queue is dropped); its actor is told separately.
+    pub fn end_stream(&self, id: SessionId, fatal: Fatal) {
+        if let Some(entry) = self.open.get(&id) {
+            entry.stream.end(fatal);
+        }
+    }
+
     /// The open sessions of `user`, or the session `id`, with their actors.
     pub fn find(&self, target: &SessionTarget) -> Vec<(SessionId, Addr<Session>)> {
         let actor_of = |id: SessionId, entry: &OpenSession| entry.actor.clone().map(|a| (id, a));

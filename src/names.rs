@@ -66,7 +66,7 @@ impl UserName {
             Some("user name is longer than 64 characters")
         } else if name.chars().any(char::is_control) {
             Some("user name contains control characters")
-        } else if name == SYSTEM_USER {
+        } else if name.trim().eq_ignore_ascii_case(SYSTEM_USER) {
             Some("user name \"system\" is reserved for server announcements")
         } else {
             None

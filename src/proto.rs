@@ -16,7 +16,7 @@ pub mod admin {
     pub use super::generated::{
         AnnounceRequest, AnnounceResponse, CloseRoomRequest, CloseRoomResponse, GetRoomRequest,
         GetRoomResponse, KickMode, KickRequest, KickResponse, ListRoomsRequest, ListRoomsResponse,
-        RoomMember, RoomSummary, admin_service_client, admin_service_server,
+        RoomMember, RoomSummary, admin_service_client, admin_service_server, kick_request,
     };
 }
 

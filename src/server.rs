@@ -138,6 +138,12 @@ impl Server {
             transport = transport.tls_config(tls_config(tls)?)?;
         }
         info!(listen = %listener.local_addr()?, tls = config.server.tls.is_some(), "serving {CHAT_SERVICE}");
+        let exposed = !listener.local_addr()?.ip().is_loopback();
+        if !config.admin.token.is_empty() && config.server.tls.is_none() && exposed {
+            warn!(
+                "the admin API is on without TLS on a non-loopback address: its token travels in cleartext; set [server.tls]"
+            );
+        }
         let serve = transport
             .http2_keepalive_interval(config.server.keepalive_interval())
             .http2_keepalive_timeout(Some(Duration::from_millis(

@@ -53,6 +53,10 @@ impl ChatService for ChatEdge {
         let permit = self.hub.sessions.admit(&tx)?.holding_ip(ip_slot);
         let id = permit.id;
         let (stopped_tx, stopped_rx) = oneshot::channel();
+        // A token names the session before its first request: kicks by user find it at once.
+        if let Some(authorized) = &authorized {
+            self.hub.sessions.name(id, authorized.user.clone());
+        }
         let session = Session::start(self.hub.clone(), id, tx, stopped_tx, authorized);
         self.hub.sessions.attach(id, session.clone());
         let census = self.hub.census.enter(Living::ReaderTask);

@@ -10,7 +10,7 @@ use chatrooms::{
         Kind,
         admin::{
             AnnounceRequest, CloseRoomRequest, GetRoomRequest, KickMode, KickRequest,
-            ListRoomsRequest, admin_service_client::AdminServiceClient,
+            ListRoomsRequest, admin_service_client::AdminServiceClient, kick_request::Target,
         },
     },
 };
@@ -61,7 +61,8 @@ async fn every_call(client: &mut Admin) -> Vec<Code> {
         code(
             client
                 .kick(KickRequest {
-                    user: "nobody".into(),
+                    target: Some(Target::User("nobody".into())),
+                    mode: KickMode::Leave.into(),
                     ..KickRequest::default()
                 })
                 .await
@@ -219,7 +220,7 @@ async fn kick_disconnect_ends_every_stream_of_the_user_and_the_others_see_leave(
     let kicked = admin(&server, Some(TOKEN))
         .await
         .kick(KickRequest {
-            user: "ada".into(),
+            target: Some(Target::User("ada".into())),
             mode: KickMode::Disconnect.into(),
             reason: "spam".into(),
             ..KickRequest::default()
@@ -258,11 +259,10 @@ async fn kick_leave_by_session_id_removes_one_membership_and_keeps_the_stream() 
 
     let kicked = client
         .kick(KickRequest {
-            session_id: ada_id,
+            target: Some(Target::SessionId(ada_id)),
             room: "r1".into(),
             mode: KickMode::Leave.into(),
             reason: "off-topic".into(),
-            ..KickRequest::default()
         })
         .await
         .unwrap()
@@ -294,7 +294,7 @@ async fn kick_leave_from_the_server_leaves_every_room() {
     let kicked = admin(&server, Some(TOKEN))
         .await
         .kick(KickRequest {
-            user: "ada".into(),
+            target: Some(Target::User("ada".into())),
             mode: KickMode::Leave.into(),
             ..KickRequest::default()
         })
@@ -323,23 +323,50 @@ async fn kick_leave_from_the_server_leaves_every_room() {
 }
 
 #[tokio::test]
-async fn kick_requests_must_name_exactly_one_target() {
+async fn kick_requests_need_a_target_a_mode_and_a_short_reason() {
     let server = TestServer::start(WITH_TOKEN).await;
     let mut client = admin(&server, Some(TOKEN)).await;
-    for request in [
-        KickRequest::default(),
-        KickRequest {
-            user: "ada".into(),
-            session_id: 1,
-            ..KickRequest::default()
-        },
+    let ada = || Some(Target::User("ada".into()));
+    for (what, request) in [
+        (
+            "no target",
+            KickRequest {
+                mode: KickMode::Leave.into(),
+                ..KickRequest::default()
+            },
+        ),
+        (
+            "session 0",
+            KickRequest {
+                target: Some(Target::SessionId(0)),
+                mode: KickMode::Leave.into(),
+                ..KickRequest::default()
+            },
+        ),
+        (
+            "no mode",
+            KickRequest {
+                target: ada(),
+                ..KickRequest::default()
+            },
+        ),
+        (
+            "long reason",
+            KickRequest {
+                target: ada(),
+                mode: KickMode::Disconnect.into(),
+                reason: "x".repeat(300),
+                ..KickRequest::default()
+            },
+        ),
     ] {
         let status = client.kick(request).await.unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}");
     }
     let none = client
         .kick(KickRequest {
-            user: "ghost".into(),
+            target: Some(Target::User("ghost".into())),
+            mode: KickMode::Disconnect.into(),
             ..KickRequest::default()
         })
         .await
@@ -350,8 +377,79 @@ async fn kick_requests_must_name_exactly_one_target() {
 }
 
 #[tokio::test]
-async fn close_room_sends_left_to_every_member_and_stops_the_room() {
+async fn a_room_scoped_disconnect_ends_only_the_targets_in_that_room() {
     let server = TestServer::start(WITH_TOKEN).await;
+    let (mut ada, mut bob) = server.pair_in("r1", "ada", "bob").await;
+    let mut ada_elsewhere = server.client("ada").await;
+    ada_elsewhere.join("r2").await;
+    let kicked = admin(&server, Some(TOKEN))
+        .await
+        .kick(KickRequest {
+            target: Some(Target::User("ada".into())),
+            room: "r1".into(),
+            mode: KickMode::Disconnect.into(),
+            ..KickRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kicked.sessions, 1);
+    assert_eq!(
+        ada.expect_end(Code::PermissionDenied).await.message(),
+        "kicked"
+    );
+    assert_eq!(bob.expect(Kind::Leave).await.user, "ada");
+    ada_elsewhere.chat("r2", "not me").await;
+    assert_eq!(ada_elsewhere.expect(Kind::Chat).await.content, "not me");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_named_session_is_kicked_by_user_before_its_first_request() {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    let secret = "admin-test-secret-long-enough";
+    let server = TestServer::start(&format!(
+        "{WITH_TOKEN}[auth]\nmode = \"jwt\"\nsecret = \"{secret}\"\n"
+    ))
+    .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = serde_json::json!({ "sub": "quiet", "exp": exp });
+    let jwt = encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let mut quiet = common::Client::try_open_with_token(server.channel().await, "x", Some(&jwt))
+        .await
+        .unwrap();
+    server.wait_sessions(1).await;
+    let kicked = admin(&server, Some(TOKEN))
+        .await
+        .kick(KickRequest {
+            target: Some(Target::User("quiet".into())),
+            mode: KickMode::Disconnect.into(),
+            ..KickRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kicked.sessions, 1);
+    quiet.expect_end(Code::PermissionDenied).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn close_room_sends_left_to_every_member_and_stops_the_room() {
+    // Two rooms per session: a membership of the closed room left behind would use one up.
+    let server = TestServer::start(&format!(
+        "{WITH_TOKEN}[session]\nmax_rooms_per_session = 2\n"
+    ))
+    .await;
     let (mut ada, mut bob) = server.pair_in("doomed", "ada", "bob").await;
     ada.chat("doomed", "last words").await;
     ada.expect(Kind::Chat).await;
@@ -375,9 +473,13 @@ async fn close_room_sends_left_to_every_member_and_stops_the_room() {
         );
     }
     server.wait_rooms(0).await;
+    ada.join("second").await;
+    ada.join("third").await; // room for it only if "doomed" was forgotten
     ada.chat("doomed", "anyone?").await;
     ada.expect_error("not_a_member").await;
     // A JOIN opens a fresh room: no history, seq from 0.
+    ada.send_kind(Kind::Leave, "third").await;
+    ada.expect(Kind::Left).await;
     let joined = ada.join("doomed").await;
     assert_eq!(
         (joined.seq, joined.members.clone()),
@@ -441,8 +543,10 @@ async fn announce_is_a_system_chat_with_the_next_seq() {
 #[tokio::test]
 async fn no_client_may_call_itself_system() {
     let server = TestServer::start("").await;
-    let mut fake = server.client("system").await;
-    fake.chat("", "I am the server").await;
-    fake.expect_error("invalid_user").await;
+    for name in ["system", "System", " SYSTEM "] {
+        let mut fake = server.client(name).await;
+        fake.chat("", "I am the server").await;
+        fake.expect_error("invalid_user").await;
+    }
     server.shutdown().await;
 }

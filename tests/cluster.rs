@@ -316,7 +316,10 @@ async fn read_listen_addr(child: &mut tokio::process::Child) -> String {
 
 #[tokio::test]
 async fn a_redis_restart_answers_unavailable_then_the_same_sessions_chat_again() {
-    let _ = tracing_subscriber::fmt().with_env_filter("chatrooms=info").with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("chatrooms=info")
+        .with_test_writer()
+        .try_init();
     let mut redis = RedisServer::start();
     let (a, b) = (node(&[&redis], "a").await, node(&[&redis], "b").await);
     let mut ada = a.client("ada").await;
