@@ -1,7 +1,8 @@
 //! A real `redis-server` for one test: a free loopback port, persistence off, killed by its pid
 //! when dropped. `stop()` / `start_again()` (or `restart()`) bring it down and back on the same
-//! port, so outage tests can watch the window in between. Needs `redis-server` on PATH
-//! (`.ci/run` installs it).
+//! port, so outage tests can watch the window in between. When `redis-server` is not on PATH,
+//! `.ci/install-redis` installs it first (once per test binary), so `cargo test` alone works on
+//! a fresh machine.
 
 use std::{
     io::{Read, Write},
@@ -27,6 +28,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a fresh server on a free port and waits until it answers.
     pub fn start() -> RedisServer {
+        ensure_installed();
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = match free_port() {
@@ -105,6 +107,30 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 /// Spawns redis-server on `port` and waits until it answers; on failure the child is killed and reaped.
+/// Runs the project's installer once per test binary if `redis-server` is missing.
+fn ensure_installed() {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let outcome = INSTALLED.get_or_init(|| {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if found {
+            return Ok(());
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/install-redis");
+        match Command::new("bash").arg(script).status() {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!("{script} failed: {status}")),
+            Err(error) => Err(format!("cannot run {script}: {error}")),
+        }
+    });
+    if let Err(error) = outcome {
+        panic!("redis-server is needed by the cluster tests: {error}");
+    }
+}
+
 fn spawn_ready(port: u16) -> Result<Child, String> {
     let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
