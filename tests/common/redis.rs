@@ -1,7 +1,7 @@
 //! A real `redis-server` for one test: a free loopback port, persistence off, killed by its pid
 //! when dropped. `stop()` / `start_again()` (or `restart()`) bring it down and back on the same
-//! port, so outage tests can watch the window in between. Needs `redis-server` on PATH
-//! (`.ci/run` installs it).
+//! port, so outage tests can watch the window in between; `pause()` / `resume()` freeze it
+//! instead. Needs `redis-server` on PATH (`.ci/run` installs it).
 
 use std::{
     io::{Read, Write},
@@ -84,6 +84,25 @@ impl RedisServer {
             "redis-server did not restart on port {}: {last_error}",
             self.port
         );
+    }
+
+    /// Freezes the server (SIGSTOP): its connections stay open but nothing answers, as with a
+    /// hung host or a silent network.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Undoes [`RedisServer::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("the server is running");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: plain kill(2) on our own child's pid, which we have not reaped yet.
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(result, 0, "kill({pid}, {signal}) failed");
     }
 
     /// `stop()` then `start_again()`.
