@@ -267,7 +267,6 @@ impl RedisEngine {
     /// Adds this node's `session` to the room's presence (expiring after `ttl` unless refreshed)
     /// unless the room already has `max_members` live entries over all nodes, and publishes the
     /// join. Expired entries are swept (and announced) first, so they never count.
-    #[allow(clippy::too_many_arguments)] // each is one field of the entry or one limit
     pub async fn join(
         &self,
         room: &str,
