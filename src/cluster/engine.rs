@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use redis::{
     RedisError, RedisResult, Value,
@@ -21,7 +22,7 @@ use tokio::{
     runtime::Handle,
     sync::{mpsc, oneshot, watch},
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     InvalidCluster, JoinError, Unavailable,
@@ -102,7 +103,10 @@ struct Inner {
 
 struct Shard {
     url: String,
-    commands: ConnectionManager,
+    client: redis::Client,
+    /// Replaced by the health task when PING times out: the manager reconnects on its own after
+    /// a dropped connection, but a silent (half-open) one only ever times out.
+    commands: ArcSwap<ConnectionManager>,
     subscriptions: mpsc::Sender<SubCommand>,
 }
 
@@ -128,11 +132,14 @@ impl Health {
         self.publish();
     }
 
-    fn set_commands_ok(&self, shard: usize, ok: bool) {
+    /// Answers whether the flag changed.
+    fn set_commands_ok(&self, shard: usize, ok: bool) -> bool {
         // Skips the watch lock on the hot path when nothing changes.
-        if self.commands_ok[shard].swap(ok, Ordering::SeqCst) != ok {
+        let changed = self.commands_ok[shard].swap(ok, Ordering::SeqCst) != ok;
+        if changed {
             self.publish();
         }
+        changed
     }
 
     fn publish(&self) {
@@ -178,23 +185,15 @@ impl RedisEngine {
                     url: url.clone(),
                     reason: error.to_string(),
                 })?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeouts.connect))
-                .set_response_timeout(Some(timeouts.response))
-                // Few retries per reconnect: callers are bounded by `timeouts.response` anyway,
-                // and the next call starts a fresh attempt.
-                .set_number_of_retries(2)
-                .set_min_delay(Duration::from_millis(50))
-                .set_max_delay(Duration::from_secs(2));
-            let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
-                .map_err(|error| InvalidCluster::Url {
+            let commands =
+                connection_manager(&client, timeouts).map_err(|error| InvalidCluster::Url {
                     url: url.clone(),
                     reason: error.to_string(),
                 })?;
             let (subscriptions, subscription_rx) = mpsc::channel(SUBSCRIPTION_QUEUE);
             ShardTask::spawn(
                 index,
-                client,
+                client.clone(),
                 subscription_rx,
                 health.clone(),
                 timeouts,
@@ -202,7 +201,8 @@ impl RedisEngine {
             );
             shards.push(Shard {
                 url: url.clone(),
-                commands,
+                client,
+                commands: ArcSwap::from_pointee(commands),
                 subscriptions,
             });
         }
@@ -267,7 +267,6 @@ impl RedisEngine {
     /// Adds this node's `session` to the room's presence (expiring after `ttl` unless refreshed)
     /// unless the room already has `max_members` live entries over all nodes, and publishes the
     /// join. Expired entries are swept (and announced) first, so they never count.
-    #[allow(clippy::too_many_arguments)] // each is one field of the entry or one limit
     pub async fn join(
         &self,
         room: &str,
@@ -457,21 +456,45 @@ impl RedisEngine {
         Ok(reply.unwrap_or(0))
     }
 
-    /// True when every shard answers PING within the response timeout.
+    /// True when every shard answers PING within the response timeout (shards are asked in
+    /// parallel, so this takes at most about one timeout).
     pub async fn ping(&self) -> bool {
         let mut all = true;
-        for shard in 0..self.inner.shards.len() {
-            all &= self.ping_shard(shard).await;
+        for ping in self.ping_all() {
+            all &= matches!(ping.await, Ok(Ok(_)));
         }
         all
     }
 
-    async fn ping_shard(&self, shard: usize) -> bool {
+    fn ping_all(&self) -> Vec<tokio::task::JoinHandle<Result<String, Unavailable>>> {
+        (0..self.inner.shards.len())
+            .map(|shard| {
+                let engine = self.clone();
+                self.inner
+                    .runtime
+                    .spawn(async move { engine.ping_shard(shard).await })
+            })
+            .collect()
+    }
+
+    async fn ping_shard(&self, shard: usize) -> Result<String, Unavailable> {
         self.call_shard(shard, "ping", move |mut conn| async move {
             redis::cmd("PING").query_async::<String>(&mut conn).await
         })
         .await
-        .is_ok()
+    }
+
+    /// Swaps in a fresh command connection for the shard (see [`Shard::commands`]).
+    fn renew_commands(&self, shard: usize) {
+        let shard = &self.inner.shards[shard];
+        let _runtime = self.inner.runtime.enter();
+        match connection_manager(&shard.client, self.inner.timeouts) {
+            Ok(fresh) => {
+                shard.commands.store(Arc::new(fresh));
+                debug!(url = %shard.url, "redis command connection silent; replaced");
+            }
+            Err(error) => warn!(url = %shard.url, %error, "cannot renew redis connection"),
+        }
     }
 
     /// Subscribes `sink` to the room's channel and returns once Redis confirmed the
@@ -551,7 +574,9 @@ impl RedisEngine {
         Fut: Future<Output = RedisResult<T>> + Send + 'static,
     {
         let limit = self.inner.timeouts.response;
-        let future = f(self.inner.shards[shard].commands.clone());
+        let future = f(ConnectionManager::clone(
+            &self.inner.shards[shard].commands.load(),
+        ));
         let task = self
             .inner
             .runtime
@@ -570,12 +595,20 @@ impl RedisEngine {
                 reason: format!("task failed: {join_error}"),
             }),
         };
+        let url = &self.inner.shards[shard].url;
         match &result {
-            Ok(_) => self.inner.health.set_commands_ok(shard, true),
+            Ok(_) => {
+                if self.inner.health.set_commands_ok(shard, true) {
+                    info!(shard, %url, "redis commands get through again");
+                }
+            }
             Err(Unavailable::Rejected { .. }) => {}
             Err(error) => {
-                self.inner.health.set_commands_ok(shard, false);
-                debug!(url = %self.inner.shards[shard].url, %error, "redis call failed");
+                if self.inner.health.set_commands_ok(shard, false) {
+                    warn!(shard, %url, %error, "redis commands failing");
+                } else {
+                    debug!(shard, %url, %error, "redis call failed");
+                }
             }
         }
         result
@@ -593,7 +626,7 @@ impl RedisEngine {
 }
 
 /// Pings every shard each [`HEALTH_INTERVAL`] while the engine exists, so health follows Redis
-/// even when no room is calling.
+/// even when no room is calling, and replaces a command connection whose PING timed out.
 async fn watch_commands(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -602,8 +635,28 @@ async fn watch_commands(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        RedisEngine { inner }.ping().await;
+        let engine = RedisEngine { inner };
+        for (shard, ping) in engine.ping_all().into_iter().enumerate() {
+            if let Ok(Err(Unavailable::TimedOut { .. })) = ping.await {
+                engine.renew_commands(shard);
+            }
+        }
     }
+}
+
+fn connection_manager(
+    client: &redis::Client,
+    timeouts: Timeouts,
+) -> RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeouts.connect))
+        .set_response_timeout(Some(timeouts.response))
+        // Few retries per reconnect: callers are bounded by `timeouts.response` anyway, and the
+        // next call starts a fresh attempt.
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(2));
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
 /// Connection trouble (health turns false) versus a command Redis refused (it stays as is).

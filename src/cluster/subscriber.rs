@@ -111,8 +111,8 @@ struct Pending {
 enum Ended {
     /// Every engine handle is gone: stop.
     EngineGone,
-    /// The connection failed: reconnect.
-    Lost(String),
+    /// The connection failed: reconnect. `was_up`: it had resubscribed every room first.
+    Lost { reason: String, was_up: bool },
 }
 
 pub(crate) struct ShardTask {
@@ -150,14 +150,22 @@ impl ShardTask {
 
     async fn run(mut self) {
         let mut first = true;
+        // Grows while connections fail before they are up (say, Redis accepts and then drops
+        // us), so a flapping server is not hammered; a loss after being up reconnects at once.
+        let mut pause = Duration::ZERO;
         loop {
-            let Some(pubsub) = self.connect().await else {
+            let Some(pubsub) = self.connect(pause).await else {
                 return;
             };
             match self.serve(pubsub, first).await {
                 Ended::EngineGone => return,
-                Ended::Lost(reason) => {
+                Ended::Lost { reason, was_up } => {
                     self.health.set_pubsub_up(self.shard, false);
+                    pause = if was_up {
+                        Duration::ZERO
+                    } else {
+                        (pause * 2).clamp(RECONNECT_MIN, RECONNECT_MAX)
+                    };
                     warn!(
                         shard = self.shard,
                         rooms = self.routes.len(),
@@ -172,8 +180,13 @@ impl ShardTask {
 
     /// Connects with backoff while still taking requests: a subscribe waits for the connection
     /// up to the response timeout, like a command does. `None` once the engine is gone.
-    async fn connect(&mut self) -> Option<PubSub> {
-        let attempt = connect_with_backoff(self.client.clone(), self.timeouts.connect, self.shard);
+    async fn connect(&mut self, pause: Duration) -> Option<PubSub> {
+        let attempt = connect_with_backoff(
+            self.client.clone(),
+            self.timeouts.connect,
+            self.shard,
+            pause,
+        );
         tokio::pin!(attempt);
         loop {
             let next_deadline = self.pending.iter().map(|pending| pending.deadline).min();
@@ -228,7 +241,10 @@ impl ShardTask {
     async fn serve(&mut self, pubsub: PubSub, first: bool) -> Ended {
         let (mut sink, mut messages) = pubsub.split();
         if let Err(reason) = self.resubscribe_all(&mut sink).await {
-            return Ended::Lost(reason);
+            return Ended::Lost {
+                reason,
+                was_up: false,
+            };
         }
         self.health.set_pubsub_up(self.shard, true);
         // Subscribes that waited for this connection are live now; they had nothing to miss.
@@ -259,12 +275,12 @@ impl ShardTask {
             tokio::select! {
                 message = messages.next() => match message {
                     Some(message) => self.route(&mut sink, message).await,
-                    None => return Ended::Lost("connection closed".into()),
+                    None => return Ended::Lost { reason: "connection closed".into(), was_up: true },
                 },
                 request = self.requests.recv() => match request {
                     Some(request) => {
                         if let Err(reason) = self.handle_online(&mut sink, request).await {
-                            return Ended::Lost(reason);
+                            return Ended::Lost { reason, was_up: true };
                         }
                     }
                     None => return Ended::EngineGone,
@@ -273,8 +289,12 @@ impl ShardTask {
                     // A half-open connection never closes by itself; an unanswered PING ends it.
                     match timeout(self.timeouts.response, sink.ping::<redis::Value>()).await {
                         Ok(Ok(_)) => {}
-                        Ok(Err(error)) => return Ended::Lost(format!("ping failed: {error}")),
-                        Err(_) => return Ended::Lost("ping timed out".into()),
+                        Ok(Err(error)) => {
+                            return Ended::Lost { reason: format!("ping failed: {error}"), was_up: true };
+                        }
+                        Err(_) => {
+                            return Ended::Lost { reason: "ping timed out".into(), was_up: true };
+                        }
                     }
                 }
             }
@@ -409,8 +429,15 @@ impl ShardTask {
     }
 }
 
-async fn connect_with_backoff(client: redis::Client, limit: Duration, shard: usize) -> PubSub {
-    let mut delay = RECONNECT_MIN;
+/// Waits `pause`, then tries to connect until it succeeds, backing off between attempts.
+async fn connect_with_backoff(
+    client: redis::Client,
+    limit: Duration,
+    shard: usize,
+    pause: Duration,
+) -> PubSub {
+    sleep(pause).await;
+    let mut delay = pause.max(RECONNECT_MIN);
     let mut failures: u32 = 0;
     loop {
         let reason = match timeout(limit, client.get_async_pubsub()).await {

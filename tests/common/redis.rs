@@ -1,8 +1,8 @@
 //! A real `redis-server` for one test: a free loopback port, persistence off, killed by its pid
 //! when dropped. `stop()` / `start_again()` (or `restart()`) bring it down and back on the same
-//! port, so outage tests can watch the window in between. When `redis-server` is not on PATH,
-//! `.ci/install-redis` installs it first (once per test binary), so `cargo test` alone works on
-//! a fresh machine.
+//! port, so outage tests can watch the window in between; `pause()` / `resume()` freeze it
+//! instead. When `redis-server` is not on PATH, `.ci/install-redis` installs it first (once per
+//! test binary), so `cargo test` alone works on a fresh machine.
 
 use std::{
     io::{Read, Write},
@@ -86,6 +86,25 @@ impl RedisServer {
             "redis-server did not restart on port {}: {last_error}",
             self.port
         );
+    }
+
+    /// Freezes the server (SIGSTOP): its connections stay open but nothing answers, as with a
+    /// hung host or a silent network.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Undoes [`RedisServer::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("the server is running");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: plain kill(2) on our own child's pid, which we have not reaped yet.
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(result, 0, "kill({pid}, {signal}) failed");
     }
 
     /// `stop()` then `start_again()`.
