@@ -369,13 +369,17 @@ impl Room {
             })
             .collect();
         let (engine, name, ttl) = (self.engine(), self.name.to_string(), self.ttl());
-        actix_rt::spawn(async move {
+        // The refresh is awaited by the room (one round trip per third of the TTL): run beside
+        // a LEAVE, its member list could re-add a member that just left.
+        let refreshing = async move {
             let refreshed = engine.refresh(&name, &local, ttl).await;
             let swept = engine.sweep(&name).await;
             if let Err(error) = refreshed.and(swept) {
                 tracing::debug!(room = %name, %error, "presence refresh failed");
             }
-        });
+        };
+        let task = actix_rt::spawn(refreshing);
+        ctx.wait(async move { drop(task.await) }.into_actor(self));
     }
 
     /// A CHAT from the channel: delivered to the local members in seq order, after fetching any
