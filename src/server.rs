@@ -158,7 +158,14 @@ impl Server {
                 let _ = stop_rx.await;
             });
         tokio::pin!(serve);
-        set_health(&health, ServingStatus::Serving).await;
+        // Cluster mode starts NOT_SERVING until Redis answers (`follow_cluster` takes over).
+        let ready = hub.cluster.as_ref().is_none_or(|e| *e.connected().borrow());
+        let initial = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        set_health(&health, initial).await;
         let cluster_health = hub
             .cluster
             .as_ref()

@@ -49,7 +49,11 @@ pub(super) struct ClusterRoom {
     pending: HashMap<String, (SessionId, String, Instant)>,
     /// Id of the last CHAT delivered: after a reconnect, the entry Redis holds at the room's
     /// seq must still be this one, or Redis lost the room's data (restarted without it).
-    last_id: String,
+    /// `None` until the room delivers one (it started on existing history).
+    last_id: Option<String>,
+    /// A presence refresh is in flight: interval ticks that catch up after a long wait must
+    /// not queue a burst of them.
+    refreshing: bool,
 }
 
 impl ClusterRoom {
@@ -59,7 +63,8 @@ impl ClusterRoom {
             subscription: None,
             sink: None,
             pending: HashMap::new(),
-            last_id: String::new(),
+            last_id: None,
+            refreshing: false,
         }
     }
 }
@@ -245,7 +250,9 @@ impl Room {
             }
             if let Some(r#ref) = join.ack {
                 let members = joined.members.into_iter().map(|m| m.user).collect();
-                let ack = room.joined_with(&join.user, r#ref, members, joined.seq);
+                // A repeated JOIN reports what this member has been sent, not Redis's newest.
+                let seq = if rejoin { room.seq } else { joined.seq };
+                let ack = room.joined_with(&join.user, r#ref, members, seq);
                 room.deliver(join.session, ack);
                 for (seq, body) in replay {
                     room.deliver(join.session, proto::as_replay(&proto::with_seq(&body, seq)));
@@ -355,6 +362,10 @@ impl Room {
         if cluster.subscription.is_none() {
             return self.ensure_subscribed(ctx);
         }
+        if cluster.refreshing {
+            return;
+        }
+        cluster.refreshing = true;
         let local: Vec<LocalPresence> = self
             .members
             .iter()
@@ -379,24 +390,25 @@ impl Room {
             }
         };
         let task = actix_rt::spawn(refreshing);
-        ctx.wait(async move { drop(task.await) }.into_actor(self));
+        ctx.wait(
+            async move { drop(task.await) }
+                .into_actor(self)
+                .map(|(), room, _| {
+                    if let Some(cluster) = room.cluster.as_mut() {
+                        cluster.refreshing = false;
+                    }
+                }),
+        );
     }
 
     /// A CHAT from the channel: delivered to the local members in seq order, after fetching any
     /// seq the channel skipped (lost during a reconnect).
-    fn on_chat(
-        &mut self,
-        seq: u64,
-        session: SessionId,
-        id: String,
-        body: Bytes,
-        ctx: &mut Context<Self>,
-    ) {
+    fn on_chat(&mut self, seq: u64, id: String, body: Bytes, ctx: &mut Context<Self>) {
         if seq <= self.seq {
             return; // already delivered (fetched to fill a gap)
         }
         if seq == self.seq + 1 {
-            return self.deliver_chat(seq, session, &id, &body, ctx);
+            return self.deliver_chat(seq, &id, &body, ctx);
         }
         let (engine, name, from) = (self.engine(), self.name.to_string(), self.seq);
         let fetching = async move { fetch_range(&engine, &name, from, seq - 1).await };
@@ -406,40 +418,31 @@ impl Room {
                     for (missed_seq, missed_body) in missed {
                         if missed_seq > room.seq {
                             let missed_id = body_id(&missed_body);
-                            room.deliver_chat(
-                                missed_seq,
-                                SessionId(0),
-                                &missed_id,
-                                &missed_body,
-                                ctx,
-                            );
+                            room.deliver_chat(missed_seq, &missed_id, &missed_body, ctx);
                         }
                     }
+                    room.deliver_chat(seq, &id, &body, ctx);
                 }
                 Err(error) => {
-                    warn!(room = %room.name, from, to = seq - 1, %error, "seq gap not filled")
+                    // Delivering `seq` now would skip the gap for good: re-sync instead, which
+                    // fetches everything up to Redis's last seq (this one included).
+                    warn!(room = %room.name, from, to = seq - 1, %error, "seq gap not filled, re-syncing");
+                    ctx.run_later(RESYNC_RETRY, |room, ctx| room.resync(ctx));
                 }
             }
-            room.deliver_chat(seq, session, &id, &body, ctx);
         }));
     }
 
-    fn deliver_chat(
-        &mut self,
-        seq: u64,
-        origin: SessionId,
-        id: &str,
-        body: &[u8],
-        ctx: &mut Context<Self>,
-    ) {
+    /// Fans out CHAT `seq`; the sender (if it is on this node) gets its `ref` back. Pending acks
+    /// are keyed by message ids (UUIDs) only this node makes, so the id alone finds the sender,
+    /// also when the CHAT came back through a gap fill instead of the channel.
+    fn deliver_chat(&mut self, seq: u64, id: &str, body: &[u8], ctx: &mut Context<Self>) {
         self.seq = seq;
         let live = proto::with_seq(body, seq);
         let ack = self.cluster.as_mut().and_then(|c| {
-            c.last_id.clear();
-            c.last_id.push_str(id);
+            c.last_id = Some(id.to_string());
             c.pending.remove(id)
         });
-        let ack = ack.filter(|(session, _, _)| *session == origin);
         let started = Instant::now();
         for (member_id, member) in &self.members {
             if member.live_after >= seq {
@@ -465,11 +468,7 @@ impl Room {
         info!(room = %self.name, "cluster channel back: re-syncing the room");
         self.refresh_presence(ctx);
         let (engine, name, seq) = (self.engine(), self.name.to_string(), self.seq);
-        let last_id = self
-            .cluster
-            .as_ref()
-            .map(|c| c.last_id.clone())
-            .unwrap_or_default();
+        let last_id = self.cluster.as_ref().and_then(|c| c.last_id.clone());
         let reading = async move {
             let last = engine.last_seq(&name).await?;
             if seq == 0 {
@@ -480,9 +479,10 @@ impl Room {
             } else {
                 engine.replay(&name, seq - 1, 0, seq).await?
             };
-            let kept = match at_seq.first() {
-                Some((s, body)) if *s == seq => body_id(body) == last_id,
-                // Trimmed away by newer messages, or gone with the rest.
+            let kept = match (at_seq.first(), &last_id) {
+                (Some((s, body)), Some(last_id)) if *s == seq => body_id(body) == *last_id,
+                // Nothing delivered here yet to compare with, or the entry was trimmed away by
+                // newer messages (or gone with the rest): only the count can tell.
                 _ => last >= seq,
             };
             Ok::<_, Unavailable>((last, kept))
@@ -520,7 +520,7 @@ impl Room {
                         for (seq, body) in missed {
                             if seq > room.seq {
                                 let id = body_id(&body);
-                                room.deliver_chat(seq, SessionId(0), &id, &body, ctx);
+                                room.deliver_chat(seq, &id, &body, ctx);
                             }
                         }
                     }
@@ -538,17 +538,7 @@ impl StreamHandler<Published> for Room {
             .map(|c| c.engine.node_id().to_string())
             .unwrap_or_default();
         match published {
-            Published::Chat {
-                seq,
-                node,
-                session,
-                id,
-                body,
-            } => {
-                // Only this node's sessions can be owed an ack.
-                let origin = if node == me { session } else { SessionId(0) };
-                self.on_chat(seq, origin, id, body, ctx);
-            }
+            Published::Chat { seq, id, body, .. } => self.on_chat(seq, id, body, ctx),
             Published::Join {
                 node,
                 session,
