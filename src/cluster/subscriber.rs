@@ -96,6 +96,9 @@ impl Drop for Subscription {
 struct Route {
     id: u64,
     sink: mpsc::Sender<Published>,
+    /// Messages were dropped because the room's sink was full; the room is told to re-sync
+    /// (as after a reconnect) as soon as its sink has room again.
+    lagged: bool,
 }
 
 /// A subscribe that arrived while the connection was down: its route is already in the table
@@ -208,7 +211,14 @@ impl ShardTask {
                 sink,
                 done,
             } => {
-                self.routes.insert(channel.clone(), Route { id, sink });
+                self.routes.insert(
+                    channel.clone(),
+                    Route {
+                        id,
+                        sink,
+                        lagged: false,
+                    },
+                );
                 self.pending.push(Pending {
                     channel,
                     id,
@@ -332,6 +342,7 @@ impl ShardTask {
                     Route {
                         id,
                         sink: room_sink,
+                        lagged: false,
                     },
                 );
                 let outcome = match timeout(self.timeouts.response, sink.subscribe(&channel)).await
@@ -388,11 +399,13 @@ impl ShardTask {
         ours
     }
 
-    /// Hands one message to its room. Waiting for room in the sink is the back-pressure; a
+    /// Hands one message to its room without waiting: one slow room must not stall every room
+    /// of the shard. A full sink drops the message and marks the room lagged; once the sink has
+    /// room again the room gets `Resubscribed` and fetches what it missed from the stream. A
     /// closed sink means the room is gone, so it is unsubscribed.
     async fn route(&mut self, sink: &mut PubSubSink, message: Msg) {
         let channel = message.get_channel_name();
-        let Some(route) = self.routes.get(channel) else {
+        let Some(route) = self.routes.get_mut(channel) else {
             return; // unsubscribed while the message was on its way
         };
         let published = match payload::decode(message.get_payload_bytes()) {
@@ -402,14 +415,34 @@ impl ShardTask {
                 return;
             }
         };
-        let (id, room_sink) = (route.id, route.sink.clone());
-        if room_sink.send(published).await.is_err() {
-            debug!(
-                shard = self.shard,
-                channel, "room sink closed; unsubscribing"
-            );
-            // A failure here means the connection is going; the stream notices that next.
-            let _ = self.unsubscribe(sink, channel, id).await;
+        let id = route.id;
+        if route.lagged {
+            match route.sink.try_send(Published::Resubscribed) {
+                Ok(()) => route.lagged = false,
+                Err(mpsc::error::TrySendError::Full(_)) => return,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    let _ = self.unsubscribe(sink, channel, id).await;
+                    return;
+                }
+            }
+        }
+        match route.sink.try_send(published) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(
+                    shard = self.shard,
+                    channel, "room lagging behind its channel; it will re-sync"
+                );
+                route.lagged = true;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                debug!(
+                    shard = self.shard,
+                    channel, "room sink closed; unsubscribing"
+                );
+                // A failure here means the connection is going; the stream notices that next.
+                let _ = self.unsubscribe(sink, channel, id).await;
+            }
         }
     }
 

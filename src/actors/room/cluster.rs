@@ -54,6 +54,8 @@ pub(super) struct ClusterRoom {
     /// A presence refresh is in flight: interval ticks that catch up after a long wait must
     /// not queue a burst of them.
     refreshing: bool,
+    /// A re-sync is in flight (or waiting to retry): repeated reconnects start only one.
+    resyncing: bool,
 }
 
 impl ClusterRoom {
@@ -65,6 +67,7 @@ impl ClusterRoom {
             pending: HashMap::new(),
             last_id: None,
             refreshing: false,
+            resyncing: false,
         }
     }
 }
@@ -178,6 +181,10 @@ impl Room {
                 }
             }
         };
+        // The empty-room stop must not run while Redis answers this JOIN; re-armed on failure.
+        if let Some(expiry) = self.expiry.take() {
+            ctx.cancel_future(expiry);
+        }
         let engine = self.engine();
         let name = self.name.to_string();
         let (ttl, max_members) = (self.ttl(), self.limits.max_members);
@@ -229,14 +236,12 @@ impl Room {
                     if let Some(bucket) = bucket {
                         room.remember_departed(join.session, bucket);
                     }
+                    room.expire_when_empty(ctx);
                     let _ = done.send(Err(error));
                     return;
                 }
             };
             if let Some(bucket) = bucket {
-                if let Some(expiry) = room.expiry.take() {
-                    ctx.cancel_future(expiry);
-                }
                 room.members.insert(
                     join.session,
                     Member {
@@ -465,6 +470,14 @@ impl Room {
     /// presence is written again (Redis may have lost it) and the seq gap is filled; a seq that
     /// went backwards means Redis lost the room's data, so the count starts over from Redis's.
     fn resync(&mut self, ctx: &mut Context<Self>) {
+        match self.cluster.as_mut() {
+            Some(cluster) if !cluster.resyncing => cluster.resyncing = true,
+            _ => return,
+        }
+        self.resync_now(ctx);
+    }
+
+    fn resync_now(&mut self, ctx: &mut Context<Self>) {
         info!(room = %self.name, "cluster channel back: re-syncing the room");
         self.refresh_presence(ctx);
         let (engine, name, seq) = (self.engine(), self.name.to_string(), self.seq);
@@ -487,7 +500,23 @@ impl Room {
             };
             Ok::<_, Unavailable>((last, kept))
         };
-        ctx.wait(reading.into_actor(self).map(|read, room, ctx| match read {
+        ctx.wait(reading.into_actor(self).map(|read, room, ctx| {
+            if read.is_ok()
+                && let Some(cluster) = room.cluster.as_mut()
+            {
+                cluster.resyncing = false;
+            }
+            room.after_resync_read(read, ctx);
+        }));
+    }
+
+    fn after_resync_read(
+        &mut self,
+        read: Result<(u64, bool), Unavailable>,
+        ctx: &mut Context<Self>,
+    ) {
+        let room = self;
+        match read {
             Ok((last, kept)) if !kept || last < room.seq => {
                 warn!(room = %room.name, was = room.seq, now = last, "redis lost the room's seq; following redis");
                 room.seq = 0;
@@ -503,9 +532,9 @@ impl Room {
             Err(error) => {
                 // The channel can come back before the command connection does: try again.
                 warn!(room = %room.name, %error, "re-sync failed, retrying");
-                ctx.run_later(RESYNC_RETRY, |room, ctx| room.resync(ctx));
+                ctx.run_later(RESYNC_RETRY, |room, ctx| room.resync_now(ctx));
             }
-        }));
+        }
     }
 
     /// Fetches and delivers every seq after the room's up to `last`.
