@@ -801,3 +801,39 @@ async fn bad_configurations_are_refused() {
     let outcome = timeout(WAIT, engine.last_seq("r")).await.expect("bounded");
     assert!(outcome.is_err(), "{outcome:?}");
 }
+
+#[tokio::test]
+async fn room_keys_expire_when_nothing_uses_them_any_more() {
+    let redis = RedisServer::start();
+    let engine = engine(&[redis.url()], "a");
+    publish(&engine, "kept", 10, "hello").await;
+    let ttl = Duration::from_millis(600);
+    timeout(
+        WAIT,
+        engine.join("kept", SessionId(1), "ada", ttl, 10, Bytes::new()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = RoomKeys::new("kept");
+    let thirty_days: i64 = 30 * 24 * 3600 * 1000;
+    for key in [&keys.seq, &keys.log] {
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            pttl > thirty_days - 60_000 && pttl <= thirty_days,
+            "{key}: {pttl}"
+        );
+    }
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&keys.presence)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 3 * 600, "presence: {pttl}");
+}

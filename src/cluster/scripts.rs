@@ -12,6 +12,9 @@ use redis::Script;
 macro_rules! prelude {
     () => {
         r#"
+-- A room's seq and log outlive its last CHAT by this long (30 days), so rooms that are never
+-- used again do not hold Redis memory forever; a room idle for longer starts over at seq 1.
+local RETENTION_MS = 2592000000
 -- One payload field: byte length, ':', bytes (payload.rs).
 local function field(s)
   s = tostring(s)
@@ -68,7 +71,8 @@ local seq = (tonumber(redis.call('GET', KEYS[1])) or 0) + 1
 local s = int(seq)
 -- XADD first: if it fails (say, a stream id out of order) nothing is written and no seq is burnt.
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], s .. '-1', 'b', ARGV[6])
-redis.call('SET', KEYS[1], s)
+redis.call('SET', KEYS[1], s, 'PX', RETENTION_MS)
+redis.call('PEXPIRE', KEYS[2], RETENTION_MS)
 redis.call('PUBLISH', ARGV[1],
   field('C') .. field(s) .. field(ARGV[3]) .. field(ARGV[4]) .. field(ARGV[5]) .. field(ARGV[6]))
 return seq
@@ -85,6 +89,8 @@ if not present and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[6]) then
   return {0}
 end
 redis.call('ZADD', KEYS[1], int(now + tonumber(ARGV[5])), member)
+-- The set itself goes once no node refreshes it any more.
+redis.call('PEXPIRE', KEYS[1], 3 * tonumber(ARGV[5]))
 -- A session joining again only extends its entry: the others saw it join already.
 if not present then
   redis.call('PUBLISH', ARGV[1],
@@ -119,6 +125,7 @@ for i = 4, #ARGV - 2, 3 do
     announced = announced + 1
   end
 end
+redis.call('PEXPIRE', KEYS[1], 3 * tonumber(ARGV[3]))
 return announced
 "#
     )),
