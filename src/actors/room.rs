@@ -232,22 +232,27 @@ impl Room {
         })
     }
 
-    /// Accepts a CHAT: assigns the next seq, encodes it once and keeps it in the history.
-    fn accept_chat(&mut self, user: &str, content: String) -> (Bytes, String) {
-        self.seq += 1;
-        let id = uuid::Uuid::now_v7().to_string();
-        let live = proto::encode(&proto::Message {
+    /// A new CHAT of this room with a fresh id; `seq` is 0 when Redis assigns it (cluster mode).
+    fn chat_message(&self, user: &str, content: String, seq: u64) -> proto::Message {
+        proto::Message {
             kind: Kind::Chat.into(),
             user: user.to_string(),
             content,
             timestamp: proto::now_ms(),
             room: self.name.to_string(),
-            id: id.clone(),
-            seq: self.seq,
+            id: uuid::Uuid::now_v7().to_string(),
+            seq,
             ..proto::Message::default()
-        });
+        }
+    }
+
+    /// Accepts a CHAT: assigns the next seq, encodes it once and keeps it in the history.
+    fn accept_chat(&mut self, user: &str, content: String) -> (Bytes, String) {
+        self.seq += 1;
+        let message = self.chat_message(user, content, self.seq);
+        let live = proto::encode(&message);
         self.history.push(self.seq, live.clone());
-        (live, id)
+        (live, message.id)
     }
 
     fn replay(&self, since_seq: u64) -> Vec<Bytes> {

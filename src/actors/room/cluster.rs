@@ -306,17 +306,9 @@ impl Room {
 
     /// A CHAT encoded without its seq, which Redis assigns.
     fn chat_body(&self, user: &str, content: String) -> (String, Bytes) {
-        let id = uuid::Uuid::now_v7().to_string();
-        let body = proto::encode(&proto::Message {
-            kind: Kind::Chat.into(),
-            user: user.to_string(),
-            content,
-            timestamp: proto::now_ms(),
-            room: self.name.to_string(),
-            id: id.clone(),
-            ..proto::Message::default()
-        });
-        (id, body)
+        let message = self.chat_message(user, content, 0);
+        let body = proto::encode(&message);
+        (message.id, body)
     }
 
     fn publish(
