@@ -551,3 +551,47 @@ async fn an_announcement_reaches_every_node_with_the_next_seq() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn presence_changes_during_a_pubsub_cut_are_announced_exactly_once() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], "a").await, node(&[&redis], "b").await);
+    let mut ada = a.client("ada").await;
+    ada.join("r").await;
+    let mut zed = b.client("zed").await;
+    zed.join("r").await;
+    assert_eq!(ada.expect(Kind::Join).await.user, "zed");
+
+    // Cut every subscriber, then change presence on node b at once: the events may be lost on
+    // the way (then the re-sync announces the difference) or arrive (then it adds nothing).
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    zed.send_kind(Kind::Leave, "r").await;
+    zed.expect(Kind::Left).await;
+    let mut cat = b.client("cat").await;
+    cat.join("r").await;
+
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = ada.next().await;
+        seen.push((event.kind(), event.user));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            (Kind::Join, "cat".to_string()),
+            (Kind::Leave, "zed".to_string())
+        ]
+    );
+    ada.expect_silence_for(Duration::from_millis(600)).await; // nothing twice
+    a.shutdown().await;
+    b.shutdown().await;
+}

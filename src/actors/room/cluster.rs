@@ -56,6 +56,11 @@ pub(super) struct ClusterRoom {
     refreshing: bool,
     /// A re-sync is in flight (or waiting to retry): repeated reconnects start only one.
     resyncing: bool,
+    /// Every node's members as this room knows them, (node, session) → user: presence events
+    /// that change nothing (a JOIN already listed, a LEAVE of someone not listed, a refresh
+    /// re-announcing a member) are not passed on, and after a reconnect the differences with
+    /// Redis are announced instead of lost.
+    roster: HashMap<(String, SessionId), String>,
 }
 
 impl ClusterRoom {
@@ -68,6 +73,7 @@ impl ClusterRoom {
             last_id: None,
             refreshing: false,
             resyncing: false,
+            roster: HashMap::new(),
         }
     }
 }
@@ -241,6 +247,20 @@ impl Room {
                     return;
                 }
             };
+            // With nobody here yet, the join's member list is the roster (without the joiner,
+            // whose own JOIN echo is still to come). Otherwise the events keep it current:
+            // taking the list now would swallow events the other local members still await.
+            if room.members.is_empty()
+                && let Some(cluster) = room.cluster.as_mut()
+            {
+                let me = cluster.engine.node_id().to_string();
+                cluster.roster = joined
+                    .members
+                    .iter()
+                    .filter(|m| !(m.node == me && m.session == join.session))
+                    .map(|m| ((m.node.clone(), m.session), m.user.clone()))
+                    .collect();
+            }
             if let Some(bucket) = bucket {
                 room.members.insert(
                     join.session,
@@ -254,7 +274,7 @@ impl Room {
                 );
             }
             if let Some(r#ref) = join.ack {
-                let members = joined.members.into_iter().map(|m| m.user).collect();
+                let members = joined.members.iter().map(|m| m.user.clone()).collect();
                 // A repeated JOIN reports what this member has been sent, not Redis's newest.
                 let seq = if rejoin { room.seq } else { joined.seq };
                 let ack = room.joined_with(&join.user, r#ref, members, seq);
@@ -472,6 +492,7 @@ impl Room {
     fn resync_now(&mut self, ctx: &mut Context<Self>) {
         info!(room = %self.name, "cluster channel back: re-syncing the room");
         self.refresh_presence(ctx);
+        self.reconcile_presence(ctx);
         let (engine, name, seq) = (self.engine(), self.name.to_string(), self.seq);
         let last_id = self.cluster.as_ref().and_then(|c| c.last_id.clone());
         let reading = async move {
@@ -529,6 +550,77 @@ impl Room {
         }
     }
 
+    /// Records a member; false if it was known already.
+    fn roster_add(&mut self, node: String, session: SessionId, user: &str) -> bool {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return false;
+        };
+        cluster
+            .roster
+            .insert((node, session), user.to_string())
+            .is_none()
+    }
+
+    /// Forgets a member; false if it was not known.
+    fn roster_remove(&mut self, node: String, session: SessionId) -> bool {
+        self.cluster
+            .as_mut()
+            .is_some_and(|c| c.roster.remove(&(node, session)).is_some())
+    }
+
+    fn announce_presence(
+        &mut self,
+        kind: Kind,
+        user: &str,
+        except: Option<SessionId>,
+        ctx: &mut Context<Self>,
+    ) {
+        let presence = proto::encode(&proto::Message::event(kind, self.name.as_str(), user));
+        self.broadcast(&presence, except);
+        self.drop_failed(ctx);
+    }
+
+    /// After a reconnect: other nodes' members that came or went meanwhile are announced from
+    /// the difference between Redis and the roster. This node's own entries are left out: its
+    /// members are known here, and Redis may not have them back yet.
+    fn reconcile_presence(&mut self, ctx: &mut Context<Self>) {
+        let (engine, name) = (self.engine(), self.name.to_string());
+        let reading = async move { engine.members(&name).await };
+        ctx.wait(reading.into_actor(self).map(|members, room, ctx| {
+            let Ok(members) = members else {
+                return; // the next re-sync tries again
+            };
+            let Some(cluster) = room.cluster.as_mut() else {
+                return;
+            };
+            let me = cluster.engine.node_id().to_string();
+            let now: HashMap<(String, SessionId), String> = members
+                .into_iter()
+                .filter(|m| m.node != me)
+                .map(|m| ((m.node, m.session), m.user))
+                .collect();
+            let gone: Vec<((String, SessionId), String)> = cluster
+                .roster
+                .iter()
+                .filter(|(key, _)| key.0 != me && !now.contains_key(*key))
+                .map(|(key, user)| (key.clone(), user.clone()))
+                .collect();
+            let came: Vec<((String, SessionId), String)> = now
+                .iter()
+                .filter(|(key, _)| !cluster.roster.contains_key(*key))
+                .map(|(key, user)| (key.clone(), user.clone()))
+                .collect();
+            for ((node, session), user) in gone {
+                room.roster_remove(node, session);
+                room.announce_presence(Kind::Leave, &user, None, ctx);
+            }
+            for ((node, session), user) in came {
+                room.roster_add(node, session, &user);
+                room.announce_presence(Kind::Join, &user, None, ctx);
+            }
+        }));
+    }
+
     /// Fetches and delivers every seq after the room's up to `last`.
     fn on_chat_gap_to(&mut self, last: u64, ctx: &mut Context<Self>) {
         let (engine, name, from) = (self.engine(), self.name.to_string(), self.seq);
@@ -566,23 +658,20 @@ impl StreamHandler<Published> for Room {
                 user,
                 ..
             } => {
-                let presence = proto::encode(&proto::Message::event(
-                    Kind::Join,
-                    self.name.as_str(),
-                    &user,
-                ));
                 let except = (node == me).then_some(session);
-                self.broadcast(&presence, except);
-                self.drop_failed(ctx);
+                if self.roster_add(node, session, &user) {
+                    self.announce_presence(Kind::Join, &user, except, ctx);
+                }
             }
-            Published::Leave { user, .. } => {
-                let presence = proto::encode(&proto::Message::event(
-                    Kind::Leave,
-                    self.name.as_str(),
-                    &user,
-                ));
-                self.broadcast(&presence, None);
-                self.drop_failed(ctx);
+            Published::Leave {
+                node,
+                session,
+                user,
+                ..
+            } => {
+                if self.roster_remove(node, session) {
+                    self.announce_presence(Kind::Leave, &user, None, ctx);
+                }
             }
             Published::Resubscribed => self.resync(ctx),
         }
