@@ -595,3 +595,26 @@ async fn presence_changes_during_a_pubsub_cut_are_announced_exactly_once() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_room_opened_while_redis_is_down_serves_joins_once_it_is_back() {
+    let mut redis = RedisServer::start();
+    let a = node(&[&redis], "a").await;
+    let mut ada = a.client("ada").await;
+    redis.stop();
+    wait_health(&a, ServingStatus::NotServing).await;
+    ada.send_kind(Kind::Join, "late").await;
+    let refused = ada.until(|m| m.kind() == Kind::Error).await;
+    assert_eq!(refused.code, "unavailable", "{refused:?}");
+
+    redis.start_again();
+    wait_health(&a, ServingStatus::Serving).await;
+    let joined = ada.join("late").await;
+    assert_eq!(
+        (joined.seq, joined.members.clone()),
+        (0, vec!["ada".to_string()])
+    );
+    ada.chat("late", "made it").await;
+    assert_eq!(chats(&mut ada, 1).await[0].seq, 1);
+    a.shutdown().await;
+}

@@ -168,7 +168,6 @@ impl Room {
         join: Join,
         ctx: &mut Context<Self>,
     ) -> Response<Result<(), ChatError>> {
-        self.ensure_subscribed(ctx);
         let (done, answer) = oneshot::channel();
         let respond = Response::fut(async move {
             answer
@@ -195,10 +194,13 @@ impl Room {
         let name = self.name.to_string();
         let (ttl, max_members) = (self.ttl(), self.limits.max_members);
         let (since_seq, history_on_join) = (join.since_seq, self.limits.history_on_join);
-        let subscribed = self
+        // Not subscribed (Redis was down when the room started): subscribe first, in the same
+        // step, so this JOIN works as soon as Redis is back.
+        let resubscribe = self
             .cluster
             .as_ref()
-            .is_some_and(|c| c.subscription.is_some());
+            .filter(|c| c.subscription.is_none())
+            .and_then(|c| c.sink.clone());
         let presence = proto::encode(&proto::Message::event(
             Kind::Join,
             self.name.as_str(),
@@ -207,85 +209,103 @@ impl Room {
         let (session, user, replay_wanted) =
             (join.session, join.user.to_string(), join.ack.is_some());
         let joining = async move {
-            if !subscribed {
-                return Err(ChatError::Unavailable(
-                    "the room is not subscribed to the cluster".into(),
-                ));
+            let mut fresh = None;
+            if let Some(sink) = resubscribe {
+                let subscribed = async {
+                    let subscription = engine.subscribe(&name, sink).await?;
+                    let seq = engine.last_seq(&name).await?;
+                    Ok::<_, Unavailable>((subscription, seq))
+                };
+                match subscribed.await {
+                    Ok(ok) => fresh = Some(ok),
+                    Err(error) => return (None, Err(unavailable(&error))),
+                }
             }
-            let joined = if rejoin {
-                let members = engine.members(&name).await.map_err(|e| unavailable(&e))?;
-                let seq = engine.last_seq(&name).await.map_err(|e| unavailable(&e))?;
-                crate::cluster::Joined { seq, members }
-            } else {
-                engine
-                    .join(&name, session, &user, ttl, max_members, presence)
-                    .await
-                    .map_err(|e| match e {
-                        JoinError::Full { max } => ChatError::RoomFull { max },
-                        JoinError::Unavailable(e) => unavailable(&e),
-                    })?
+            let joined = async {
+                let joined = if rejoin {
+                    let members = engine.members(&name).await.map_err(|e| unavailable(&e))?;
+                    let seq = engine.last_seq(&name).await.map_err(|e| unavailable(&e))?;
+                    crate::cluster::Joined { seq, members }
+                } else {
+                    engine
+                        .join(&name, session, &user, ttl, max_members, presence)
+                        .await
+                        .map_err(|e| match e {
+                            JoinError::Full { max } => ChatError::RoomFull { max },
+                            JoinError::Unavailable(e) => unavailable(&e),
+                        })?
+                };
+                let replay = if replay_wanted && !rejoin {
+                    engine
+                        .replay(&name, since_seq, history_on_join, joined.seq)
+                        .await
+                        .map_err(|e| unavailable(&e))?
+                } else {
+                    Vec::new()
+                };
+                Ok((joined, replay))
             };
-            let replay = if replay_wanted && !rejoin {
-                engine
-                    .replay(&name, since_seq, history_on_join, joined.seq)
-                    .await
-                    .map_err(|e| unavailable(&e))?
-            } else {
-                Vec::new()
-            };
-            Ok((joined, replay))
+            (fresh, joined.await)
         };
-        let joining = joining.into_actor(self).map(move |outcome, room, ctx| {
-            let (joined, replay) = match outcome {
-                Ok(ok) => ok,
-                Err(error) => {
-                    if let Some(bucket) = bucket {
-                        room.remember_departed(join.session, bucket);
+        let joining = joining
+            .into_actor(self)
+            .map(move |(fresh, outcome), room, ctx| {
+                if let Some((subscription, seq)) = fresh {
+                    room.seq = room.seq.max(seq);
+                    if let Some(cluster) = room.cluster.as_mut() {
+                        cluster.subscription = Some(subscription);
                     }
-                    room.expire_when_empty(ctx);
-                    let _ = done.send(Err(error));
-                    return;
                 }
-            };
-            // With nobody here yet, the join's member list is the roster (without the joiner,
-            // whose own JOIN echo is still to come). Otherwise the events keep it current:
-            // taking the list now would swallow events the other local members still await.
-            if room.members.is_empty()
-                && let Some(cluster) = room.cluster.as_mut()
-            {
-                let me = cluster.engine.node_id().to_string();
-                cluster.roster = joined
-                    .members
-                    .iter()
-                    .filter(|m| !(m.node == me && m.session == join.session))
-                    .map(|m| ((m.node.clone(), m.session), m.user.clone()))
-                    .collect();
-            }
-            if let Some(bucket) = bucket {
-                room.members.insert(
-                    join.session,
-                    Member {
-                        user: join.user.clone(),
-                        tx: join.tx,
-                        session: join.addr,
-                        bucket,
-                        live_after: joined.seq,
-                    },
-                );
-            }
-            if let Some(r#ref) = join.ack {
-                let members = joined.members.iter().map(|m| m.user.clone()).collect();
-                // A repeated JOIN reports what this member has been sent, not Redis's newest.
-                let seq = if rejoin { room.seq } else { joined.seq };
-                let ack = room.joined_with(&join.user, r#ref, members, seq);
-                room.deliver(join.session, ack);
-                for (seq, body) in replay {
-                    room.deliver(join.session, proto::as_replay(&proto::with_seq(&body, seq)));
+                let (joined, replay) = match outcome {
+                    Ok(ok) => ok,
+                    Err(error) => {
+                        if let Some(bucket) = bucket {
+                            room.remember_departed(join.session, bucket);
+                        }
+                        room.expire_when_empty(ctx);
+                        let _ = done.send(Err(error));
+                        return;
+                    }
+                };
+                // With nobody here yet, the join's member list is the roster (without the joiner,
+                // whose own JOIN echo is still to come). Otherwise the events keep it current:
+                // taking the list now would swallow events the other local members still await.
+                if room.members.is_empty()
+                    && let Some(cluster) = room.cluster.as_mut()
+                {
+                    let me = cluster.engine.node_id().to_string();
+                    cluster.roster = joined
+                        .members
+                        .iter()
+                        .filter(|m| !(m.node == me && m.session == join.session))
+                        .map(|m| ((m.node.clone(), m.session), m.user.clone()))
+                        .collect();
                 }
-            }
-            room.drop_failed(ctx);
-            let _ = done.send(Ok(()));
-        });
+                if let Some(bucket) = bucket {
+                    room.members.insert(
+                        join.session,
+                        Member {
+                            user: join.user.clone(),
+                            tx: join.tx,
+                            session: join.addr,
+                            bucket,
+                            live_after: joined.seq,
+                        },
+                    );
+                }
+                if let Some(r#ref) = join.ack {
+                    let members = joined.members.iter().map(|m| m.user.clone()).collect();
+                    // A repeated JOIN reports what this member has been sent, not Redis's newest.
+                    let seq = if rejoin { room.seq } else { joined.seq };
+                    let ack = room.joined_with(&join.user, r#ref, members, seq);
+                    room.deliver(join.session, ack);
+                    for (seq, body) in replay {
+                        room.deliver(join.session, proto::as_replay(&proto::with_seq(&body, seq)));
+                    }
+                }
+                room.drop_failed(ctx);
+                let _ = done.send(Ok(()));
+            });
         ctx.wait(joining);
         respond
     }
