@@ -184,6 +184,9 @@ impl Server {
         if let Some(task) = cluster_health {
             task.abort();
         }
+        if hub.cluster.is_some() {
+            flush_rooms(&hub).await;
+        }
         if let Some(task) = metrics_task {
             task.abort();
         }
@@ -268,6 +271,26 @@ fn tls_config(
         config = config.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
     }
     Ok(config)
+}
+
+/// Cluster mode, at shutdown: every session has ended; each room is asked a question that it
+/// answers only after the LEAVEs queued before it have reached Redis (a room holds its mail
+/// while one is in flight), so the other nodes see this node's members go now, not after the
+/// presence TTL. Bounded: a Redis that does not answer leaves it to the TTL.
+async fn flush_rooms(hub: &Hub) {
+    const FLUSH: Duration = Duration::from_secs(3);
+    let mut census = hub.census.watch();
+    let _ = tokio::time::timeout(FLUSH, census.wait_for(|c| c.session_actors == 0)).await;
+    let asked: Vec<_> = hub
+        .rooms
+        .snapshot("")
+        .into_iter()
+        .map(|(_, room)| room.send(crate::actors::Inspect { members: false }))
+        .collect();
+    let deadline = Instant::now() + FLUSH;
+    for answer in asked {
+        let _ = tokio::time::timeout_at(deadline, answer).await;
+    }
 }
 
 /// Cluster mode: NOT_SERVING while Redis cannot be reached (a node without Redis cannot serve

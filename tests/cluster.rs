@@ -21,9 +21,13 @@ use tonic_health::pb::{
 const TTL_MS: u64 = 900;
 
 fn node_config(urls: &[String], node: &str) -> String {
+    node_config_ttl(urls, node, TTL_MS)
+}
+
+fn node_config_ttl(urls: &[String], node: &str, ttl_ms: u64) -> String {
     let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
     format!(
-        "[cluster]\nengine = \"redis\"\nredis_urls = [{}]\nnode_id = \"{node}\"\npresence_ttl_ms = {TTL_MS}\n\
+        "[cluster]\nengine = \"redis\"\nredis_urls = [{}]\nnode_id = \"{node}\"\npresence_ttl_ms = {ttl_ms}\n\
          [limits]\nrate_per_sec = 100000\nburst = 100000\nhistory = 100\nhistory_on_join = 5\n",
         urls.join(", ")
     )
@@ -561,6 +565,10 @@ async fn presence_changes_during_a_pubsub_cut_are_announced_exactly_once() {
     let mut zed = b.client("zed").await;
     zed.join("r").await;
     assert_eq!(ada.expect(Kind::Join).await.user, "zed");
+    let mut amy = a.client("amy").await; // on ada's own node
+    amy.join("r").await;
+    assert_eq!(ada.expect(Kind::Join).await.user, "amy");
+    assert_eq!(zed.expect(Kind::Join).await.user, "amy");
 
     // Cut every subscriber, then change presence on node b at once: the events may be lost on
     // the way (then the re-sync announces the difference) or arrive (then it adds nothing).
@@ -577,20 +585,21 @@ async fn presence_changes_during_a_pubsub_cut_are_announced_exactly_once() {
     zed.expect(Kind::Left).await;
     let mut cat = b.client("cat").await;
     cat.join("r").await;
+    amy.send_kind(Kind::Leave, "r").await; // a change on ada's own node
+    amy.until(|m| m.kind() == Kind::Left).await;
 
     let mut seen = Vec::new();
-    while seen.len() < 2 {
+    while seen.len() < 3 {
         let event = ada.next().await;
         seen.push((event.kind(), event.user));
     }
     seen.sort();
-    assert_eq!(
-        seen,
-        vec![
-            (Kind::Join, "cat".to_string()),
-            (Kind::Leave, "zed".to_string())
-        ]
-    );
+    let expected = vec![
+        (Kind::Join, "cat".to_string()),
+        (Kind::Leave, "amy".to_string()),
+        (Kind::Leave, "zed".to_string()),
+    ];
+    assert_eq!(seen, expected);
     ada.expect_silence_for(Duration::from_millis(600)).await; // nothing twice
     a.shutdown().await;
     b.shutdown().await;
@@ -599,7 +608,9 @@ async fn presence_changes_during_a_pubsub_cut_are_announced_exactly_once() {
 #[tokio::test]
 async fn a_room_opened_while_redis_is_down_serves_joins_once_it_is_back() {
     let mut redis = RedisServer::start();
-    let a = node(&[&redis], "a").await;
+    // A long TTL: the room's periodic refresh must not be what subscribes it again.
+    let a = TestServer::start(&node_config_ttl(&[redis.url()], "a", 60_000)).await;
+    wait_health(&a, ServingStatus::Serving).await;
     let mut ada = a.client("ada").await;
     redis.stop();
     wait_health(&a, ServingStatus::NotServing).await;
@@ -616,5 +627,26 @@ async fn a_room_opened_while_redis_is_down_serves_joins_once_it_is_back() {
     );
     ada.chat("late", "made it").await;
     assert_eq!(chats(&mut ada, 1).await[0].seq, 1);
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_quick_leave_and_rejoin_never_shows_a_member_its_own_leave() {
+    let redis = RedisServer::start();
+    let a = node(&[&redis], "a").await;
+    let mut ada = a.client("ada").await;
+    let mut bob = a.client("bob").await;
+    ada.join("r").await;
+    bob.join("r").await;
+    assert_eq!(ada.expect(Kind::Join).await.user, "bob");
+    for _ in 0..5 {
+        bob.send_kind(Kind::Leave, "r").await;
+        bob.expect(Kind::Left).await;
+        bob.join("r").await;
+        assert_eq!(ada.expect(Kind::Leave).await.user, "bob");
+        assert_eq!(ada.expect(Kind::Join).await.user, "bob");
+    }
+    bob.expect_silence().await; // its own LEAVE and JOIN echoes never reach it
+    ada.expect_silence().await;
     a.shutdown().await;
 }

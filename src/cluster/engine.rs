@@ -218,6 +218,16 @@ impl RedisEngine {
         Ok(RedisEngine { inner })
     }
 
+    /// Runs `task` on the engine's runtime: it completes even if the caller's runtime (an actor's
+    /// arbiter, stopped at shutdown) goes first.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.runtime.spawn(task)
+    }
+
     pub fn node_id(&self) -> &str {
         &self.inner.node_id
     }

@@ -56,6 +56,9 @@ pub(super) struct ClusterRoom {
     refreshing: bool,
     /// A re-sync is in flight (or waiting to retry): repeated reconnects start only one.
     resyncing: bool,
+    /// A subscribe is in flight: a second one would replace the first's route and, failing,
+    /// leave the room holding a subscription that receives nothing.
+    subscribing: bool,
     /// Every node's members as this room knows them, (node, session) → user: presence events
     /// that change nothing (a JOIN already listed, a LEAVE of someone not listed, a refresh
     /// re-announcing a member) are not passed on, and after a reconnect the differences with
@@ -73,6 +76,7 @@ impl ClusterRoom {
             last_id: None,
             refreshing: false,
             resyncing: false,
+            subscribing: false,
             roster: HashMap::new(),
         }
     }
@@ -129,15 +133,16 @@ impl Room {
     /// Subscribes (unless already subscribed) and learns the room's current seq, holding every
     /// other mail meanwhile, so nothing is handled before the room knows where live starts.
     fn ensure_subscribed(&mut self, ctx: &mut Context<Self>) {
-        let Some(cluster) = self.cluster.as_ref() else {
+        let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
-        if cluster.subscription.is_some() {
+        if cluster.subscription.is_some() || cluster.subscribing {
             return;
         }
         let Some(sink) = cluster.sink.clone() else {
             return;
         };
+        cluster.subscribing = true;
         let engine = cluster.engine.clone();
         let name = self.name.to_string();
         let subscribing = async move {
@@ -145,19 +150,20 @@ impl Room {
             let seq = engine.last_seq(&name).await?;
             Ok::<_, Unavailable>((subscription, seq))
         };
-        ctx.wait(
-            subscribing
-                .into_actor(self)
-                .map(|subscribed, room, _ctx| match subscribed {
-                    Ok((subscription, seq)) => {
-                        room.seq = room.seq.max(seq);
-                        if let Some(cluster) = room.cluster.as_mut() {
-                            cluster.subscription = Some(subscription);
-                        }
+        ctx.wait(subscribing.into_actor(self).map(|subscribed, room, _ctx| {
+            if let Some(cluster) = room.cluster.as_mut() {
+                cluster.subscribing = false;
+            }
+            match subscribed {
+                Ok((subscription, seq)) => {
+                    room.seq = room.seq.max(seq);
+                    if let Some(cluster) = room.cluster.as_mut() {
+                        cluster.subscription = Some(subscription);
                     }
-                    Err(error) => warn!(room = %room.name, %error, "cannot subscribe the room"),
-                }),
-        );
+                }
+                Err(error) => warn!(room = %room.name, %error, "cannot subscribe the room"),
+            }
+        }));
     }
 
     /// JOIN through Redis: the script checks `max_members` over all nodes, adds the presence
@@ -198,9 +204,13 @@ impl Room {
         // step, so this JOIN works as soon as Redis is back.
         let resubscribe = self
             .cluster
-            .as_ref()
-            .filter(|c| c.subscription.is_none())
-            .and_then(|c| c.sink.clone());
+            .as_mut()
+            .filter(|c| c.subscription.is_none() && !c.subscribing)
+            .and_then(|c| {
+                c.subscribing = true;
+                c.sink.clone()
+            });
+        let resubscribing = resubscribe.is_some();
         let presence = proto::encode(&proto::Message::event(
             Kind::Join,
             self.name.as_str(),
@@ -250,6 +260,9 @@ impl Room {
         let joining = joining
             .into_actor(self)
             .map(move |(fresh, outcome), room, ctx| {
+                if resubscribing && let Some(cluster) = room.cluster.as_mut() {
+                    cluster.subscribing = false;
+                }
                 if let Some((subscription, seq)) = fresh {
                     room.seq = room.seq.max(seq);
                     if let Some(cluster) = room.cluster.as_mut() {
@@ -267,17 +280,16 @@ impl Room {
                         return;
                     }
                 };
-                // With nobody here yet, the join's member list is the roster (without the joiner,
-                // whose own JOIN echo is still to come). Otherwise the events keep it current:
-                // taking the list now would swallow events the other local members still await.
+                // With nobody here yet, the join's member list is the roster (the joiner included:
+                // its own JOIN echo then changes nothing, and nobody else here needs it).
+                // Otherwise the events keep it current: taking the list now would swallow events
+                // the other local members still await.
                 if room.members.is_empty()
                     && let Some(cluster) = room.cluster.as_mut()
                 {
-                    let me = cluster.engine.node_id().to_string();
                     cluster.roster = joined
                         .members
                         .iter()
-                        .filter(|m| !(m.node == me && m.session == join.session))
                         .map(|m| ((m.node.clone(), m.session), m.user.clone()))
                         .collect();
                 }
@@ -380,8 +392,9 @@ impl Room {
             self.name.as_str(),
             user.as_str(),
         ));
-        // Runs as its own task, so it completes even if the room stops meanwhile.
-        let removal = actix_rt::spawn(async move {
+        // Runs on the engine's runtime, so it completes even if the room or its arbiter stops
+        // meanwhile (shutdown).
+        let removal = self.engine().spawn(async move {
             if let Err(error) = engine.leave(&name, id, user.as_str(), body).await {
                 warn!(room = %name, session = %id, %error, "LEAVE not published; presence expires by TTL");
             }
@@ -600,29 +613,38 @@ impl Room {
         self.drop_failed(ctx);
     }
 
-    /// After a reconnect: other nodes' members that came or went meanwhile are announced from
-    /// the difference between Redis and the roster. This node's own entries are left out: its
-    /// members are known here, and Redis may not have them back yet.
+    /// After a reconnect (or a lagging sink): members that came or went meanwhile are announced
+    /// from the difference between the roster and the truth — Redis for other nodes' members,
+    /// this room's own member table for this node's (Redis may not have them back yet).
     fn reconcile_presence(&mut self, ctx: &mut Context<Self>) {
         let (engine, name) = (self.engine(), self.name.to_string());
         let reading = async move { engine.members(&name).await };
         ctx.wait(reading.into_actor(self).map(|members, room, ctx| {
             let Ok(members) = members else {
-                return; // the next re-sync tries again
+                warn!(room = %room.name, "presence not reconciled, re-syncing");
+                ctx.run_later(RESYNC_RETRY, |room, ctx| room.resync(ctx));
+                return;
             };
+            let local: Vec<(SessionId, String)> = room
+                .members
+                .iter()
+                .map(|(id, m)| (*id, m.user.to_string()))
+                .collect();
             let Some(cluster) = room.cluster.as_mut() else {
                 return;
             };
             let me = cluster.engine.node_id().to_string();
-            let now: HashMap<(String, SessionId), String> = members
+            // Other nodes' members as Redis has them; this node's as they are here.
+            let mut now: HashMap<(String, SessionId), String> = members
                 .into_iter()
                 .filter(|m| m.node != me)
                 .map(|m| ((m.node, m.session), m.user))
                 .collect();
+            now.extend(local.into_iter().map(|(id, user)| ((me.clone(), id), user)));
             let gone: Vec<((String, SessionId), String)> = cluster
                 .roster
                 .iter()
-                .filter(|(key, _)| key.0 != me && !now.contains_key(*key))
+                .filter(|(key, _)| !now.contains_key(*key))
                 .map(|(key, user)| (key.clone(), user.clone()))
                 .collect();
             let came: Vec<((String, SessionId), String)> = now
@@ -635,8 +657,9 @@ impl Room {
                 room.announce_presence(Kind::Leave, &user, None, ctx);
             }
             for ((node, session), user) in came {
+                let except = (node == me).then_some(session);
                 room.roster_add(node, session, &user);
-                room.announce_presence(Kind::Join, &user, None, ctx);
+                room.announce_presence(Kind::Join, &user, except, ctx);
             }
         }));
     }
@@ -657,7 +680,10 @@ impl Room {
                             }
                         }
                     }
-                    Err(error) => warn!(room = %room.name, %error, "seq gap not filled"),
+                    Err(error) => {
+                        warn!(room = %room.name, %error, "seq gap not filled, re-syncing");
+                        ctx.run_later(RESYNC_RETRY, |room, ctx| room.resync(ctx));
+                    }
                 }),
         );
     }
@@ -689,8 +715,10 @@ impl StreamHandler<Published> for Room {
                 user,
                 ..
             } => {
+                // Never to the session itself (it may have re-joined before its old LEAVE came back).
+                let except = (node == me).then_some(session);
                 if self.roster_remove(node, session) {
-                    self.announce_presence(Kind::Leave, &user, None, ctx);
+                    self.announce_presence(Kind::Leave, &user, except, ctx);
                 }
             }
             Published::Resubscribed => self.resync(ctx),
