@@ -650,3 +650,42 @@ async fn a_quick_leave_and_rejoin_never_shows_a_member_its_own_leave() {
     ada.expect_silence().await;
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn concurrent_joins_on_two_nodes_give_every_member_a_consistent_presence_view() {
+    let redis = RedisServer::start();
+    let nodes = [node(&[&redis], "a").await, node(&[&redis], "b").await];
+    let users: Vec<String> = (0..10).map(|n| format!("u{n}")).collect();
+    let mut clients = Vec::new();
+    for (n, user) in users.iter().enumerate() {
+        clients.push(nodes[n % 2].client(user).await);
+    }
+    // Every JOIN is sent before any answer is read, so they race on both nodes.
+    for client in &mut clients {
+        client.send_kind(Kind::Join, "crowd").await;
+    }
+    let everyone: std::collections::BTreeSet<String> = users.iter().cloned().collect();
+    for client in &mut clients {
+        let joined = client.until(|m| m.kind() == Kind::Joined).await;
+        let mut view: std::collections::BTreeSet<String> = joined.members.into_iter().collect();
+        while view != everyone {
+            let event = client.next().await;
+            match event.kind() {
+                Kind::Join => assert!(
+                    view.insert(event.user.clone()),
+                    "{}: JOIN of {} already listed",
+                    client.user,
+                    event.user
+                ),
+                Kind::Leave => panic!("{}: LEAVE of {} (nobody left)", client.user, event.user),
+                _ => panic!("{}: unexpected {event:?}", client.user),
+            }
+        }
+    }
+    for client in &mut clients {
+        client.expect_silence().await; // no presence twice
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

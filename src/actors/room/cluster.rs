@@ -280,19 +280,7 @@ impl Room {
                         return;
                     }
                 };
-                // With nobody here yet, the join's member list is the roster (the joiner included:
-                // its own JOIN echo then changes nothing, and nobody else here needs it).
-                // Otherwise the events keep it current: taking the list now would swallow events
-                // the other local members still await.
-                if room.members.is_empty()
-                    && let Some(cluster) = room.cluster.as_mut()
-                {
-                    cluster.roster = joined
-                        .members
-                        .iter()
-                        .map(|m| ((m.node.clone(), m.session), m.user.clone()))
-                        .collect();
-                }
+                room.take_join_snapshot(&joined.members, join.session, ctx);
                 if let Some(bucket) = bucket {
                     room.members.insert(
                         join.session,
@@ -580,6 +568,54 @@ impl Room {
                 warn!(room = %room.name, %error, "re-sync failed, retrying");
                 ctx.run_later(RESYNC_RETRY, |room, ctx| room.resync_now(ctx));
             }
+        }
+    }
+
+    /// The member list a JOIN's script returned is the truth at that moment. With nobody here
+    /// yet it simply becomes the roster (the joiner included: its own JOIN echo then changes
+    /// nothing, and nobody else here needs it). Otherwise the members already here are told the
+    /// differences now (the joiner is not a member yet, so it gets none of them), which makes
+    /// the older presence events still on their way change nothing — the joiner's JOINED
+    /// already reflects them. The joiner's own entry stays out, so its JOIN echo is announced.
+    fn take_join_snapshot(
+        &mut self,
+        members: &[crate::cluster::Member],
+        joiner: SessionId,
+        ctx: &mut Context<Self>,
+    ) {
+        let first = self.members.is_empty();
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let snapshot: HashMap<(String, SessionId), String> = members
+            .iter()
+            .map(|m| ((m.node.clone(), m.session), m.user.clone()))
+            .collect();
+        if first {
+            cluster.roster = snapshot;
+            return;
+        }
+        let me = cluster.engine.node_id().to_string();
+        let own = (me.clone(), joiner);
+        let gone: Vec<((String, SessionId), String)> = cluster
+            .roster
+            .iter()
+            .filter(|(key, _)| **key != own && !snapshot.contains_key(*key))
+            .map(|(key, user)| (key.clone(), user.clone()))
+            .collect();
+        let came: Vec<((String, SessionId), String)> = snapshot
+            .into_iter()
+            .filter(|(key, _)| *key != own && !cluster.roster.contains_key(key))
+            .collect();
+        for ((node, session), user) in gone {
+            let except = (node == me).then_some(session);
+            self.roster_remove(node, session);
+            self.announce_presence(Kind::Leave, &user, except, ctx);
+        }
+        for ((node, session), user) in came {
+            let except = (node == me).then_some(session);
+            self.roster_add(node, session, &user);
+            self.announce_presence(Kind::Join, &user, except, ctx);
         }
     }
 
