@@ -216,6 +216,11 @@ impl Room {
             self.name.as_str(),
             join.user.as_str(),
         ));
+        let undo = proto::encode(&proto::Message::event(
+            Kind::Leave,
+            self.name.as_str(),
+            join.user.as_str(),
+        ));
         let (session, user, replay_wanted) =
             (join.session, join.user.to_string(), join.ack.is_some());
         let joining = async move {
@@ -246,10 +251,18 @@ impl Room {
                         })?
                 };
                 let replay = if replay_wanted && !rejoin {
-                    engine
+                    match engine
                         .replay(&name, since_seq, history_on_join, joined.seq)
                         .await
-                        .map_err(|e| unavailable(&e))?
+                    {
+                        Ok(replay) => replay,
+                        Err(error) => {
+                            // Joined in Redis but refused here: take the entry back (its LEAVE
+                            // follows the JOIN everyone saw), or it would count until the TTL.
+                            let _ = engine.leave(&name, session, &user, undo).await;
+                            return Err(unavailable(&error));
+                        }
+                    }
                 } else {
                     Vec::new()
                 };
