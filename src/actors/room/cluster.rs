@@ -7,6 +7,11 @@
 //! a seq that arrives ahead of the next expected one makes the room fetch the missing ones from
 //! the room's Redis stream first; and a joiner's replay ends at the seq its join script saw, from
 //! which on it gets live traffic.
+//!
+//! Presence travels the same channel but carries no seq, so the room keeps a roster of every
+//! node's members: an event that changes nothing in it is not passed on, each JOIN's member list
+//! (the truth at that moment) settles it for the members already here, and after a lost
+//! connection the differences with Redis are announced.
 
 use std::{
     collections::HashMap,
