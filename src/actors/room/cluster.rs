@@ -466,27 +466,7 @@ impl Room {
         if seq == self.seq + 1 {
             return self.deliver_chat(seq, &id, &body, ctx);
         }
-        let (engine, name, from) = (self.engine(), self.name.to_string(), self.seq);
-        let fetching = async move { fetch_range(&engine, &name, from, seq - 1).await };
-        ctx.wait(fetching.into_actor(self).map(move |missed, room, ctx| {
-            match missed {
-                Ok(missed) => {
-                    for (missed_seq, missed_body) in missed {
-                        if missed_seq > room.seq {
-                            let missed_id = body_id(&missed_body);
-                            room.deliver_chat(missed_seq, &missed_id, &missed_body, ctx);
-                        }
-                    }
-                    room.deliver_chat(seq, &id, &body, ctx);
-                }
-                Err(error) => {
-                    // Delivering `seq` now would skip the gap for good: re-sync instead, which
-                    // fetches everything up to Redis's last seq (this one included).
-                    warn!(room = %room.name, from, to = seq - 1, %error, "seq gap not filled, re-syncing");
-                    ctx.run_later(RESYNC_RETRY, |room, ctx| room.resync(ctx));
-                }
-            }
-        }));
+        self.fill_gap(seq - 1, Some((seq, id, body)), ctx);
     }
 
     /// Fans out CHAT `seq`; the sender (if it is on this node) gets its `ref` back. Pending acks
@@ -576,10 +556,10 @@ impl Room {
                     member.live_after = 0;
                 }
                 if last > 0 {
-                    room.on_chat_gap_to(last, ctx);
+                    room.fill_gap(last, None, ctx);
                 }
             }
-            Ok((last, _)) if last > room.seq => room.on_chat_gap_to(last, ctx),
+            Ok((last, _)) if last > room.seq => room.fill_gap(last, None, ctx),
             Ok(_) => {}
             Err(error) => {
                 // The channel can come back before the command connection does: try again.
@@ -613,17 +593,32 @@ impl Room {
             cluster.roster = snapshot;
             return;
         }
+        let own = (cluster.engine.node_id().to_string(), joiner);
+        self.settle_roster(snapshot, Some(own), ctx);
+    }
+
+    /// Makes the roster equal `truth` (but for `skip`, left as it is), announcing each member
+    /// that went or came to the members here — never to a member about itself.
+    fn settle_roster(
+        &mut self,
+        truth: HashMap<(String, SessionId), String>,
+        skip: Option<(String, SessionId)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
         let me = cluster.engine.node_id().to_string();
-        let own = (me.clone(), joiner);
+        let skipped = |key: &(String, SessionId)| skip.as_ref() == Some(key);
         let gone: Vec<((String, SessionId), String)> = cluster
             .roster
             .iter()
-            .filter(|(key, _)| **key != own && !snapshot.contains_key(*key))
+            .filter(|(key, _)| !skipped(key) && !truth.contains_key(*key))
             .map(|(key, user)| (key.clone(), user.clone()))
             .collect();
-        let came: Vec<((String, SessionId), String)> = snapshot
+        let came: Vec<((String, SessionId), String)> = truth
             .into_iter()
-            .filter(|(key, _)| *key != own && !cluster.roster.contains_key(key))
+            .filter(|(key, _)| !skipped(key) && !cluster.roster.contains_key(key))
             .collect();
         for ((node, session), user) in gone {
             let except = (node == me).then_some(session);
@@ -695,51 +690,37 @@ impl Room {
                 .map(|m| ((m.node, m.session), m.user))
                 .collect();
             now.extend(local.into_iter().map(|(id, user)| ((me.clone(), id), user)));
-            let gone: Vec<((String, SessionId), String)> = cluster
-                .roster
-                .iter()
-                .filter(|(key, _)| !now.contains_key(*key))
-                .map(|(key, user)| (key.clone(), user.clone()))
-                .collect();
-            let came: Vec<((String, SessionId), String)> = now
-                .iter()
-                .filter(|(key, _)| !cluster.roster.contains_key(*key))
-                .map(|(key, user)| (key.clone(), user.clone()))
-                .collect();
-            for ((node, session), user) in gone {
-                room.roster_remove(node, session);
-                room.announce_presence(Kind::Leave, &user, None, ctx);
-            }
-            for ((node, session), user) in came {
-                let except = (node == me).then_some(session);
-                room.roster_add(node, session, &user);
-                room.announce_presence(Kind::Join, &user, except, ctx);
-            }
+            room.settle_roster(now, None, ctx);
         }));
     }
 
-    /// Fetches and delivers every seq after the room's up to `last`.
-    fn on_chat_gap_to(&mut self, last: u64, ctx: &mut Context<Self>) {
+    /// Fetches and delivers every seq after the room's up to `last`, then `next` (the CHAT that
+    /// revealed the gap). If the fetch fails, `next` is not delivered either (that would skip the
+    /// gap for good): a re-sync fetches everything up to Redis's last seq instead.
+    fn fill_gap(&mut self, last: u64, next: Option<(u64, String, Bytes)>, ctx: &mut Context<Self>) {
         let (engine, name, from) = (self.engine(), self.name.to_string(), self.seq);
         let fetching = async move { fetch_range(&engine, &name, from, last).await };
-        ctx.wait(
-            fetching
-                .into_actor(self)
-                .map(|missed, room, ctx| match missed {
-                    Ok(missed) => {
-                        for (seq, body) in missed {
-                            if seq > room.seq {
-                                let id = body_id(&body);
-                                room.deliver_chat(seq, &id, &body, ctx);
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        warn!(room = %room.name, %error, "seq gap not filled, re-syncing");
-                        ctx.run_later(RESYNC_RETRY, |room, ctx| room.resync(ctx));
-                    }
-                }),
-        );
+        ctx.wait(fetching.into_actor(self).map(move |missed, room, ctx| {
+            let missed = match missed {
+                Ok(missed) => missed,
+                Err(error) => {
+                    let room_name = &room.name;
+                    warn!(room = %room_name, from, to = last, %error, "gap not filled, re-syncing");
+                    ctx.run_later(RESYNC_RETRY, |room, ctx| room.resync(ctx));
+                    return;
+                }
+            };
+            for (seq, body) in missed {
+                if seq > room.seq {
+                    room.deliver_chat(seq, &body_id(&body), &body, ctx);
+                }
+            }
+            if let Some((seq, id, body)) = next
+                && seq > room.seq
+            {
+                room.deliver_chat(seq, &id, &body, ctx);
+            }
+        }));
     }
 }
 
