@@ -6,14 +6,11 @@
 
 mod common;
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::time::Duration;
 
 use chatrooms::proto::{Kind, Message};
-use common::{Client, TestServer, WAIT, redis::RedisServer};
-use tokio::{
-    process::Command,
-    time::{Instant, timeout},
-};
+use common::{Client, TestServer, WAIT, process::Process, redis::RedisServer};
+use tokio::time::Instant;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -244,24 +241,8 @@ async fn a_killed_nodes_members_leave_presence_within_the_ttl() {
         "{}[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n",
         node_config(&[redis.url()], "doomed")
     );
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("cluster-doomed-{}.toml", std::process::id()));
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatrooms"))
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = read_listen_addr(&mut child).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let mut doomed = Process::start("cluster-doomed", &config).await;
+    let channel = doomed.endpoint().connect().await.unwrap();
     let deadline = Instant::now() + WAIT;
     let mut probe = HealthClient::new(channel.clone());
     loop {
@@ -282,7 +263,7 @@ async fn a_killed_nodes_members_leave_presence_within_the_ttl() {
     bob.until(|m| m.kind() == Kind::Join && m.user == "zed")
         .await;
 
-    child.start_kill().unwrap();
+    doomed.child.start_kill().unwrap();
     let killed = Instant::now();
     let leave = bob
         .until(|m| m.kind() == Kind::Leave && m.user == "zed")
@@ -293,29 +274,8 @@ async fn a_killed_nodes_members_leave_presence_within_the_ttl() {
         took < Duration::from_millis(TTL_MS * 2 + 500),
         "LEAVE after {took:?}, TTL {TTL_MS} ms"
     );
-    let _ = child.wait().await;
-    std::fs::remove_file(path).unwrap();
+    let _ = doomed.child.wait().await;
     b.shutdown().await;
-}
-
-/// Reads the binary's stdout until it logs the address it serves on.
-async fn read_listen_addr(child: &mut tokio::process::Child) -> String {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = timeout(WAIT, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("serving chat.v1.ChatService") {
-                return line;
-            }
-        }
-        panic!("the binary ended before serving");
-    })
-    .await
-    .expect("the binary serves");
-    // Keep draining so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let addr = line.split("listen=").nth(1).expect("address logged");
-    addr.split_whitespace().next().unwrap().to_string()
 }
 
 #[tokio::test]
