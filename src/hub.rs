@@ -47,6 +47,13 @@ impl Hub {
         let max_sessions = config.server.max_sessions;
         // unwrap: the configuration was validated, which builds the same verifier.
         let verifier = Verifier::from_config(&config.auth).unwrap();
+        // Operators kick by session id across the cluster, so ids must not repeat between
+        // nodes: each node counts from its own random point of a 2^52 space (exact in JSON).
+        let first_id = if cluster.is_some() {
+            (uuid::Uuid::now_v7().as_u128() as u64 & ((1 << 52) - 1)) | (1 << 32)
+        } else {
+            1
+        };
         Hub {
             verifier,
             cluster,
@@ -54,7 +61,7 @@ impl Hub {
             config: ArcSwap::from_pointee(config),
             arbiters,
             rooms: RoomRegistry::default(),
-            sessions: Arc::new(SessionTable::new(max_sessions)),
+            sessions: Arc::new(SessionTable::new(max_sessions, first_id)),
             census: Arc::new(Census::default()),
             abuse: Arc::new(AbuseLimits::default()),
         }
@@ -93,10 +100,10 @@ pub struct SessionTable {
 }
 
 impl SessionTable {
-    fn new(max: usize) -> SessionTable {
+    fn new(max: usize, first_id: u64) -> SessionTable {
         SessionTable {
             open: DashMap::new(),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(first_id),
             admitted: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
             closing: AtomicBool::new(false),

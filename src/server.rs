@@ -11,7 +11,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{error, info, warn};
 
 use crate::{
-    admin::{AdminAuth, AdminEdge},
+    admin::{AdminAuth, AdminEdge, cluster::Operators},
     cluster::{RedisEngine, Timeouts},
     config::{ClusterEngine, Config},
     hub::Hub,
@@ -123,8 +123,16 @@ impl Server {
             .build_v1()?;
         let chat = ChatServiceServer::new(ChatEdge::new(hub.clone()))
             .max_decoding_message_size(hub.frame_limit());
+        // Cluster mode: this node also carries out operator actions called on other nodes.
+        let (operators, operator_task) = match &hub.cluster {
+            Some(engine) => {
+                let (operators, task) = Operators::start(hub.clone(), engine.clone());
+                (Some(operators), Some(task))
+            }
+            None => (None, None),
+        };
         let admin = AdminServiceServer::with_interceptor(
-            AdminEdge::new(hub.clone()),
+            AdminEdge::new(hub.clone(), operators),
             AdminAuth::new(hub.clone()),
         );
         let metrics_task = metrics_listener.map(|l| {
@@ -181,7 +189,7 @@ impl Server {
                 shut_down(&hub, &health, serve, stop_tx).await
             }
         };
-        if let Some(task) = cluster_health {
+        for task in cluster_health.into_iter().chain(operator_task) {
             task.abort();
         }
         if hub.cluster.is_some() {

@@ -26,7 +26,10 @@ use tracing::{debug, info, warn};
 
 use super::{
     InvalidCluster, JoinError, Unavailable,
-    keys::{RoomKeys, parse_presence_member, room_channel, shard_for},
+    keys::{
+        PRESENCE_PATTERN, RoomKeys, parse_presence_member, room_channel, room_of_presence_key,
+        shard_for,
+    },
     payload::Published,
     scripts::SCRIPTS,
     subscriber::{ShardTask, SubCommand, Subscription},
@@ -63,6 +66,15 @@ pub struct Member {
     pub node: String,
     pub session: SessionId,
     pub user: String,
+}
+
+/// A room as [`RedisEngine::rooms`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomCount {
+    pub name: String,
+    /// Live presence entries over all nodes.
+    pub members: u64,
+    pub last_seq: u64,
 }
 
 /// A local member whose presence entry [`RedisEngine::refresh`] extends.
@@ -452,6 +464,42 @@ impl RedisEngine {
         Ok(parse_members(&reply))
     }
 
+    /// PUBLISHes `payload` on `channel` of `shard`; answers how many subscriptions (one per
+    /// node listening there) received it.
+    pub async fn publish(
+        &self,
+        shard: usize,
+        channel: String,
+        payload: Vec<u8>,
+    ) -> Result<u64, Unavailable> {
+        self.call_shard(shard, "publish", move |mut conn| async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async::<u64>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Every room with at least one live presence entry on any shard whose name starts with
+    /// `prefix`, with its live entry count and last seq, sorted by name. Keys are found with
+    /// SCAN, so this walks the shards' whole key space: it is for operators, not for rooms.
+    pub async fn rooms(&self, prefix: &str) -> Result<Vec<RoomCount>, Unavailable> {
+        let mut rooms = Vec::new();
+        for shard in 0..self.inner.shards.len() {
+            let prefix = prefix.to_owned();
+            let found = self
+                .call_shard(shard, "list_rooms", move |mut conn| async move {
+                    list_shard_rooms(&mut conn, &prefix).await
+                })
+                .await?;
+            rooms.extend(found);
+        }
+        rooms.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Ok(rooms)
+    }
+
     /// The room's last seq (0 before its first CHAT).
     pub async fn last_seq(&self, room: &str) -> Result<u64, Unavailable> {
         let seq = RoomKeys::new(room).seq;
@@ -520,8 +568,17 @@ impl RedisEngine {
         room: &str,
         sink: mpsc::Sender<Published>,
     ) -> Result<Subscription, Unavailable> {
-        let shard = self.shard_of(room);
-        let channel = room_channel(room);
+        self.subscribe_channel(self.shard_of(room), room_channel(room), sink)
+            .await
+    }
+
+    /// [`Self::subscribe`] for any channel of `shard` (the operator channels).
+    pub async fn subscribe_channel(
+        &self,
+        shard: usize,
+        channel: String,
+        sink: mpsc::Sender<Published>,
+    ) -> Result<Subscription, Unavailable> {
         let id = self.inner.next_subscription.fetch_add(1, Ordering::Relaxed);
         let commands = self.inner.shards[shard].subscriptions.clone();
         let (done, confirmed) = oneshot::channel();
@@ -687,6 +744,69 @@ fn classify(shard: usize, op: &'static str, limit: Duration, error: &RedisError)
     } else {
         Unavailable::Rejected { shard, op, reason }
     }
+}
+
+/// Keys per SCAN step and per pipeline of counts.
+const SCAN_BATCH: usize = 500;
+
+/// One shard's part of [`RedisEngine::rooms`]: SCAN for presence keys, then one pipeline per
+/// batch reading each room's live entries (score = expiry, so those above Redis's clock) and seq.
+async fn list_shard_rooms(
+    conn: &mut ConnectionManager,
+    prefix: &str,
+) -> RedisResult<Vec<RoomCount>> {
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    let now_ms = seconds * 1000 + micros / 1000;
+    let mut names = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(PRESENCE_PATTERN)
+            .arg("COUNT")
+            .arg(SCAN_BATCH)
+            .query_async(conn)
+            .await?;
+        names.extend(
+            keys.iter()
+                .filter_map(|key| room_of_presence_key(key))
+                .filter(|room| room.starts_with(prefix))
+                .map(str::to_owned),
+        );
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    // SCAN may return a key more than once.
+    names.sort_unstable();
+    names.dedup();
+    let mut rooms = Vec::with_capacity(names.len());
+    for batch in names.chunks(SCAN_BATCH) {
+        let mut pipe = redis::pipe();
+        for name in batch {
+            let keys = RoomKeys::new(name);
+            pipe.cmd("ZCOUNT")
+                .arg(keys.presence)
+                .arg(format!("({now_ms}"))
+                .arg("+inf");
+            pipe.cmd("GET").arg(keys.seq);
+        }
+        let replies: Vec<(u64, Option<u64>)> = pipe.query_async(conn).await?;
+        rooms.extend(
+            batch
+                .iter()
+                .zip(replies)
+                .filter(|(_, (members, _))| *members > 0)
+                .map(|(name, (members, seq))| RoomCount {
+                    name: name.clone(),
+                    members,
+                    last_seq: seq.unwrap_or(0),
+                }),
+        );
+    }
+    Ok(rooms)
 }
 
 fn millis(duration: Duration) -> String {

@@ -53,6 +53,22 @@ pub(crate) fn room_channel(room: &str) -> String {
     format!("chat:{{{room}}}:ch")
 }
 
+/// SCAN pattern of every room's presence key.
+pub(crate) const PRESENCE_PATTERN: &str = "chat:{*}:presence";
+
+/// The room whose presence key this is (the inverse of [`RoomKeys::new`]'s `presence`).
+pub(crate) fn room_of_presence_key(key: &str) -> Option<&str> {
+    key.strip_prefix("chat:{")?.strip_suffix("}:presence")
+}
+
+/// The channel every node listens on for operator requests (on shard 0).
+pub(crate) const OPERATOR_CHANNEL: &str = "chat:admin";
+
+/// The channel on which `node` receives the answers to its operator requests (on shard 0).
+pub(crate) fn answer_channel(node: &str) -> String {
+    format!("chat:admin:{node}")
+}
+
 /// A presence set member, as the scripts build it (this Rust copy is the reference for tests).
 /// Node ids never contain `|` (checked when the engine is built) and the
 /// session is digits, so the user name, which may contain `|`, is everything after the second `|`.
@@ -121,6 +137,12 @@ mod tests {
         assert_eq!(keys.log, "chat:{lobby}:log");
         assert_eq!(keys.presence, "chat:{lobby}:presence");
         assert_eq!(keys.channel, "chat:{lobby}:ch");
+        assert_eq!(room_of_presence_key(&keys.presence), Some("lobby"));
+        let odd = RoomKeys::new("a}:presence*");
+        assert_eq!(room_of_presence_key(&odd.presence), Some("a}:presence*"));
+        assert_eq!(room_of_presence_key(&keys.seq), None);
+        // Operator channels carry no hash tag, so no room's channel can be one of them.
+        assert!(!OPERATOR_CHANNEL.contains('{') && !answer_channel("n").contains('{'));
     }
 
     #[test]

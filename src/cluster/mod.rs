@@ -21,7 +21,10 @@ mod subscriber;
 
 use std::time::Duration;
 
-pub use engine::{HEALTH_INTERVAL, Joined, LocalPresence, Member, RedisEngine, Timeouts};
+pub use engine::{
+    HEALTH_INTERVAL, Joined, LocalPresence, Member, RedisEngine, RoomCount, Timeouts,
+};
+pub(crate) use keys::{OPERATOR_CHANNEL, answer_channel};
 pub use keys::{shard_for, stable_hash};
 pub use payload::Published;
 pub use subscriber::{RECONNECT_MAX, RECONNECT_MIN, Subscription};

@@ -10,8 +10,11 @@
 //! | chat | `C`, seq, origin node, origin session, message id, body |
 //! | join | `J`, node, session, user, body |
 //! | leave | `L`, node, session, user, body (empty when Redis expired the entry: no node built one) |
+//! | operator request | `A`, origin node, request id, body |
+//! | operator answer | `R`, answering node, request id, body |
 //!
-//! `body` is an encoded protobuf `Message` as the origin node built it (a CHAT without its seq).
+//! For chat and presence, `body` is an encoded protobuf `Message` as the origin node built it (a
+//! CHAT without its seq); for operator requests and answers it is JSON (`crate::admin::cluster`).
 
 use bytes::Bytes;
 
@@ -43,6 +46,18 @@ pub enum Published {
         session: SessionId,
         user: String,
         body: Option<Bytes>,
+    },
+    /// An operator action another node (or this one) asks every node to carry out.
+    Request {
+        origin: String,
+        id: String,
+        body: Bytes,
+    },
+    /// A node's answer to request `id`, on the origin node's own channel.
+    Answer {
+        node: String,
+        id: String,
+        body: Bytes,
     },
     /// The shard's pub/sub connection was lost and is back, with this room subscribed again.
     /// Anything published in between was missed: re-add local presence and fetch the seq gap.
@@ -93,8 +108,30 @@ pub fn decode(payload: &[u8]) -> Result<Published, PayloadError> {
             user: text(user)?,
             body: (!body.is_empty()).then(|| Bytes::copy_from_slice(body)),
         }),
+        [b"A", origin, id, body] => Ok(Published::Request {
+            origin: text(origin)?,
+            id: text(id)?,
+            body: Bytes::copy_from_slice(body),
+        }),
+        [b"R", node, id, body] => Ok(Published::Answer {
+            node: text(node)?,
+            id: text(id)?,
+            body: Bytes::copy_from_slice(body),
+        }),
         _ => Err(PayloadError::UnknownShape),
     }
+}
+
+/// Writes `fields` in the payload format: what the scripts do in Lua, for the payloads a node
+/// publishes itself (operator requests and answers).
+pub fn encode(fields: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(fields.iter().map(|f| f.len() + 8).sum());
+    for field in fields {
+        out.extend_from_slice(field.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(field);
+    }
+    out
 }
 
 fn split_fields(mut input: &[u8]) -> Result<Vec<&[u8]>, PayloadError> {
@@ -143,17 +180,6 @@ fn text(bytes: &[u8]) -> Result<String, PayloadError> {
 mod tests {
     use super::*;
 
-    /// The writer side as the Lua scripts do it, for round trips.
-    fn encode(fields: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for field in fields {
-            out.extend_from_slice(field.len().to_string().as_bytes());
-            out.push(b':');
-            out.extend_from_slice(field);
-        }
-        out
-    }
-
     #[test]
     fn chat_round_trips_with_binary_body() {
         let body = [0u8, b':', b'9', 0xff, b'\n'];
@@ -191,6 +217,32 @@ mod tests {
                 user: "bob".into(),
                 body: None,
             })
+        );
+    }
+
+    #[test]
+    fn operator_requests_and_answers_round_trip() {
+        let request = encode(&[b"A", b"node-a", b"r-1", b"{\"op\":1}"]);
+        assert_eq!(
+            decode(&request),
+            Ok(Published::Request {
+                origin: "node-a".into(),
+                id: "r-1".into(),
+                body: Bytes::from_static(b"{\"op\":1}"),
+            })
+        );
+        let answer = encode(&[b"R", b"node-b", b"r-1", b""]);
+        assert_eq!(
+            decode(&answer),
+            Ok(Published::Answer {
+                node: "node-b".into(),
+                id: "r-1".into(),
+                body: Bytes::new(),
+            })
+        );
+        assert_eq!(
+            decode(&encode(&[b"A", b"n", b"i"])),
+            Err(PayloadError::UnknownShape)
         );
     }
 

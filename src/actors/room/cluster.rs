@@ -757,6 +757,8 @@ impl StreamHandler<Published> for Room {
                 }
             }
             Published::Resubscribed => self.resync(ctx),
+            // Operator traffic has channels of its own; a room's channel never carries it.
+            Published::Request { .. } | Published::Answer { .. } => {}
         }
     }
 

@@ -1,0 +1,514 @@
+//! The operator API, `chat.v1.AdminService`: its token check and the five calls. It only reads
+//! the registry and the session table and sends mail to room and session actors, so an operator
+//! action is ordered with the chat traffic like any other request. Every call is logged, refused
+//! ones included (without the token).
+//!
+//! In cluster mode the calls act on the whole cluster, whichever node is called: reads come from
+//! Redis (presence and seq), Kick and CloseRoom are carried out by every node ([`cluster`]), and
+//! Announce is published to the room's channel.
+
+pub mod cluster;
+
+use std::{sync::Arc, time::Duration};
+
+use subtle::ConstantTimeEq;
+use tonic::{Request, Response, Status, service::Interceptor};
+use tracing::{info, warn};
+
+use self::cluster::{Operators, Order, Tally};
+
+use crate::{
+    actors::{Announce, Close, Inspect, Kick},
+    error::{ChatError, Fatal},
+    hub::{Hub, SessionTarget},
+    names::{RoomName, SYSTEM_USER, SessionId, UserName},
+    proto::admin::{
+        AnnounceRequest, AnnounceResponse, CloseRoomRequest, CloseRoomResponse, GetRoomRequest,
+        GetRoomResponse, KickMode, KickRequest, KickResponse, ListRoomsRequest, ListRoomsResponse,
+        RoomMember, RoomSummary, admin_service_server::AdminService, kick_request::Target,
+    },
+};
+
+/// Longest operator `reason`: it travels in a gRPC status message and in LEFT.
+pub const MAX_REASON_BYTES: usize = 256;
+/// Longest wait for a room to answer an admin call.
+const ROOM_ANSWER: Duration = Duration::from_secs(5);
+
+/// Checks `authorization: Bearer <token>` against `[admin] token`, read at every call so a
+/// reloaded token applies at once.
+#[derive(Clone)]
+pub struct AdminAuth {
+    hub: Arc<Hub>,
+}
+
+impl AdminAuth {
+    pub fn new(hub: Arc<Hub>) -> AdminAuth {
+        AdminAuth { hub }
+    }
+}
+
+impl Interceptor for AdminAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let config = self.hub.config();
+        let expected = config.admin.token.as_bytes();
+        let peer = request.remote_addr();
+        if expected.is_empty() {
+            warn!(?peer, "admin call refused: no [admin] token is configured");
+            return Err(Status::permission_denied(
+                "the admin API is disabled: no [admin] token is configured",
+            ));
+        }
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token);
+        let Some(presented) = presented else {
+            warn!(?peer, "admin call refused: no bearer token");
+            return Err(Status::unauthenticated(
+                "admin calls need `authorization: Bearer <token>`",
+            ));
+        };
+        // Constant time, so the comparison does not tell how much of a guess was right.
+        if !bool::from(presented.as_bytes().ct_eq(expected)) {
+            warn!(?peer, "admin call refused: wrong token");
+            return Err(Status::permission_denied("wrong admin token"));
+        }
+        Ok(request)
+    }
+}
+
+pub struct AdminEdge {
+    hub: Arc<Hub>,
+    /// `Some` in cluster mode: Kick and CloseRoom go to every node.
+    operators: Option<Arc<Operators>>,
+}
+
+impl AdminEdge {
+    pub fn new(hub: Arc<Hub>, operators: Option<Arc<Operators>>) -> AdminEdge {
+        AdminEdge { hub, operators }
+    }
+
+    fn open_room(
+        &self,
+        name: &str,
+    ) -> Result<(RoomName, actix::Addr<crate::actors::room::Room>), Status> {
+        let room = RoomName::parse(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let addr = self
+            .hub
+            .rooms
+            .get(&room)
+            .ok_or_else(|| Status::not_found(format!("room {room} is not open")))?;
+        Ok((room, addr))
+    }
+}
+
+/// A room that stopped between the lookup and the call is as good as not open.
+fn gone(room: &RoomName) -> Status {
+    Status::not_found(format!("room {room} is not open"))
+}
+
+/// Asks a room, bounded: a room that does not answer in time gives DEADLINE_EXCEEDED instead of
+/// holding the admin call forever.
+async fn ask<M>(
+    room: &RoomName,
+    addr: &actix::Addr<crate::actors::room::Room>,
+    mail: M,
+) -> Result<M::Result, Status>
+where
+    M: actix::Message + Send + 'static,
+    M::Result: Send,
+    crate::actors::room::Room: actix::Handler<M>,
+{
+    match tokio::time::timeout(ROOM_ANSWER, addr.send(mail)).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(_)) => Err(gone(room)),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "room {room} did not answer in time"
+        ))),
+    }
+}
+
+fn check_reason(reason: &str) -> Result<(), Status> {
+    if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "`reason` must be at most {MAX_REASON_BYTES} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A Kick as each node carries it out.
+#[derive(Debug, Clone)]
+pub(crate) struct KickOrder {
+    pub target: SessionTarget,
+    /// `None`: from the whole server.
+    pub room: Option<RoomName>,
+    pub disconnect: bool,
+    pub reason: String,
+}
+
+/// Carries out `kick` on this node's sessions: `None` when it names a room not open here.
+pub(crate) async fn kick_here(hub: &Hub, kick: &KickOrder) -> Result<Option<usize>, Status> {
+    let sessions = match &kick.room {
+        None => hub.sessions.find(&kick.target),
+        Some(room) => {
+            let Some(addr) = hub.rooms.get(room) else {
+                return Ok(None);
+            };
+            let snapshot = match ask(room, &addr, Inspect { members: true }).await {
+                Ok(snapshot) => snapshot,
+                Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+                Err(status) => return Err(status),
+            };
+            snapshot
+                .members
+                .into_iter()
+                .filter(|(id, user, _)| kick.target.matches(*id, user))
+                .map(|(id, _, session)| (id, session))
+                .collect()
+        }
+    };
+    for (id, session) in &sessions {
+        if kick.disconnect {
+            // Ended here and now: rooms stop delivering to it at once, whatever the session
+            // actor is busy with; the actor then leaves its rooms.
+            hub.sessions
+                .end_stream(*id, Fatal::Kicked(kick.reason.clone()));
+        }
+        // do_send: one per kicked session, and the call must not wait on a busy session.
+        session.do_send(Kick {
+            room: kick.room.clone(),
+            disconnect: kick.disconnect,
+            reason: kick.reason.clone(),
+        });
+    }
+    info!(
+        action = "kick",
+        sessions = sessions.len(),
+        "admin action done here"
+    );
+    Ok(Some(sessions.len()))
+}
+
+/// Closes this node's part of `room`: `None` when it is not open here.
+pub(crate) async fn close_here(
+    hub: &Hub,
+    room: &RoomName,
+    reason: String,
+) -> Result<Option<usize>, Status> {
+    let Some(addr) = hub.rooms.get(room) else {
+        return Ok(None);
+    };
+    match ask(room, &addr, Close { reason }).await {
+        Ok(members) => {
+            info!(action = "close_room", room = %room, members, "admin action done here");
+            Ok(Some(members))
+        }
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+        Err(status) => Err(status),
+    }
+}
+
+fn unavailable(error: &crate::cluster::Unavailable) -> Status {
+    Status::unavailable(format!("the cluster store cannot answer: {error}"))
+}
+
+impl AdminEdge {
+    /// Runs an action here (memory mode) or on every node (cluster mode).
+    async fn everywhere(&self, order: Order) -> Result<Tally, Status> {
+        match &self.operators {
+            Some(operators) => operators.ask_all(&order).await,
+            None => Ok(Tally::one(order.run(&self.hub).await?)),
+        }
+    }
+
+    async fn list_rooms_here(&self, prefix: &str) -> Vec<RoomSummary> {
+        // Every room is asked at once; the answers are gathered afterwards, each bounded.
+        let pending: Vec<_> = self
+            .hub
+            .rooms
+            .snapshot(prefix)
+            .into_iter()
+            .map(|(name, addr)| (name, addr.send(Inspect { members: false })))
+            .collect();
+        let deadline = tokio::time::Instant::now() + ROOM_ANSWER;
+        let mut rooms = Vec::with_capacity(pending.len());
+        for (name, answer) in pending {
+            // A room that stopped or did not answer in time is left out.
+            if let Ok(Ok(snapshot)) = tokio::time::timeout_at(deadline, answer).await {
+                rooms.push(RoomSummary {
+                    name: name.to_string(),
+                    members: count(snapshot.member_count),
+                    last_seq: snapshot.last_seq,
+                });
+            }
+        }
+        rooms
+    }
+
+    /// Announce to a room that has members on other nodes only: published straight to its
+    /// channel, as its room actor would (the nodes holding it fan it out and keep it in history).
+    async fn announce_elsewhere(
+        &self,
+        engine: &crate::cluster::RedisEngine,
+        room: &RoomName,
+        content: String,
+    ) -> Result<(u64, String), Status> {
+        let members = engine
+            .members(room.as_str())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if members.is_empty() {
+            return Err(gone(room));
+        }
+        let limits = self.hub.config().limits_for(room.as_str());
+        if content.is_empty() {
+            return Err(Status::invalid_argument("an announcement needs `content`"));
+        }
+        if content.len() > limits.max_message_bytes {
+            return Err(Status::invalid_argument(
+                ChatError::MessageTooLarge {
+                    len: content.len(),
+                    max: limits.max_message_bytes,
+                }
+                .to_string(),
+            ));
+        }
+        let message = crate::proto::Message {
+            kind: crate::proto::Kind::Chat.into(),
+            user: SYSTEM_USER.to_string(),
+            content,
+            timestamp: crate::proto::now_ms(),
+            room: room.to_string(),
+            id: uuid::Uuid::now_v7().to_string(),
+            ..crate::proto::Message::default()
+        };
+        let body = crate::proto::encode(&message);
+        let seq = engine
+            .publish_chat(
+                room.as_str(),
+                limits.history,
+                &message.id,
+                SessionId(0),
+                body,
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok((seq, message.id))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminEdge {
+    async fn list_rooms(
+        &self,
+        request: Request<ListRoomsRequest>,
+    ) -> Result<Response<ListRoomsResponse>, Status> {
+        let peer = request.remote_addr();
+        let prefix = request.into_inner().prefix;
+        info!(action = "list_rooms", ?peer, prefix, "admin call");
+        let mut rooms = match &self.hub.cluster {
+            None => self.list_rooms_here(&prefix).await,
+            Some(engine) => engine
+                .rooms(&prefix)
+                .await
+                .map_err(|e| unavailable(&e))?
+                .into_iter()
+                .map(|room| RoomSummary {
+                    name: room.name,
+                    members: u32::try_from(room.members).unwrap_or(u32::MAX),
+                    last_seq: room.last_seq,
+                })
+                .collect(),
+        };
+        rooms.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ListRoomsResponse { rooms }))
+    }
+
+    async fn get_room(
+        &self,
+        request: Request<GetRoomRequest>,
+    ) -> Result<Response<GetRoomResponse>, Status> {
+        let peer = request.remote_addr();
+        let name = request.into_inner().room;
+        info!(action = "get_room", ?peer, room = name, "admin call");
+        let room = RoomName::parse(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (last_seq, mut members) = match &self.hub.cluster {
+            None => {
+                let (room, addr) = self.open_room(&name)?;
+                let snapshot = ask(&room, &addr, Inspect { members: true }).await?;
+                let members: Vec<RoomMember> = snapshot
+                    .members
+                    .iter()
+                    .map(|(id, user, _)| RoomMember {
+                        user: user.to_string(),
+                        session_id: id.0,
+                        node: String::new(),
+                    })
+                    .collect();
+                (snapshot.last_seq, members)
+            }
+            Some(engine) => {
+                let members = engine
+                    .members(room.as_str())
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                if members.is_empty() {
+                    return Err(gone(&room));
+                }
+                let last_seq = engine
+                    .last_seq(room.as_str())
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                let members = members
+                    .into_iter()
+                    .map(|member| RoomMember {
+                        user: member.user,
+                        session_id: member.session.0,
+                        node: member.node,
+                    })
+                    .collect();
+                (last_seq, members)
+            }
+        };
+        members.sort_unstable_by(|a, b| (&a.user, a.session_id).cmp(&(&b.user, b.session_id)));
+        Ok(Response::new(GetRoomResponse {
+            room: Some(RoomSummary {
+                name: room.to_string(),
+                members: count(members.len()),
+                last_seq,
+            }),
+            members,
+        }))
+    }
+
+    async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {
+        let peer = request.remote_addr();
+        let kick = request.into_inner();
+        info!(
+            action = "kick",
+            ?peer,
+            target = ?kick.target,
+            room = kick.room,
+            mode = kick.mode().as_str_name(),
+            reason = kick.reason,
+            "admin call"
+        );
+        let target = match &kick.target {
+            Some(Target::User(user)) => SessionTarget::User(
+                UserName::parse(user).map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ),
+            Some(Target::SessionId(id)) if *id > 0 => SessionTarget::Id(SessionId(*id)),
+            _ => return Err(Status::invalid_argument("name a `user` or a `session_id`")),
+        };
+        let disconnect = match KickMode::try_from(kick.mode) {
+            Ok(KickMode::Disconnect) => true,
+            Ok(KickMode::Leave) => false,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "`mode` must be KICK_MODE_DISCONNECT or KICK_MODE_LEAVE",
+                ));
+            }
+        };
+        check_reason(&kick.reason)?;
+        let room = match kick.room.as_str() {
+            "" => None,
+            name => {
+                Some(RoomName::parse(name).map_err(|e| Status::invalid_argument(e.to_string()))?)
+            }
+        };
+        let order = KickOrder {
+            target,
+            room,
+            disconnect,
+            reason: kick.reason,
+        };
+        let tally = self.everywhere(Order::Kick(order.clone())).await?;
+        if let Some(room) = &order.room
+            && !tally.found
+        {
+            return Err(gone(room));
+        }
+        info!(
+            action = "kick",
+            sessions = tally.count,
+            nodes = tally.nodes,
+            "admin call done"
+        );
+        Ok(Response::new(KickResponse {
+            sessions: count(tally.count),
+            nodes: tally.nodes,
+        }))
+    }
+
+    async fn close_room(
+        &self,
+        request: Request<CloseRoomRequest>,
+    ) -> Result<Response<CloseRoomResponse>, Status> {
+        let peer = request.remote_addr();
+        let close = request.into_inner();
+        info!(
+            action = "close_room",
+            ?peer,
+            room = close.room,
+            reason = close.reason,
+            "admin call"
+        );
+        check_reason(&close.reason)?;
+        let room =
+            RoomName::parse(&close.room).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let tally = self
+            .everywhere(Order::Close {
+                room: room.clone(),
+                reason: close.reason,
+            })
+            .await?;
+        if !tally.found {
+            return Err(gone(&room));
+        }
+        info!(action = "close_room", room = %room, members = tally.count, nodes = tally.nodes, "admin call done");
+        Ok(Response::new(CloseRoomResponse {
+            members: count(tally.count),
+            nodes: tally.nodes,
+        }))
+    }
+
+    async fn announce(
+        &self,
+        request: Request<AnnounceRequest>,
+    ) -> Result<Response<AnnounceResponse>, Status> {
+        let peer = request.remote_addr();
+        let announce = request.into_inner();
+        let bytes = announce.content.len();
+        info!(
+            action = "announce",
+            ?peer,
+            room = announce.room,
+            bytes,
+            "admin call"
+        );
+        let room =
+            RoomName::parse(&announce.room).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let content = announce.content;
+        let (seq, id) =
+            match (self.hub.rooms.get(&room), &self.hub.cluster) {
+                (Some(addr), _) => ask(&room, &addr, Announce { content })
+                    .await?
+                    .map_err(|e| match e {
+                        ChatError::Unavailable(_) => Status::unavailable(e.to_string()),
+                        e => Status::invalid_argument(e.to_string()),
+                    })?,
+                (None, Some(engine)) => self.announce_elsewhere(engine, &room, content).await?,
+                (None, None) => return Err(gone(&room)),
+            };
+        info!(action = "announce", room = %room, seq, "admin call done");
+        Ok(Response::new(AnnounceResponse { seq, id }))
+    }
+}
