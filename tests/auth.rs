@@ -174,3 +174,80 @@ async fn es256_public_keys_verify_tokens_with_issuer_and_audience() {
     }
     std::fs::remove_file(path).unwrap();
 }
+
+/// Test-only RSA keys (see tests/fixtures/README.md): committed because generating RSA keys in a
+/// debug build is slow.
+const RS256_KEY: &str = include_str!("fixtures/rs256-test-key.pem");
+const RS256_OTHER_KEY: &str = include_str!("fixtures/rs256-other-key.pem");
+
+fn rs(algorithm: Algorithm, private_pem: &str, iss: &str, aud: &str) -> String {
+    let claims = IssuedClaims {
+        sub: "robin",
+        exp: now() + 600,
+        iss,
+        aud,
+    };
+    let signing = EncodingKey::from_rsa_pem(private_pem.as_bytes()).unwrap();
+    encode(&Header::new(algorithm), &claims, &signing).unwrap()
+}
+
+#[tokio::test]
+async fn rs256_public_keys_verify_tokens_with_issuer_and_audience() {
+    // The loader takes both PEM forms of an RSA public key: SPKI, as `openssl pkey -pubout`
+    // writes it, and PKCS#1, as older tooling does.
+    for fixture in ["rs256-test-pub.pem", "rs256-test-pub-pkcs1.pem"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(fixture);
+        let public_pem = std::fs::read_to_string(&path).unwrap();
+        let server = TestServer::start(&format!(
+            "[auth]\nmode = \"jwt\"\npublic_key_path = {:?}\nissuer = \"https://auth.test\"\naudience = \"chat\"\n",
+            path.display().to_string()
+        ))
+        .await;
+
+        let valid = rs(Algorithm::RS256, RS256_KEY, "https://auth.test", "chat");
+        let mut robin = open(&server, Some(&valid)).await.unwrap();
+        robin.chat("", "signed with RS256").await;
+        assert_eq!(robin.expect(Kind::Chat).await.user, "robin", "{fixture}");
+
+        let es256_key = rcgen::KeyPair::generate().unwrap();
+        for (what, bad) in [
+            (
+                "other key",
+                rs(
+                    Algorithm::RS256,
+                    RS256_OTHER_KEY,
+                    "https://auth.test",
+                    "chat",
+                ),
+            ),
+            (
+                "wrong issuer",
+                rs(Algorithm::RS256, RS256_KEY, "https://evil.test", "chat"),
+            ),
+            (
+                "wrong audience",
+                rs(Algorithm::RS256, RS256_KEY, "https://auth.test", "other"),
+            ),
+            // The right key with another RSA hash: the algorithm is pinned, not just the family.
+            (
+                "RS384",
+                rs(Algorithm::RS384, RS256_KEY, "https://auth.test", "chat"),
+            ),
+            ("ES256", es256(&es256_key, "https://auth.test", "chat")),
+            // HS256 signed with the public key's text: the algorithm must not follow the header.
+            (
+                "algorithm confusion",
+                token("robin", now() + 600, None, &public_pem),
+            ),
+        ] {
+            let refused = open(&server, Some(&bad)).await.err().expect(what);
+            assert_eq!(
+                refused.code(),
+                Code::Unauthenticated,
+                "{fixture}, {what}: {refused:?}"
+            );
+        }
+    }
+}
