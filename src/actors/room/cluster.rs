@@ -42,8 +42,37 @@ const SINK_CAPACITY: usize = 1024;
 /// An ack whose echo has not come back in this long is forgotten (its publish timed out and
 /// may never have happened).
 const PENDING_ACK_TTL: Duration = Duration::from_secs(30);
-/// Pause before a failed re-sync is tried again.
-const RESYNC_RETRY: Duration = Duration::from_millis(200);
+/// Pause before a failed re-sync is first tried again; each further failure doubles it.
+const RESYNC_RETRY_MIN: Duration = Duration::from_millis(200);
+/// Longest pause between re-sync attempts: in a long outage every room of a node retries, so
+/// each must ask Redis rarely, yet a room still catches up within this of Redis coming back.
+const RESYNC_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Exponential backoff between re-sync attempts, from [`RESYNC_RETRY_MIN`] doubling up to
+/// [`RESYNC_RETRY_MAX`].
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            next: RESYNC_RETRY_MIN,
+        }
+    }
+
+    /// The pause to wait now; the one after it is twice as long, up to the cap.
+    fn pause(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (pause * 2).min(RESYNC_RETRY_MAX);
+        pause
+    }
+
+    fn reset(&mut self) {
+        self.next = RESYNC_RETRY_MIN;
+    }
+}
 
 pub(super) struct ClusterRoom {
     engine: RedisEngine,
@@ -61,6 +90,11 @@ pub(super) struct ClusterRoom {
     refreshing: bool,
     /// A re-sync is in flight (or waiting to retry): repeated reconnects start only one.
     resyncing: bool,
+    /// A re-sync retry is scheduled: the failures of one attempt (presence and seq reads) wait
+    /// for one retry together instead of each scheduling its own and doubling the pause twice.
+    retry_waiting: bool,
+    /// Pause before the next retry; back to the minimum once Redis has answered a whole re-sync.
+    retry_backoff: Backoff,
     /// A subscribe is in flight: a second one would replace the first's route and, failing,
     /// leave the room holding a subscription that receives nothing.
     subscribing: bool,
@@ -81,6 +115,8 @@ impl ClusterRoom {
             last_id: None,
             refreshing: false,
             resyncing: false,
+            retry_waiting: false,
+            retry_backoff: Backoff::new(),
             subscribing: false,
             roster: HashMap::new(),
         }
@@ -508,6 +544,33 @@ impl Room {
         self.resync_now(ctx);
     }
 
+    /// A read that a re-sync needs failed (Redis is still unreachable, or the command
+    /// connection is not back yet): the whole re-sync runs again after the backoff's pause.
+    fn retry_resync(&mut self, ctx: &mut Context<Self>) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        cluster.resyncing = true;
+        if cluster.retry_waiting {
+            return;
+        }
+        cluster.retry_waiting = true;
+        let pause = cluster.retry_backoff.pause();
+        ctx.run_later(pause, |room, ctx| {
+            if let Some(cluster) = room.cluster.as_mut() {
+                cluster.retry_waiting = false;
+            }
+            room.resync_now(ctx);
+        });
+    }
+
+    /// Redis answered everything a re-sync asked: the next outage starts at the shortest pause.
+    fn resynced(&mut self) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.retry_backoff.reset();
+        }
+    }
+
     fn resync_now(&mut self, ctx: &mut Context<Self>) {
         info!(room = %self.name, "cluster channel back: re-syncing the room");
         self.refresh_presence(ctx);
@@ -557,14 +620,16 @@ impl Room {
                 }
                 if last > 0 {
                     room.fill_gap(last, None, ctx);
+                } else {
+                    room.resynced();
                 }
             }
             Ok((last, _)) if last > room.seq => room.fill_gap(last, None, ctx),
-            Ok(_) => {}
+            Ok(_) => room.resynced(),
             Err(error) => {
                 // The channel can come back before the command connection does: try again.
                 warn!(room = %room.name, %error, "re-sync failed, retrying");
-                ctx.run_later(RESYNC_RETRY, |room, ctx| room.resync_now(ctx));
+                room.retry_resync(ctx);
             }
         }
     }
@@ -671,7 +736,7 @@ impl Room {
         ctx.wait(reading.into_actor(self).map(|members, room, ctx| {
             let Ok(members) = members else {
                 warn!(room = %room.name, "presence not reconciled, re-syncing");
-                ctx.run_later(RESYNC_RETRY, |room, ctx| room.resync(ctx));
+                room.retry_resync(ctx);
                 return;
             };
             let local: Vec<(SessionId, String)> = room
@@ -706,10 +771,11 @@ impl Room {
                 Err(error) => {
                     let room_name = &room.name;
                     warn!(room = %room_name, from, to = last, %error, "gap not filled, re-syncing");
-                    ctx.run_later(RESYNC_RETRY, |room, ctx| room.resync(ctx));
+                    room.retry_resync(ctx);
                     return;
                 }
             };
+            room.resynced();
             for (seq, body) in missed {
                 if seq > room.seq {
                     room.deliver_chat(seq, &body_id(&body), &body, ctx);
@@ -765,5 +831,20 @@ impl StreamHandler<Published> for Room {
     /// The sink closes only when the engine is gone; the room goes on without live traffic.
     fn finished(&mut self, _ctx: &mut Context<Self>) {
         warn!(room = %self.name, "cluster channel closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resync_backoff_doubles_to_its_cap_and_starts_over_after_a_reset() {
+        let mut backoff = Backoff::new();
+        let pauses: Vec<Duration> = (0..7).map(|_| backoff.pause()).collect();
+        let expected = [200, 400, 800, 1600, 3200, 5000, 5000].map(Duration::from_millis);
+        assert_eq!(pauses, expected);
+        backoff.reset();
+        assert_eq!(backoff.pause(), RESYNC_RETRY_MIN);
     }
 }
