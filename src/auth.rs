@@ -62,6 +62,14 @@ impl Verifier {
         } else if let Some(path) = &auth.public_key_path {
             let pem =
                 std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            // The decoders also take a private key, and the server would then start and refuse
+            // every token; say so at load instead.
+            if String::from_utf8_lossy(&pem).contains("PRIVATE KEY") {
+                return Err(format!(
+                    "{} holds a private key; `public_key_path` takes the public key (`openssl pkey -pubout`)",
+                    path.display()
+                ));
+            }
             match DecodingKey::from_rsa_pem(&pem) {
                 Ok(key) => (key, Algorithm::RS256),
                 Err(_) => (
@@ -110,5 +118,31 @@ impl Verifier {
             user,
             rooms: claims.rooms,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt_with_key(file: &str) -> AuthConfig {
+        AuthConfig {
+            mode: AuthMode::Jwt,
+            public_key_path: Some(
+                [env!("CARGO_MANIFEST_DIR"), "tests", "fixtures", file]
+                    .iter()
+                    .collect(),
+            ),
+            ..AuthConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_private_key_as_public_key_path_is_refused_at_load() {
+        let error = Verifier::from_config(&jwt_with_key("rs256-test-key.pem")).unwrap_err();
+        assert!(error.contains("holds a private key"), "{error}");
+        assert!(
+            Verifier::from_config(&jwt_with_key("rs256-test-pub.pem")).is_ok_and(|v| v.is_some())
+        );
     }
 }
