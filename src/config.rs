@@ -185,6 +185,9 @@ pub struct ClusterConfig {
     /// A node refreshes its members' presence within a third of this; a node that stops
     /// refreshing disappears (and its members leave) once it has passed.
     pub presence_ttl_ms: u64,
+    /// A room's seq and history stay in Redis this long after its last CHAT; a room idle for
+    /// longer starts over at seq 1 (so abandoned rooms do not hold Redis memory forever).
+    pub retention_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -194,6 +197,7 @@ impl Default for ClusterConfig {
             redis_urls: vec!["redis://127.0.0.1:6379".into()],
             node_id: String::new(),
             presence_ttl_ms: 10_000,
+            retention_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -461,6 +465,13 @@ impl Config {
             }
             if self.cluster.presence_ttl_ms < 300 {
                 return fail("cluster.presence_ttl_ms", "must be at least 300".into());
+            }
+            // At least a minute: shorter would let a busy room's seq expire between two CHATs.
+            if !(60..=10 * 365 * 24 * 3600).contains(&self.cluster.retention_secs) {
+                return fail(
+                    "cluster.retention_secs",
+                    "must be between 60 and 315360000 (ten years)".into(),
+                );
             }
         }
         if self.cluster.node_id.contains('|') {
@@ -836,6 +847,14 @@ mod tests {
             ("[log]\nlevel = \"[[\"", "log.level"),
             ("[rooms.\"x\"]\nmax_members = 0", "rooms.\"x\".max_members"),
             ("[rooms.\"x\"]\nfoo = 1", "rooms.\"x\".foo"),
+            (
+                "[cluster]\nengine = \"redis\"\npresence_ttl_ms = 299",
+                "cluster.presence_ttl_ms",
+            ),
+            (
+                "[cluster]\nengine = \"redis\"\nretention_secs = 59",
+                "cluster.retention_secs",
+            ),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(key), "{text:?} gave {err}");

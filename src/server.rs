@@ -79,6 +79,7 @@ impl Server {
                 );
                 let engine =
                     RedisEngine::new(&config.cluster.redis_urls, node_id, Timeouts::default())?;
+                engine.set_retention(Duration::from_secs(config.cluster.retention_secs));
                 Some(engine)
             }
         };

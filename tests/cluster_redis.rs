@@ -836,4 +836,16 @@ async fn room_keys_expire_when_nothing_uses_them_any_more() {
         .await
         .unwrap();
     assert!(pttl > 0 && pttl <= 3 * 600, "presence: {pttl}");
+
+    // `[cluster] retention_secs` applies from the room's next CHAT.
+    engine.set_retention(Duration::from_secs(120));
+    publish(&engine, "kept", 10, "again").await;
+    for key in [&keys.seq, &keys.log] {
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(pttl > 60_000 && pttl <= 120_000, "{key}: {pttl}");
+    }
 }

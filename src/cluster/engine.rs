@@ -39,6 +39,9 @@ use crate::names::SessionId;
 /// How often each shard's connections are checked while nothing else talks to them, so health
 /// turns false on a silent (half-open) connection and true again after an outage.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a room's seq and log outlive its last CHAT unless [`RedisEngine::set_retention`]
+/// says otherwise.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Commands waiting for a shard's pub/sub task (subscribe/unsubscribe).
 const SUBSCRIPTION_QUEUE: usize = 1024;
 
@@ -111,6 +114,8 @@ struct Inner {
     /// is its own current-thread runtime that may stop before the connection does).
     runtime: Handle,
     next_subscription: AtomicU64,
+    /// How long a room's seq and log outlive its last CHAT (see [`RedisEngine::set_retention`]).
+    retention_ms: AtomicU64,
 }
 
 struct Shard {
@@ -225,6 +230,7 @@ impl RedisEngine {
             health,
             runtime: runtime.clone(),
             next_subscription: AtomicU64::new(1),
+            retention_ms: AtomicU64::new(DEFAULT_RETENTION.as_millis() as u64),
         });
         runtime.spawn(watch_commands(Arc::downgrade(&inner)));
         Ok(RedisEngine { inner })
@@ -238,6 +244,15 @@ impl RedisEngine {
         F::Output: Send + 'static,
     {
         self.inner.runtime.spawn(task)
+    }
+
+    /// Sets how long a room's seq and history stay in Redis after its last CHAT (applies from
+    /// the next CHAT of each room).
+    pub fn set_retention(&self, retention: Duration) {
+        let ms = u64::try_from(retention.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.inner.retention_ms.store(ms, Ordering::Relaxed);
     }
 
     pub fn node_id(&self) -> &str {
@@ -273,6 +288,11 @@ impl RedisEngine {
             origin.0.to_string().into_bytes(),
             id.as_bytes().to_vec(),
             body.to_vec(),
+            self.inner
+                .retention_ms
+                .load(Ordering::Relaxed)
+                .to_string()
+                .into_bytes(),
         ];
         self.call(room, "publish_chat", move |mut conn| async move {
             SCRIPTS

@@ -12,8 +12,9 @@ use redis::Script;
 macro_rules! prelude {
     () => {
         r#"
--- A room's seq and log outlive its last CHAT by this long (30 days), so rooms that are never
--- used again do not hold Redis memory forever; a room idle for longer starts over at seq 1.
+-- A room's seq and log outlive its last CHAT by `[cluster] retention_secs` (publish_chat's
+-- ARGV[7]; 30 days when a caller leaves it out), so rooms never used again do not hold Redis
+-- memory forever; a room idle for longer starts over at seq 1.
 local RETENTION_MS = 2592000000
 -- One payload field: byte length, ':', bytes (payload.rs).
 local function field(s)
@@ -47,7 +48,8 @@ end
 }
 
 pub(crate) struct Scripts {
-    /// KEYS: seq, log. ARGV: channel, max_len, node, session, id, body. Returns the new seq.
+    /// KEYS: seq, log. ARGV: channel, max_len, node, session, id, body, retention_ms. Returns
+    /// the new seq.
     pub publish_chat: Script,
     /// KEYS: presence, seq. ARGV: channel, node, session, user, ttl_ms, max_members, body.
     /// Returns `{0}` when full, else `{1, seq, {member...}}`.
@@ -69,10 +71,11 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         r#"
 local seq = (tonumber(redis.call('GET', KEYS[1])) or 0) + 1
 local s = int(seq)
+local retention = tonumber(ARGV[7]) or RETENTION_MS
 -- XADD first: if it fails (say, a stream id out of order) nothing is written and no seq is burnt.
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], s .. '-1', 'b', ARGV[6])
-redis.call('SET', KEYS[1], s, 'PX', RETENTION_MS)
-redis.call('PEXPIRE', KEYS[2], RETENTION_MS)
+redis.call('SET', KEYS[1], s, 'PX', retention)
+redis.call('PEXPIRE', KEYS[2], retention)
 redis.call('PUBLISH', ARGV[1],
   field('C') .. field(s) .. field(ARGV[3]) .. field(ARGV[4]) .. field(ARGV[5]) .. field(ARGV[6]))
 return seq
