@@ -124,18 +124,6 @@ impl Server {
             .build_v1()?;
         let chat = ChatServiceServer::new(ChatEdge::new(hub.clone()))
             .max_decoding_message_size(hub.frame_limit());
-        // Cluster mode: this node also carries out operator actions called on other nodes.
-        let (operators, operator_task) = match &hub.cluster {
-            Some(engine) => {
-                let (operators, task) = Operators::start(hub.clone(), engine.clone());
-                (Some(operators), Some(task))
-            }
-            None => (None, None),
-        };
-        let admin = AdminServiceServer::with_interceptor(
-            AdminEdge::new(hub.clone(), operators),
-            AdminAuth::new(hub.clone()),
-        );
         let metrics_task = metrics_listener.map(|l| {
             info!(listen = %l.local_addr().map_or("?".into(), |a| a.to_string()), "serving /metrics");
             tokio::spawn(metrics::serve(l, metrics::install()))
@@ -153,6 +141,18 @@ impl Server {
                 "the admin API is on without TLS on a non-loopback address: its token travels in cleartext; set [server.tls]"
             );
         }
+        // Cluster mode: this node also carries out operator actions called on other nodes.
+        let (operators, operator_task) = match &hub.cluster {
+            Some(engine) => {
+                let (operators, task) = Operators::start(hub.clone(), engine.clone());
+                (Some(operators), Some(task))
+            }
+            None => (None, None),
+        };
+        let admin = AdminServiceServer::with_interceptor(
+            AdminEdge::new(hub.clone(), operators),
+            AdminAuth::new(hub.clone()),
+        );
         let serve = transport
             .http2_keepalive_interval(config.server.keepalive_interval())
             .http2_keepalive_timeout(Some(Duration::from_millis(

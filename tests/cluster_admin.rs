@@ -41,12 +41,7 @@ async fn admin(server: &TestServer) -> Admin {
 async fn nodes(redis: &RedisServer, names: &[&str]) -> Vec<TestServer> {
     let mut servers = Vec::new();
     for name in names {
-        let config = format!(
-            "[cluster]\nengine = \"redis\"\nredis_urls = [\"{}\"]\nnode_id = \"{name}\"\n\
-             presence_ttl_ms = 3000\n[admin]\ntoken = \"{TOKEN}\"\n",
-            redis.url()
-        );
-        servers.push(TestServer::start(&config).await);
+        servers.push(TestServer::start(&node_config(redis, name)).await);
     }
     wait_listeners(redis, names.len()).await;
     servers
@@ -73,6 +68,14 @@ async fn wait_listeners(redis: &RedisServer, n: usize) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+fn node_config(redis: &RedisServer, name: &str) -> String {
+    format!(
+        "[cluster]\nengine = \"redis\"\nredis_urls = [\"{}\"]\nnode_id = \"{name}\"\n\
+         presence_ttl_ms = 3000\n[admin]\ntoken = \"{TOKEN}\"\n",
+        redis.url()
+    )
 }
 
 async fn shutdown(servers: Vec<TestServer>) {
@@ -298,5 +301,57 @@ async fn announce_and_close_room_from_a_node_without_the_room() {
         (rejoined.seq, rejoined.members.clone()),
         (1, vec!["bob".to_string()])
     );
+    shutdown(servers).await;
+}
+
+#[tokio::test]
+async fn a_node_called_right_after_start_waits_for_its_own_operator_channel() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&node_config(&redis, "solo")).await;
+    let mut client = admin(&server).await;
+    let kick_ada = || KickRequest {
+        target: Some(Target::User("ada".into())),
+        mode: KickMode::Leave.into(),
+        ..KickRequest::default()
+    };
+    // At once, with no wait for the listener: the call waits until this node listens, so it is
+    // answered by this node instead of by nobody.
+    let kicked = client.kick(kick_ada()).await.unwrap().into_inner();
+    assert_eq!((kicked.sessions, kicked.nodes), (0, 1));
+    let mut ada = server.client("ada").await;
+    ada.join("r").await;
+    let kicked = client.kick(kick_ada()).await.unwrap().into_inner();
+    assert_eq!((kicked.sessions, kicked.nodes), (1, 1));
+    assert_eq!(ada.expect(Kind::Left).await.room, "r");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pattern_subscriber_on_redis_is_not_waited_for_as_a_node() {
+    let redis = RedisServer::start();
+    let servers = nodes(&redis, &["a", "b"]).await;
+    // Someone watching every channel, as with `redis-cli PSUBSCRIBE 'chat:*'` while debugging:
+    // it receives the request too, but will never answer.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut watcher = client.get_async_pubsub().await.unwrap();
+    watcher.psubscribe("chat:*").await.unwrap();
+    let mut ada = servers[1].client("ada").await;
+    ada.join("r").await;
+    // Well under the 9 s the caller would wait for a missing answer.
+    let kicked = tokio::time::timeout(
+        Duration::from_secs(4),
+        admin(&servers[0]).await.kick(KickRequest {
+            target: Some(Target::User("ada".into())),
+            mode: KickMode::Leave.into(),
+            ..KickRequest::default()
+        }),
+    )
+    .await
+    .expect("the call returns once both nodes answered")
+    .unwrap()
+    .into_inner();
+    assert_eq!((kicked.sessions, kicked.nodes), (1, 2));
+    assert_eq!(ada.expect(Kind::Left).await.room, "r");
+    drop(watcher);
     shutdown(servers).await;
 }

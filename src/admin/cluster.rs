@@ -2,8 +2,9 @@
 //! of a room, so Kick and CloseRoom are published as a request on one operator channel that
 //! every node listens on; each node (the caller's included) carries it out on its own sessions
 //! and rooms and publishes its answer on the caller's own channel; the caller sums the answers.
-//! PUBLISH tells how many nodes received the request, so the caller knows how many answers to
-//! wait for, bounded by a deadline.
+//! The request is published by a script that also reads how many connections subscribe to the
+//! channel (one per listening node), so the caller knows how many answers to wait for, bounded
+//! by a deadline. Nodes of a version without this listener are neither counted nor reached.
 //!
 //! Requests and answers are JSON inside the cluster's payload format (kinds `A` and `R`), on
 //! the first shard's channels `chat:admin` and `chat:admin:<node_id>`. Whoever can write to Redis
@@ -15,14 +16,14 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use tokio::{
-    sync::mpsc,
+    sync::{mpsc, watch},
     task::JoinHandle,
     time::{Instant, sleep},
 };
-use tonic::Status;
-use tracing::{debug, info, warn};
+use tonic::{Code, Status};
+use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{KickOrder, ROOM_ANSWER, close_here, kick_here, unavailable};
+use super::{KickOrder, ROOM_ANSWER, check_reason, close_here, kick_here, unavailable};
 use crate::{
     cluster::{
         OPERATOR_CHANNEL, Published, RECONNECT_MAX, RECONNECT_MIN, RedisEngine, Subscription,
@@ -35,8 +36,10 @@ use crate::{
 /// The operator channels live on the first shard, which every node is connected to.
 const OPERATOR_SHARD: usize = 0;
 /// Longest wait for every node's answer: a node's own room call is bounded by [`ROOM_ANSWER`],
-/// plus a margin for the two trips through Redis.
-const NODES_ANSWER: Duration = ROOM_ANSWER.saturating_add(Duration::from_secs(1));
+/// and each of the two trips through Redis by the response timeout (1.5 s).
+const NODES_ANSWER: Duration = ROOM_ANSWER.saturating_add(Duration::from_secs(4));
+/// Longest wait, on a node that has just started, for its own operator channels.
+const LISTENING: Duration = Duration::from_secs(2);
 /// Requests and answers waiting for the listener, and answers waiting for one caller.
 const INBOX: usize = 1024;
 
@@ -126,9 +129,10 @@ impl TryFrom<WireOrder> for Order {
                     (Some(user), None) => {
                         SessionTarget::User(UserName::parse(&user).map_err(|e| e.to_string())?)
                     }
-                    (None, Some(id)) => SessionTarget::Id(SessionId(id)),
+                    (None, Some(id)) if id > 0 => SessionTarget::Id(SessionId(id)),
                     _ => return Err("a kick names exactly one user or session".into()),
                 };
+                check_reason(&reason).map_err(|e| e.message().to_string())?;
                 Ok(Order::Kick(KickOrder {
                     target,
                     room: room_name.as_deref().map(room).transpose()?,
@@ -136,10 +140,13 @@ impl TryFrom<WireOrder> for Order {
                     reason,
                 }))
             }
-            WireOrder::Close { room: name, reason } => Ok(Order::Close {
-                room: room(&name)?,
-                reason,
-            }),
+            WireOrder::Close { room: name, reason } => {
+                check_reason(&reason).map_err(|e| e.message().to_string())?;
+                Ok(Order::Close {
+                    room: room(&name)?,
+                    reason,
+                })
+            }
         }
     }
 }
@@ -151,8 +158,18 @@ struct WireAnswer {
     found: bool,
     /// Sessions kicked, or members removed.
     count: u64,
+    /// Why the node could not carry the action out: a gRPC status code and its message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    error: Option<(i32, String)>,
+}
+
+impl WireAnswer {
+    fn failed(status: &Status) -> WireAnswer {
+        WireAnswer {
+            error: Some((status.code() as i32, status.message().to_string())),
+            ..WireAnswer::default()
+        }
+    }
 }
 
 /// What the nodes did, summed.
@@ -161,7 +178,7 @@ pub(crate) struct Tally {
     /// Some node had the named room open.
     pub found: bool,
     pub count: usize,
-    /// Nodes that carried the action out.
+    /// Nodes that carried the action out (nodes that failed are not counted).
     pub nodes: u32,
 }
 
@@ -188,6 +205,9 @@ pub struct Operators {
     engine: RedisEngine,
     /// Request id → where its answers go.
     waiting: DashMap<String, mpsc::Sender<WireAnswer>>,
+    /// True once this node subscribes both operator channels: before that its own sessions
+    /// would miss its own requests, and the answers would be lost.
+    listening: watch::Sender<bool>,
 }
 
 impl Operators {
@@ -197,15 +217,26 @@ impl Operators {
         let operators = Arc::new(Operators {
             engine,
             waiting: DashMap::new(),
+            listening: watch::Sender::new(false),
         });
         let task = tokio::spawn(listen(hub, operators.clone()));
         (operators, task)
     }
 
     /// Publishes `order` to every node and sums their answers. Nodes that do not answer by the
-    /// deadline are left out (and logged); an error is returned only if no node carried the
-    /// action out.
+    /// deadline, or fail, are left out and logged. A failure is returned when no node carried
+    /// the action out, or when none had the room while some failed (one of them may have had
+    /// it), with the failing node's status code.
     pub(crate) async fn ask_all(&self, order: &Order) -> Result<Tally, Status> {
+        let mut listening = self.listening.subscribe();
+        if tokio::time::timeout(LISTENING, listening.wait_for(|up| *up))
+            .await
+            .is_err()
+        {
+            return Err(Status::unavailable(
+                "this node is not listening to the operator channel yet (is Redis reachable?)",
+            ));
+        }
         let id = uuid::Uuid::now_v7().to_string();
         let body = serde_json::to_vec(&WireOrder::from(order))
             .map_err(|e| Status::internal(format!("cannot encode the request: {e}")))?;
@@ -220,7 +251,7 @@ impl Operators {
         let request = payload::encode(&[b"A", node, id.as_bytes(), &body]);
         let nodes = self
             .engine
-            .publish(OPERATOR_SHARD, OPERATOR_CHANNEL.to_string(), request)
+            .broadcast(OPERATOR_SHARD, OPERATOR_CHANNEL.to_string(), request)
             .await
             .map_err(|e| unavailable(&e))?;
         let deadline = Instant::now() + NODES_ANSWER;
@@ -231,8 +262,10 @@ impl Operators {
             match tokio::time::timeout_at(deadline, inbox.recv()).await {
                 Ok(Some(answer)) => {
                     answered += 1;
-                    match &answer.error {
-                        Some(error) => errors.push(error.clone()),
+                    match answer.error {
+                        Some((code, message)) => {
+                            errors.push(Status::new(Code::from_i32(code), message));
+                        }
                         None => tally.add(&answer),
                     }
                 }
@@ -248,14 +281,14 @@ impl Operators {
                 }
             }
         }
-        if !errors.is_empty() {
+        if let Some(first) = errors.first() {
             warn!(action = order.action(), request = %id, ?errors, "operator request failed on some nodes");
+            if !tally.found {
+                return Err(first.clone());
+            }
         }
         if tally.nodes == 0 {
-            return Err(match errors.into_iter().next() {
-                Some(error) => Status::unavailable(format!("no node carried it out: {error}")),
-                None => Status::unavailable("no node answered the operator request"),
-            });
+            return Err(Status::unavailable("no node answered the operator request"));
         }
         Ok(tally)
     }
@@ -294,6 +327,7 @@ async fn listen(hub: Arc<Hub>, operators: Arc<Operators>) {
     // Answers first: once requests arrive, this node may also be sending its own.
     let _answers = subscribe(&engine, answer_channel(engine.node_id()), sink.clone()).await;
     let _requests = subscribe(&engine, OPERATOR_CHANNEL.to_string(), sink).await;
+    operators.listening.send_replace(true);
     info!("listening for operator requests from the cluster");
     while let Some(published) = inbox.recv().await {
         match published {
@@ -339,27 +373,34 @@ async fn carry_out(hub: Arc<Hub>, engine: RedisEngine, origin: String, id: Strin
     let order = serde_json::from_slice::<WireOrder>(&body)
         .map_err(|e| e.to_string())
         .and_then(Order::try_from);
+    // The span ties this node's logs of the action to the caller's request id.
+    let span = info_span!("operator_request", request = %id, %origin);
     let answer = match order {
         Ok(order) => {
-            info!(action = order.action(), %origin, request = %id, ?order, "admin action asked by the cluster");
-            match order.run(&hub).await {
+            let action = order.action();
+            let outcome = async {
+                info!(action, ?order, "admin action asked by the cluster");
+                order.run(&hub).await
+            }
+            .instrument(span.clone())
+            .await;
+            match outcome {
                 Ok(outcome) => WireAnswer {
                     found: outcome.is_some(),
                     count: outcome.unwrap_or(0) as u64,
                     error: None,
                 },
-                Err(status) => WireAnswer {
-                    error: Some(status.message().to_string()),
-                    ..WireAnswer::default()
-                },
+                Err(status) => {
+                    span.in_scope(|| warn!(action, %status, "admin action failed here"));
+                    WireAnswer::failed(&status)
+                }
             }
         }
         Err(reason) => {
-            warn!(%origin, request = %id, %reason, "unreadable operator request");
-            WireAnswer {
-                error: Some(format!("unreadable request: {reason}")),
-                ..WireAnswer::default()
-            }
+            span.in_scope(|| warn!(%reason, "unreadable operator request"));
+            WireAnswer::failed(&Status::invalid_argument(format!(
+                "unreadable request: {reason}"
+            )))
         }
     };
     let body = match serde_json::to_vec(&answer) {
@@ -436,6 +477,8 @@ mod tests {
             r#"{"op":"kick","user":"a","session":3,"disconnect":true,"reason":""}"#,
             r#"{"op":"kick","user":"system","disconnect":true,"reason":""}"#,
             r#"{"op":"close","room":"","reason":""}"#,
+            r#"{"op":"kick","session":0,"disconnect":true,"reason":""}"#,
+            r#"{"op":"close","room":"r","reason":"a\u0007b"}"#,
         ];
         for json in refused {
             let wire: WireOrder = serde_json::from_str(json).unwrap();

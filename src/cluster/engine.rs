@@ -502,21 +502,63 @@ impl RedisEngine {
         .await
     }
 
+    /// PUBLISHes `payload` on `channel` of `shard` and answers how many connections subscribed
+    /// to that very channel (one per listening node; pattern subscribers are not counted), read
+    /// in the same atomic step.
+    pub async fn broadcast(
+        &self,
+        shard: usize,
+        channel: String,
+        payload: Vec<u8>,
+    ) -> Result<u64, Unavailable> {
+        self.call_shard(shard, "broadcast", move |mut conn| async move {
+            SCRIPTS
+                .broadcast
+                .arg(channel)
+                .arg(payload)
+                .invoke_async::<u64>(&mut conn)
+                .await
+        })
+        .await
+    }
+
     /// Every room with at least one live presence entry on any shard whose name starts with
     /// `prefix`, with its live entry count and last seq, sorted by name. Keys are found with
     /// SCAN, so this walks the shards' whole key space: it is for operators, not for rooms.
+    /// Each shard gets [`LIST_BUDGET`]; the outcome does not touch the health flag, since a
+    /// slow scan of a big Redis says nothing about whether rooms can be served.
     pub async fn rooms(&self, prefix: &str) -> Result<Vec<RoomCount>, Unavailable> {
         let mut rooms = Vec::new();
         for shard in 0..self.inner.shards.len() {
+            let mut conn = ConnectionManager::clone(&self.inner.shards[shard].commands.load());
             let prefix = prefix.to_owned();
-            let found = self
-                .call_shard(shard, "list_rooms", move |mut conn| async move {
-                    list_shard_rooms(&mut conn, &prefix).await
-                })
-                .await?;
-            rooms.extend(found);
+            let scan = self.inner.runtime.spawn(async move {
+                tokio::time::timeout(LIST_BUDGET, list_shard_rooms(&mut conn, &prefix)).await
+            });
+            let response = self.inner.timeouts.response;
+            match scan.await {
+                Ok(Ok(Ok(found))) => rooms.extend(found),
+                Ok(Ok(Err(error))) => return Err(classify(shard, "list_rooms", response, &error)),
+                Ok(Err(_elapsed)) => {
+                    return Err(Unavailable::TimedOut {
+                        shard,
+                        op: "list_rooms",
+                        after: LIST_BUDGET,
+                    });
+                }
+                Err(join_error) => {
+                    return Err(Unavailable::Unreachable {
+                        shard,
+                        op: "list_rooms",
+                        reason: format!("task failed: {join_error}"),
+                    });
+                }
+            }
         }
-        rooms.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        // A room can show up on two shards while keys of an earlier `redis_urls` remain: the
+        // entry with more live members stands for it.
+        rooms.sort_unstable_by(|a, b| a.name.cmp(&b.name).then(b.members.cmp(&a.members)));
+        rooms.dedup_by(|later, kept| later.name == kept.name);
         Ok(rooms)
     }
 
@@ -767,16 +809,18 @@ fn classify(shard: usize, op: &'static str, limit: Duration, error: &RedisError)
 }
 
 /// Keys per SCAN step and per pipeline of counts.
-const SCAN_BATCH: usize = 500;
+const SCAN_BATCH: usize = 1000;
+/// Time one shard's listing may take in all (each command is also bounded by the response
+/// timeout).
+pub const LIST_BUDGET: Duration = Duration::from_secs(10);
 
 /// One shard's part of [`RedisEngine::rooms`]: SCAN for presence keys, then one pipeline per
-/// batch reading each room's live entries (score = expiry, so those above Redis's clock) and seq.
+/// batch reading each room's live entries (score = expiry, so those above Redis's clock, read
+/// per batch) and seq.
 async fn list_shard_rooms(
     conn: &mut ConnectionManager,
     prefix: &str,
 ) -> RedisResult<Vec<RoomCount>> {
-    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-    let now_ms = seconds * 1000 + micros / 1000;
     let mut names = Vec::new();
     let mut cursor = 0u64;
     loop {
@@ -804,6 +848,8 @@ async fn list_shard_rooms(
     names.dedup();
     let mut rooms = Vec::with_capacity(names.len());
     for batch in names.chunks(SCAN_BATCH) {
+        let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+        let now_ms = seconds * 1000 + micros / 1000;
         let mut pipe = redis::pipe();
         for name in batch {
             let keys = RoomKeys::new(name);

@@ -63,9 +63,20 @@ pub(crate) struct Scripts {
     pub sweep: Script,
     /// KEYS: presence. Returns the live members.
     pub members: Script,
+    /// No keys. ARGV: channel, payload. PUBLISHes and returns how many connections subscribed
+    /// to the channel itself: pattern subscribers (a `PSUBSCRIBE chat:*` while debugging) also
+    /// receive it but are not nodes that will answer.
+    pub broadcast: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    broadcast: Script::new(
+        r#"
+local subscribed = redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2]
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return subscribed
+"#,
+    ),
     publish_chat: Script::new(concat!(
         prelude!(),
         r#"
