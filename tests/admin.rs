@@ -54,7 +54,10 @@ async fn every_call(client: &mut Admin) -> Vec<Code> {
         ),
         code(
             client
-                .get_room(GetRoomRequest { room: room() })
+                .get_room(GetRoomRequest {
+                    room: room(),
+                    ..Default::default()
+                })
                 .await
                 .map(drop),
         ),
@@ -169,6 +172,7 @@ async fn list_rooms_and_get_room_report_members_and_seq() {
     let only_b = client
         .list_rooms(ListRoomsRequest {
             prefix: "team-b".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -180,6 +184,7 @@ async fn list_rooms_and_get_room_report_members_and_seq() {
     let room = client
         .get_room(GetRoomRequest {
             room: "team-a".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -194,6 +199,7 @@ async fn list_rooms_and_get_room_report_members_and_seq() {
     let missing = client
         .get_room(GetRoomRequest {
             room: "nowhere".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -201,10 +207,89 @@ async fn list_rooms_and_get_room_report_members_and_seq() {
     let invalid = client
         .get_room(GetRoomRequest {
             room: "two words".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(invalid.code(), Code::InvalidArgument);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn list_rooms_and_get_room_page_through_everything_once() {
+    let server = TestServer::start(WITH_TOKEN).await;
+    let mut members = Vec::new();
+    // Five rooms p-0..p-4; p-0 gets five members (two of them "ada").
+    for (n, user) in ["ada", "ada", "bob", "cy", "dee"].into_iter().enumerate() {
+        let mut client = server.client(user).await;
+        client.join("p-0").await;
+        client.join(&format!("p-{n}")).await;
+        members.push(client);
+    }
+    let mut client = admin(&server, Some(TOKEN)).await;
+
+    let mut names = Vec::new();
+    let mut token = String::new();
+    for pages in 1.. {
+        let reply = client
+            .list_rooms(ListRoomsRequest {
+                prefix: "p-".into(),
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(reply.rooms.len() <= 2);
+        names.extend(reply.rooms.into_iter().map(|r| r.name));
+        token = reply.next_page_token;
+        if token.is_empty() {
+            assert_eq!(pages, 3, "5 rooms in pages of 2");
+            break;
+        }
+    }
+    assert_eq!(names, ["p-0", "p-1", "p-2", "p-3", "p-4"]);
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let reply = client
+            .get_room(GetRoomRequest {
+                room: "p-0".into(),
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            reply.room.unwrap().members,
+            5,
+            "the summary counts every member"
+        );
+        assert!(reply.members.len() <= 2);
+        seen.extend(reply.members.into_iter().map(|m| (m.user, m.session_id)));
+        token = reply.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let users: Vec<&str> = seen.iter().map(|(user, _)| user.as_str()).collect();
+    assert_eq!(users, ["ada", "ada", "bob", "cy", "dee"]);
+    let mut ids: Vec<u64> = seen.iter().map(|(_, id)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "no member twice across pages");
+
+    let bad = client
+        .get_room(GetRoomRequest {
+            room: "p-0".into(),
+            page_size: 2,
+            page_token: "not-a-token".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
     server.shutdown().await;
 }
 
@@ -250,7 +335,10 @@ async fn kick_leave_by_session_id_removes_one_membership_and_keeps_the_stream() 
     ada.join("r2").await;
     let mut client = admin(&server, Some(TOKEN)).await;
     let members = client
-        .get_room(GetRoomRequest { room: "r1".into() })
+        .get_room(GetRoomRequest {
+            room: "r1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -311,7 +399,10 @@ async fn kick_leave_from_the_server_leaves_every_room() {
     let mut client = admin(&server, Some(TOKEN)).await;
     for room in ["r1", "r2"] {
         let summary = client
-            .get_room(GetRoomRequest { room: room.into() })
+            .get_room(GetRoomRequest {
+                room: room.into(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();

@@ -101,7 +101,10 @@ async fn get_room_and_list_rooms_see_every_node() {
 
     let room = admin(&servers[0])
         .await
-        .get_room(GetRoomRequest { room: "r".into() })
+        .get_room(GetRoomRequest {
+            room: "r".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -133,6 +136,7 @@ async fn get_room_and_list_rooms_see_every_node() {
     let prefixed = from_b
         .list_rooms(ListRoomsRequest {
             prefix: "oth".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -143,6 +147,7 @@ async fn get_room_and_list_rooms_see_every_node() {
     let missing = from_b
         .get_room(GetRoomRequest {
             room: "nobody-here".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -189,7 +194,10 @@ async fn kick_called_on_one_node_reaches_the_sessions_of_every_node() {
     // By session id, found with GetRoom on one node and kicked through the other.
     let mut from_a = admin(&servers[0]).await;
     let cy_id = from_a
-        .get_room(GetRoomRequest { room: "r".into() })
+        .get_room(GetRoomRequest {
+            room: "r".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -290,7 +298,13 @@ async fn announce_and_close_room_from_a_node_without_the_room() {
     // the room can be joined afresh, its history kept in Redis.
     let deadline = Instant::now() + WAIT;
     loop {
-        match from_c.get_room(GetRoomRequest { room: "r".into() }).await {
+        match from_c
+            .get_room(GetRoomRequest {
+                room: "r".into(),
+                ..Default::default()
+            })
+            .await
+        {
             Err(status) if status.code() == Code::NotFound => break,
             other => assert!(Instant::now() < deadline, "still listed: {other:?}"),
         }

@@ -140,6 +140,45 @@ fn check_reason(reason: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// One page of `items`, already sorted by `key`: those after the key `after`, at most `size`
+/// (0 = all), and the next page's token (empty on the last page). A page token is the last key
+/// of its page, so pages stay consistent while rooms and members come and go.
+fn page<T, K: Ord>(
+    items: Vec<T>,
+    size: u32,
+    after: Option<K>,
+    key: impl Fn(&T) -> K,
+    token: impl Fn(&T) -> String,
+) -> (Vec<T>, String) {
+    let mut rest: Vec<T> = match after {
+        Some(after) => items.into_iter().filter(|item| key(item) > after).collect(),
+        None => items,
+    };
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
+    if size == 0 || rest.len() <= size {
+        return (rest, String::new());
+    }
+    rest.truncate(size);
+    let next = rest.last().map(token).unwrap_or_default();
+    (rest, next)
+}
+
+/// GetRoom's page token: `<session id>:<user>` of the page's last member (users may contain
+/// `:`, session ids not).
+fn member_token(member: &RoomMember) -> String {
+    format!("{}:{}", member.session_id, member.user)
+}
+
+fn parse_member_token(token: &str) -> Result<Option<(String, u64)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Status::invalid_argument("`page_token` is not one this server gave out");
+    let (session, user) = token.split_once(':').ok_or_else(bad)?;
+    let session = session.parse().map_err(|_| bad())?;
+    Ok(Some((user.to_string(), session)))
+}
+
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -312,8 +351,19 @@ impl AdminService for AdminEdge {
         request: Request<ListRoomsRequest>,
     ) -> Result<Response<ListRoomsResponse>, Status> {
         let peer = request.remote_addr();
-        let prefix = request.into_inner().prefix;
-        info!(action = "list_rooms", ?peer, prefix, "admin call");
+        let ListRoomsRequest {
+            prefix,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        info!(
+            action = "list_rooms",
+            ?peer,
+            prefix,
+            page_size,
+            page_token,
+            "admin call"
+        );
         let mut rooms = match &self.hub.cluster {
             None => self.list_rooms_here(&prefix).await,
             Some(engine) => engine
@@ -329,7 +379,18 @@ impl AdminService for AdminEdge {
                 .collect(),
         };
         rooms.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(ListRoomsResponse { rooms }))
+        let after = (!page_token.is_empty()).then_some(page_token);
+        let (rooms, next_page_token) = page(
+            rooms,
+            page_size,
+            after,
+            |room| room.name.clone(),
+            |room| room.name.clone(),
+        );
+        Ok(Response::new(ListRoomsResponse {
+            rooms,
+            next_page_token,
+        }))
     }
 
     async fn get_room(
@@ -337,9 +398,21 @@ impl AdminService for AdminEdge {
         request: Request<GetRoomRequest>,
     ) -> Result<Response<GetRoomResponse>, Status> {
         let peer = request.remote_addr();
-        let name = request.into_inner().room;
-        info!(action = "get_room", ?peer, room = name, "admin call");
+        let GetRoomRequest {
+            room: name,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        info!(
+            action = "get_room",
+            ?peer,
+            room = name,
+            page_size,
+            page_token,
+            "admin call"
+        );
         let room = RoomName::parse(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let after = parse_member_token(&page_token)?;
         let (last_seq, mut members) = match &self.hub.cluster {
             None => {
                 let (room, addr) = self.open_room(&name)?;
@@ -379,13 +452,22 @@ impl AdminService for AdminEdge {
             }
         };
         members.sort_unstable_by(|a, b| (&a.user, a.session_id).cmp(&(&b.user, b.session_id)));
+        let total = count(members.len());
+        let (members, next_page_token) = page(
+            members,
+            page_size,
+            after,
+            |m| (m.user.clone(), m.session_id),
+            member_token,
+        );
         Ok(Response::new(GetRoomResponse {
             room: Some(RoomSummary {
                 name: room.to_string(),
-                members: count(members.len()),
+                members: total,
                 last_seq,
             }),
             members,
+            next_page_token,
         }))
     }
 
