@@ -71,13 +71,23 @@ impl Interceptor for AdminAuth {
                 "admin calls need `authorization: Bearer <token>`",
             ));
         };
-        // Constant time, so the comparison does not tell how much of a guess was right.
-        if !bool::from(presented.as_bytes().ct_eq(expected)) {
+        if !token_matches(presented.as_bytes(), expected) {
             warn!(?peer, "admin call refused: wrong token");
             return Err(Status::permission_denied("wrong admin token"));
         }
         Ok(request)
     }
+}
+
+/// Compares in constant time: the work depends only on the configured token's length, so the
+/// timing tells neither how much of a guess was right nor whether its length was (slices of
+/// different lengths would make `ct_eq` return at once).
+fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
+    let mut same = (presented.len() as u64).ct_eq(&(expected.len() as u64));
+    for (i, byte) in expected.iter().enumerate() {
+        same &= presented.get(i).copied().unwrap_or(0).ct_eq(byte);
+    }
+    bool::from(same)
 }
 
 pub struct AdminEdge {
@@ -592,5 +602,24 @@ impl AdminService for AdminEdge {
             };
         info!(action = "announce", room = %room, seq, "admin call done");
         Ok(Response::new(AnnounceResponse { seq, id }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_only_when_equal() {
+        let token = b"0123456789abcdef";
+        assert!(token_matches(token, token));
+        assert!(!token_matches(b"0123456789abcdeX", token));
+        assert!(!token_matches(b"0123456789abcde", token), "a prefix");
+        assert!(!token_matches(b"0123456789abcdef0", token), "longer");
+        assert!(
+            !token_matches(b"0123456789abcdef\0", token),
+            "padded with the filler"
+        );
+        assert!(!token_matches(b"", token));
     }
 }
