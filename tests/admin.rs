@@ -223,7 +223,9 @@ async fn list_rooms_and_get_room_page_through_everything_once() {
     for (n, user) in ["ada", "ada", "bob", "cy", "dee"].into_iter().enumerate() {
         let mut client = server.client(user).await;
         client.join("p-0").await;
-        client.join(&format!("p-{n}")).await;
+        if n > 0 {
+            client.join(&format!("p-{n}")).await;
+        }
         members.push(client);
     }
     let mut client = admin(&server, Some(TOKEN)).await;

@@ -649,3 +649,100 @@ async fn concurrent_joins_on_two_nodes_give_every_member_a_consistent_presence_v
         node.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_room_whose_seq_redis_lost_follows_redis_instead_of_dropping_chats() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], "a").await, node(&[&redis], "b").await);
+    let mut ada = a.client("ada").await;
+    let mut bob = b.client("bob").await;
+    ada.join("r").await;
+    bob.join("r").await;
+    ada.expect(Kind::Join).await;
+    for n in 1..=3 {
+        ada.chat("r", &format!("old {n}")).await;
+    }
+    assert_eq!(seqs(&chats(&mut ada, 3).await), [1, 2, 3]);
+    assert_eq!(seqs(&chats(&mut bob, 3).await), [1, 2, 3]);
+
+    // What an expiry or a FLUSHALL does to the room's count and history.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = chatrooms::cluster::keys::RoomKeys::new("r");
+    let _: i64 = redis::cmd("DEL")
+        .arg(&keys.seq)
+        .arg(&keys.log)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let r#ref = ada.chat("r", "after the loss").await;
+    for member in [&mut ada, &mut bob] {
+        let got = chats(member, 1).await;
+        assert_eq!(
+            (got[0].seq, got[0].content.as_str()),
+            (1, "after the loss"),
+            "{}",
+            member.user
+        );
+        if member.user == "ada" {
+            assert_eq!(got[0].r#ref, r#ref, "the sender's ack survives");
+        }
+    }
+    // And the room goes on from there.
+    bob.chat("r", "next").await;
+    assert_eq!(chats(&mut ada, 1).await[0].seq, 2);
+    assert_eq!(chats(&mut bob, 1).await[0].seq, 2);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn retention_comes_from_the_config_and_members_keep_a_quiet_room_alive() {
+    let redis = RedisServer::start();
+    let config = node_config(&[redis.url()], "a")
+        .replace("[cluster]\n", "[cluster]\nretention_secs = 120\n");
+    let a = TestServer::start(&config).await;
+    wait_health(&a, ServingStatus::Serving).await;
+    let mut ada = a.client("ada").await;
+    ada.join("r").await;
+    ada.chat("r", "hello").await;
+    chats(&mut ada, 1).await;
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = chatrooms::cluster::keys::RoomKeys::new("r");
+    let reader = conn.clone();
+    let pttl = |key: String| {
+        let mut conn = reader.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    for key in [&keys.seq, &keys.log] {
+        let left = pttl(key.clone()).await;
+        assert!(left > 60_000 && left <= 120_000, "{key}: {left}");
+    }
+    // As if the room had been quiet for almost the whole retention: the next presence refresh
+    // (every third of the 900 ms TTL) gives it the full retention again, because ada is there.
+    for key in [&keys.seq, &keys.log] {
+        let _: i64 = redis::cmd("PEXPIRE")
+            .arg(key)
+            .arg(5_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    while pttl(keys.seq.clone()).await <= 60_000 || pttl(keys.log.clone()).await <= 60_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the refresh never extended the retention"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.shutdown().await;
+}

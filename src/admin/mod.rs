@@ -79,9 +79,9 @@ impl Interceptor for AdminAuth {
     }
 }
 
-/// Compares in constant time: the work depends only on the configured token's length, so the
-/// timing tells neither how much of a guess was right nor whether its length was (slices of
-/// different lengths would make `ct_eq` return at once).
+/// Compares in constant time: the work follows the configured token's length, not the guess, so
+/// the timing does not tell how much of a guess was right, and (unlike `ct_eq` on slices, which
+/// returns at once on different lengths) hardly whether its length was.
 fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
     let mut same = (presented.len() as u64).ct_eq(&(expected.len() as u64));
     for (i, byte) in expected.iter().enumerate() {
@@ -278,25 +278,43 @@ impl AdminEdge {
         }
     }
 
-    async fn list_rooms_here(&self, prefix: &str) -> Vec<RoomSummary> {
-        // Every room is asked at once; the answers are gathered afterwards, each bounded.
-        let pending: Vec<_> = self
+    /// This node's rooms after `after` (by name), enough of them for a page of `size` and the
+    /// knowledge whether another page follows (0 = all). Only those rooms are asked, so paging
+    /// through many rooms does not ask every room for every page.
+    async fn list_rooms_here(&self, prefix: &str, after: &str, size: u32) -> Vec<RoomSummary> {
+        let mut open: Vec<_> = self
             .hub
             .rooms
             .snapshot(prefix)
             .into_iter()
-            .map(|(name, addr)| (name, addr.send(Inspect { members: false })))
+            .filter(|(name, _)| name.as_str() > after)
             .collect();
-        let deadline = tokio::time::Instant::now() + ROOM_ANSWER;
-        let mut rooms = Vec::with_capacity(pending.len());
-        for (name, answer) in pending {
-            // A room that stopped or did not answer in time is left out.
-            if let Ok(Ok(snapshot)) = tokio::time::timeout_at(deadline, answer).await {
-                rooms.push(RoomSummary {
-                    name: name.to_string(),
-                    members: count(snapshot.member_count),
-                    last_seq: snapshot.last_seq,
-                });
+        open.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let want = match usize::try_from(size) {
+            Ok(0) | Err(_) => usize::MAX,
+            Ok(size) => size + 1,
+        };
+        let mut rooms = Vec::new();
+        // A room that stopped or did not answer is left out, so a chunk may come back short;
+        // the next chunk makes up for it.
+        for chunk in open.chunks(want.min(open.len()).max(1)) {
+            // The chunk's rooms are asked at once; the answers are gathered afterwards, bounded.
+            let pending: Vec<_> = chunk
+                .iter()
+                .map(|(name, addr)| (name, addr.send(Inspect { members: false })))
+                .collect();
+            let deadline = tokio::time::Instant::now() + ROOM_ANSWER;
+            for (name, answer) in pending {
+                if let Ok(Ok(snapshot)) = tokio::time::timeout_at(deadline, answer).await {
+                    rooms.push(RoomSummary {
+                        name: name.to_string(),
+                        members: count(snapshot.member_count),
+                        last_seq: snapshot.last_seq,
+                    });
+                }
+            }
+            if rooms.len() >= want {
+                break;
             }
         }
         rooms
@@ -375,7 +393,7 @@ impl AdminService for AdminEdge {
             "admin call"
         );
         let mut rooms = match &self.hub.cluster {
-            None => self.list_rooms_here(&prefix).await,
+            None => self.list_rooms_here(&prefix, &page_token, page_size).await,
             Some(engine) => engine
                 .rooms(&prefix)
                 .await
@@ -608,6 +626,46 @@ impl AdminService for AdminEdge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn by_number(items: Vec<u32>, size: u32, after: Option<u32>) -> (Vec<u32>, String) {
+        page(items, size, after, |n| *n, |n| n.to_string())
+    }
+
+    #[test]
+    fn pages_cover_everything_once() {
+        let all: Vec<u32> = (1..=5).collect();
+        assert_eq!(
+            by_number(all.clone(), 0, None),
+            (all.clone(), String::new())
+        );
+        assert_eq!(
+            by_number(all.clone(), 9, None),
+            (all.clone(), String::new())
+        );
+        assert_eq!(by_number(all.clone(), 2, None), (vec![1, 2], "2".into()));
+        assert_eq!(by_number(all.clone(), 2, Some(4)), (vec![5], String::new()));
+        assert_eq!(by_number(all.clone(), 2, Some(9)), (vec![], String::new()));
+        assert_eq!(by_number(vec![], 2, None), (vec![], String::new()));
+        // A full last page has no next token only if nothing follows it.
+        assert_eq!(by_number(all, 5, None).1, "");
+    }
+
+    #[test]
+    fn member_tokens_round_trip_users_with_colons() {
+        let member = RoomMember {
+            user: "a:b:c".into(),
+            session_id: 42,
+            node: String::new(),
+        };
+        assert_eq!(
+            parse_member_token(&member_token(&member)).unwrap(),
+            Some(("a:b:c".to_string(), 42))
+        );
+        assert_eq!(parse_member_token("").unwrap(), None);
+        for bad in ["x", "x:ada", ":ada", "-1:ada"] {
+            assert!(parse_member_token(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn tokens_match_only_when_equal() {

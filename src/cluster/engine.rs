@@ -246,8 +246,8 @@ impl RedisEngine {
         self.inner.runtime.spawn(task)
     }
 
-    /// Sets how long a room's seq and history stay in Redis after its last CHAT (applies from
-    /// the next CHAT of each room).
+    /// Sets how long a room's seq and history stay in Redis after its last CHAT or its last
+    /// member (applies from each room's next CHAT or presence refresh).
     pub fn set_retention(&self, retention: Duration) {
         let ms = u64::try_from(retention.as_millis())
             .unwrap_or(u64::MAX)
@@ -385,7 +385,9 @@ impl RedisEngine {
 
     /// Extends the presence entries of this node's `local` members to now + `ttl`. An entry that
     /// had disappeared (swept while this node was cut off, or Redis lost its data) is added back
-    /// and its join published again. Answers how many were added back.
+    /// and its join published again. The room's seq and history are kept for the retention from
+    /// now, so a quiet room that still has members never loses its count. Answers how many were
+    /// added back.
     pub async fn refresh(
         &self,
         room: &str,
@@ -396,10 +398,17 @@ impl RedisEngine {
             return Ok(0);
         }
         let keys = RoomKeys::new(room);
-        let mut args = Vec::with_capacity(3 + 3 * local.len());
+        let mut args = Vec::with_capacity(4 + 3 * local.len());
         args.push(keys.channel.into_bytes());
         args.push(self.inner.node_id.clone().into_bytes());
         args.push(millis(ttl).into_bytes());
+        args.push(
+            self.inner
+                .retention_ms
+                .load(Ordering::Relaxed)
+                .to_string()
+                .into_bytes(),
+        );
         for entry in local {
             args.push(entry.session.0.to_string().into_bytes());
             args.push(entry.user.clone().into_bytes());
@@ -409,6 +418,8 @@ impl RedisEngine {
             SCRIPTS
                 .refresh
                 .key(keys.presence)
+                .key(keys.seq)
+                .key(keys.log)
                 .arg(&args[..])
                 .invoke_async::<usize>(&mut conn)
                 .await

@@ -12,9 +12,9 @@ use redis::Script;
 macro_rules! prelude {
     () => {
         r#"
--- A room's seq and log outlive its last CHAT by `[cluster] retention_secs` (publish_chat's
--- ARGV[7]; 30 days when a caller leaves it out), so rooms never used again do not hold Redis
--- memory forever; a room idle for longer starts over at seq 1.
+-- A room's seq and log outlive its last CHAT (and its last member: refresh) by `[cluster]
+-- retention_secs` (publish_chat's ARGV[7]; 30 days when a caller leaves it out), so rooms never
+-- used again do not hold Redis memory forever; a room idle for longer starts over at seq 1.
 local RETENTION_MS = 2592000000
 -- One payload field: byte length, ':', bytes (payload.rs).
 local function field(s)
@@ -56,8 +56,8 @@ pub(crate) struct Scripts {
     pub join: Script,
     /// KEYS: presence. ARGV: channel, node, session, user, body. Returns 1 if it was present.
     pub leave: Script,
-    /// KEYS: presence. ARGV: channel, node, ttl_ms, then (session, user, body) per entry.
-    /// Returns how many entries were missing and announced again.
+    /// KEYS: presence, seq, log. ARGV: channel, node, ttl_ms, retention_ms, then (session, user,
+    /// body) per entry. Returns how many entries were missing and announced again.
     pub refresh: Script,
     /// KEYS: presence. ARGV: channel. Returns how many entries expired.
     pub sweep: Script,
@@ -130,7 +130,7 @@ return 0
         r#"
 local expiry = int(now_ms() + tonumber(ARGV[3]))
 local announced = 0
-for i = 4, #ARGV - 2, 3 do
+for i = 5, #ARGV - 2, 3 do
   local member = ARGV[2] .. '|' .. ARGV[i] .. '|' .. ARGV[i + 1]
   -- ZADD answers 1 for a new member: this entry was gone (swept, or Redis lost its data).
   if redis.call('ZADD', KEYS[1], expiry, member) == 1 then
@@ -140,6 +140,10 @@ for i = 4, #ARGV - 2, 3 do
   end
 end
 redis.call('PEXPIRE', KEYS[1], 3 * tonumber(ARGV[3]))
+-- A room with members keeps its seq and history however long it stays quiet: retention counts
+-- from the last CHAT or the last member, whichever is later.
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
 return announced
 "#
     )),

@@ -93,7 +93,7 @@ pub(super) struct ClusterRoom {
     /// A re-sync retry is scheduled: the failures of one attempt (presence and seq reads) wait
     /// for one retry together instead of each scheduling its own and doubling the pause twice.
     retry_waiting: bool,
-    /// Pause before the next retry; back to the minimum once Redis has answered a whole re-sync.
+    /// Pause before the next retry; back to the minimum when a fresh loss starts a re-sync.
     retry_backoff: Backoff,
     /// A subscribe is in flight: a second one would replace the first's route and, failing,
     /// leave the room holding a subscription that receives nothing.
@@ -103,6 +103,12 @@ pub(super) struct ClusterRoom {
     /// re-announcing a member) are not passed on, and after a reconnect the differences with
     /// Redis are announced instead of lost.
     roster: HashMap<(String, SessionId), String>,
+}
+
+/// A number in [0, 1) from the random bits of a fresh UUIDv7 (jitter needs no better source).
+fn random_fraction() -> f64 {
+    let random = uuid::Uuid::now_v7().as_u128() as u64 & ((1 << 53) - 1);
+    random as f64 / (1u64 << 53) as f64
 }
 
 impl ClusterRoom {
@@ -496,6 +502,13 @@ impl Room {
     /// A CHAT from the channel: delivered to the local members in seq order, after fetching any
     /// seq the channel skipped (lost during a reconnect).
     fn on_chat(&mut self, seq: u64, id: String, body: Bytes, ctx: &mut Context<Self>) {
+        if seq == 1 && self.seq > 1 {
+            // Redis started the room over (its seq key was lost: expired, flushed, restarted
+            // empty). Dropping this as "already delivered" would drop every CHAT until the count
+            // passed ours again; a re-sync sees the loss and follows Redis (fetching this one).
+            self.resync(ctx);
+            return;
+        }
         if seq <= self.seq {
             return; // already delivered (fetched to fill a gap)
         }
@@ -538,7 +551,13 @@ impl Room {
     /// went backwards means Redis lost the room's data, so the count starts over from Redis's.
     fn resync(&mut self, ctx: &mut Context<Self>) {
         match self.cluster.as_mut() {
-            Some(cluster) if !cluster.resyncing => cluster.resyncing = true,
+            Some(cluster) if !cluster.resyncing => {
+                cluster.resyncing = true;
+                // A fresh loss: its retries start at the shortest pause. Retries within one
+                // loss keep growing until a whole attempt succeeds, even when parts of each
+                // attempt get through.
+                cluster.retry_backoff.reset();
+            }
             _ => return,
         }
         self.resync_now(ctx);
@@ -555,20 +574,18 @@ impl Room {
             return;
         }
         cluster.retry_waiting = true;
-        let pause = cluster.retry_backoff.pause();
+        // Jittered (half to all of the pause): every room of a node lost the channel at the same
+        // moment, and must not come back to Redis in step.
+        let pause = cluster
+            .retry_backoff
+            .pause()
+            .mul_f64(0.5 + random_fraction() / 2.0);
         ctx.run_later(pause, |room, ctx| {
             if let Some(cluster) = room.cluster.as_mut() {
                 cluster.retry_waiting = false;
             }
             room.resync_now(ctx);
         });
-    }
-
-    /// Redis answered everything a re-sync asked: the next outage starts at the shortest pause.
-    fn resynced(&mut self) {
-        if let Some(cluster) = self.cluster.as_mut() {
-            cluster.retry_backoff.reset();
-        }
     }
 
     fn resync_now(&mut self, ctx: &mut Context<Self>) {
@@ -596,8 +613,11 @@ impl Room {
             Ok::<_, Unavailable>((last, kept))
         };
         ctx.wait(reading.into_actor(self).map(|read, room, ctx| {
+            // Done unless another part of this attempt (presence) already failed and waits to
+            // run the whole re-sync again.
             if read.is_ok()
                 && let Some(cluster) = room.cluster.as_mut()
+                && !cluster.retry_waiting
             {
                 cluster.resyncing = false;
             }
@@ -620,12 +640,10 @@ impl Room {
                 }
                 if last > 0 {
                     room.fill_gap(last, None, ctx);
-                } else {
-                    room.resynced();
                 }
             }
             Ok((last, _)) if last > room.seq => room.fill_gap(last, None, ctx),
-            Ok(_) => room.resynced(),
+            Ok(_) => {}
             Err(error) => {
                 // The channel can come back before the command connection does: try again.
                 warn!(room = %room.name, %error, "re-sync failed, retrying");
@@ -775,7 +793,6 @@ impl Room {
                     return;
                 }
             };
-            room.resynced();
             for (seq, body) in missed {
                 if seq > room.seq {
                     room.deliver_chat(seq, &body_id(&body), &body, ctx);
@@ -846,5 +863,13 @@ mod tests {
         assert_eq!(pauses, expected);
         backoff.reset();
         assert_eq!(backoff.pause(), RESYNC_RETRY_MIN);
+    }
+
+    #[test]
+    fn jitter_fractions_stay_in_range_and_vary() {
+        let fractions: Vec<f64> = (0..100).map(|_| random_fraction()).collect();
+        assert!(fractions.iter().all(|f| (0.0..1.0).contains(f)));
+        let first = fractions[0];
+        assert!(fractions.iter().any(|f| *f != first), "not random");
     }
 }
