@@ -1,6 +1,7 @@
 //! The `chat-bench` binary against an in-process server: a tiny run delivers every CHAT it
-//! expects, a tiny soak prints its interval lines and a complete summary, a tiny fairness run
-//! measures both of its windows, and the generator refuses to target anything but loopback.
+//! expects and reports each watched process, a tiny soak prints its interval lines and a complete
+//! summary, a tiny fairness run measures both of its windows, and the generator refuses to target
+//! anything but loopback.
 
 mod common;
 
@@ -46,9 +47,13 @@ async fn run_bench(args: &[&str]) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tiny_run_delivers_everything_it_expects() {
+async fn tiny_run_delivers_everything_it_expects_and_reports_each_watched_process() {
     let server = TestServer::start(BENCH_ROOMS).await;
     let addr = server.addr.to_string();
+    // This process (the server runs in it) and its parent stand in for a cluster's processes:
+    // both live as long as the run.
+    let (me, parent) = (std::process::id(), std::os::unix::process::parent_id());
+    let watched = format!("{me},{parent}");
     let lines = run_bench(&[
         "--server",
         &addr,
@@ -70,6 +75,8 @@ async fn tiny_run_delivers_everything_it_expects() {
         "2",
         "--deadline",
         "20",
+        "--server-pid",
+        &watched,
         "--json",
     ])
     .await;
@@ -90,6 +97,25 @@ async fn tiny_run_delivers_everything_it_expects() {
         assert_eq!(report[empty], serde_json::json!({}), "{empty}: {report}");
     }
     assert_eq!(report["notes"], serde_json::json!([]), "{report}");
+
+    let processes = report["server_processes"].as_array().expect("a list");
+    let pids: Vec<_> = processes.iter().map(|p| p["pid"].clone()).collect();
+    assert_eq!(pids, [me, parent], "{report}");
+    let mut cpu_sum = 0.0;
+    for process in processes {
+        assert!(
+            process["peak_rss_kb"].as_u64().is_some_and(|kb| kb > 0),
+            "{report}"
+        );
+        cpu_sum += process["cpu_s"].as_f64().expect("cpu_s is seconds");
+    }
+    // The server did the run's work inside this process.
+    assert!(processes[0]["cpu_s"].as_f64() > Some(0.0), "{report}");
+    let total = report["server_cpu_s"].as_f64().expect("the total CPU");
+    assert!((total - cpu_sum).abs() < 0.011, "{report}");
+    // Neither process alone is the server.
+    assert_eq!(report["server_pid"], Value::Null, "{report}");
+    assert_eq!(report["server_peak_rss_kb"], Value::Null, "{report}");
     server.shutdown().await;
 }
 
@@ -154,6 +180,21 @@ async fn tiny_soak_prints_interval_lines_and_a_complete_summary() {
         );
     }
     assert!(summary["rss_growth_pct"].as_f64().is_some(), "{summary}");
+    // One watched process keeps the flat fields, and is also the one entry of the list.
+    assert_eq!(summary["server_pid"].to_string(), pid, "{summary}");
+    // Only above zero: the kernel updates VmHWM lazily, so it can trail the largest VmRSS the
+    // soak sampled (by a few hundred kB in practice).
+    assert!(
+        summary["server_peak_rss_kb"]
+            .as_u64()
+            .is_some_and(|kb| kb > 0),
+        "{summary}"
+    );
+    assert!(summary["server_cpu_s"].as_f64() > Some(0.0), "{summary}");
+    let processes = summary["server_processes"].as_array().expect("a list");
+    assert_eq!(processes.len(), 1, "{summary}");
+    assert_eq!(processes[0]["pid"], summary["server_pid"], "{summary}");
+    assert_eq!(processes[0]["cpu_s"], summary["server_cpu_s"], "{summary}");
     assert_eq!(
         summary["ended_by_server"],
         serde_json::json!({}),

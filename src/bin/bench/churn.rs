@@ -21,7 +21,7 @@ use tonic::{Status, transport::Channel};
 use crate::{
     cli::{CHURN_CYCLE_SLACK, Params},
     client::{REQUEST_QUEUE, connect, error_code, truncate},
-    proc::status_kb,
+    proc::total_rss_kb,
     shared::{Shared, lock},
     stats::{new_histogram, record_latency, round},
     window::{POLL_INTERVAL, period},
@@ -38,8 +38,7 @@ const RSS_TOLERANCE: f64 = 0.10;
 /// server's VmRSS is watched for up to `settle` to come back within 10% of its pre-churn value.
 pub async fn churn(shared: &Arc<Shared>) -> anyhow::Result<()> {
     let p = &shared.params;
-    let pid = p.server_pid.map(|pid| pid.to_string());
-    let rss_start_kb = pid.as_deref().and_then(|pid| status_kb(pid, "VmRSS"));
+    let rss_start_kb = total_rss_kb(&p.server_pids);
     let start = Instant::now();
     let end = start + p.duration;
     let mut groups = JoinSet::new();
@@ -81,7 +80,7 @@ pub async fn churn(shared: &Arc<Shared>) -> anyhow::Result<()> {
     }
     outcome?;
 
-    let (Some(pid), Some(start_kb)) = (pid, rss_start_kb) else {
+    let Some(start_kb) = rss_start_kb else {
         shared.note("churn: pass --server-pid to check that the server's RSS comes back");
         return Ok(());
     };
@@ -89,7 +88,7 @@ pub async fn churn(shared: &Arc<Shared>) -> anyhow::Result<()> {
     let settle_start = Instant::now();
     let settle_end = settle_start + p.settle;
     let within = |kb: u64| kb as f64 <= start_kb as f64 * (1.0 + RSS_TOLERANCE);
-    let mut after_kb = status_kb(&pid, "VmRSS");
+    let mut after_kb = total_rss_kb(&p.server_pids);
     while !after_kb.is_some_and(within) && Instant::now() < settle_end {
         shared.progress.update(
             settle_start.elapsed().as_millis() as u64,
@@ -99,7 +98,7 @@ pub async fn churn(shared: &Arc<Shared>) -> anyhow::Result<()> {
             ),
         );
         time::sleep(Duration::from_millis(500)).await;
-        after_kb = status_kb(&pid, "VmRSS");
+        after_kb = total_rss_kb(&p.server_pids);
     }
     let mut outcome = lock(&shared.outcome);
     let extra = &mut outcome.extra;

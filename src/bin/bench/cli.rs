@@ -102,9 +102,12 @@ pub struct Args {
     /// Time between --soak lines (s, m or h suffix).
     #[arg(long, value_name = "DURATION", value_parser = parse_span, default_value = "10s")]
     soak_interval: Duration,
-    /// Server process to read peak RSS and CPU seconds from (/proc/PID).
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Server process(es) to watch, comma separated: one server, or a cluster's nodes and its
+    /// Redis. The report gives each one's peak RSS and CPU seconds (/proc/PID) and their total
+    /// CPU; the idle, churn and soak RSS figures are the sum over all of them. A run stops when
+    /// one of them exits.
+    #[arg(long, value_name = "PID[,PID…]", value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Print exactly one JSON line on stdout instead of the table; no progress bar. With --soak,
     /// one JSON line per interval and then the report line.
     #[arg(long)]
@@ -178,7 +181,8 @@ pub struct Params {
     pub max_steps: u8,
     pub step_factor: f64,
     pub soak_interval: Duration,
-    pub server_pid: Option<u32>,
+    /// The processes `--server-pid` watches, each once, in the order given; empty without it.
+    pub server_pids: Vec<u32>,
     pub json: bool,
 }
 
@@ -342,10 +346,14 @@ impl Params {
             Some(d) => seconds("--deadline", d, false)?,
             None => planned + DEADLINE_MARGIN,
         };
-        if let Some(pid) = args.server_pid
-            && status_kb(&pid.to_string(), "VmRSS").is_none()
-        {
-            bail!("--server-pid {pid}: no such process, or /proc/{pid}/status is not readable");
+        for (i, pid) in args.server_pid.iter().enumerate() {
+            // Watched twice, a process would count twice in the total CPU and summed RSS.
+            if args.server_pid[..i].contains(pid) {
+                bail!("--server-pid {pid} is given twice; list each process once");
+            }
+            if status_kb(&pid.to_string(), "VmRSS").is_none() {
+                bail!("--server-pid {pid}: no such process, or /proc/{pid}/status is not readable");
+            }
         }
         Ok(Params {
             scenario,
@@ -365,7 +373,7 @@ impl Params {
             max_steps: args.max_steps,
             step_factor: args.step_factor,
             soak_interval: args.soak_interval,
-            server_pid: args.server_pid,
+            server_pids: args.server_pid,
             json: args.json,
         })
     }
@@ -599,6 +607,36 @@ mod tests {
         assert!(params(&["--scenario", "idle", "--find-max"]).is_err());
         assert!(params(&["--duration", "0"]).is_err());
         assert!(params(&["--rate", "0"]).is_err());
+    }
+
+    #[test]
+    fn server_pids_are_comma_separated_live_and_distinct() {
+        // Two processes that live as long as the test: itself and whoever started it.
+        let (me, parent) = (std::process::id(), std::os::unix::process::parent_id());
+        let (me_arg, parent_arg) = (me.to_string(), parent.to_string());
+        assert!(params(&[]).unwrap().server_pids.is_empty());
+        let one = params(&["--server-pid", &me_arg]).unwrap();
+        assert_eq!(one.server_pids, [me]);
+        let two = params(&["--server-pid", &format!("{parent},{me}")]).unwrap();
+        assert_eq!(two.server_pids, [parent, me], "kept in the order given");
+        let repeated = params(&["--server-pid", &me_arg, "--server-pid", &parent_arg]).unwrap();
+        assert_eq!(repeated.server_pids, [me, parent]);
+
+        let twice = params(&["--server-pid", &format!("{me},{parent},{me}")]).unwrap_err();
+        assert!(twice.to_string().contains("given twice"), "{twice}");
+        // Above any pid_max Linux allows, so never a process.
+        let gone = params(&["--server-pid", &format!("{me},{}", u32::MAX)]).unwrap_err();
+        assert!(
+            gone.to_string()
+                .contains(&format!("--server-pid {}: no such process", u32::MAX)),
+            "{gone}"
+        );
+        for malformed in ["", "12,", "12;13", "12 13", "-1", "abc"] {
+            assert!(
+                params(&["--server-pid", malformed]).is_err(),
+                "{malformed:?} accepted"
+            );
+        }
     }
 
     #[test]

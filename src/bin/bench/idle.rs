@@ -7,7 +7,7 @@ use serde_json::json;
 use tokio::time::{self, Instant};
 
 use crate::{
-    proc::status_kb,
+    proc::total_rss_kb,
     shared::{Shared, lock},
     stats::round,
     window::POLL_INTERVAL,
@@ -28,11 +28,11 @@ pub async fn hold_idle(shared: &Shared, rss_start_kb: Option<u64>) -> anyhow::Re
         );
         time::sleep(POLL_INTERVAL.min(end.saturating_duration_since(Instant::now()))).await;
     }
-    let Some(pid) = p.server_pid else {
+    if p.server_pids.is_empty() {
         shared.note("idle: pass --server-pid to measure the server's RSS per session");
         return Ok(());
-    };
-    let rss_joined_kb = status_kb(&pid.to_string(), "VmRSS");
+    }
+    let rss_joined_kb = total_rss_kb(&p.server_pids);
     let joined = shared.joined.load(Relaxed);
     let mut outcome = lock(&shared.outcome);
     outcome

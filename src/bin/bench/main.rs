@@ -39,7 +39,7 @@ use clap::Parser as _;
 use crate::{
     cli::{Args, Mode, Params, SERVER_STREAMS_PER_CONN},
     client::{connect_all, open_sessions, spawn_heartbeat},
-    proc::status_kb,
+    proc::total_rss_kb,
     report::{finish, spawn_watchdog},
     shared::Shared,
     wire::CLOCK,
@@ -56,9 +56,7 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     if p.mode == Mode::Churn {
         return churn::churn(&shared).await;
     }
-    let rss_start_kb = p
-        .server_pid
-        .and_then(|pid| status_kb(&pid.to_string(), "VmRSS"));
+    let rss_start_kb = total_rss_kb(&p.server_pids);
     // Declared before `requests` so the connections outlive the request side (locals drop in
     // reverse order): closing the requests first marks the run as stopping.
     let channels = connect_all(&shared).await?;

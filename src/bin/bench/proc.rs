@@ -1,6 +1,11 @@
-//! Linux `/proc` readings: the server's memory (VmRSS, VmHWM) and CPU seconds, whether it still
-//! runs, and the generator's own CPU seconds and open-file limit. Everything here is a plain,
-//! non-blocking file read that answers `None` when the file or field is missing.
+//! Linux `/proc` readings: the memory (VmRSS, VmHWM) and CPU seconds of the watched server
+//! processes (one server, or a cluster's nodes and its Redis), whether they still run, and the
+//! generator's own CPU seconds and open-file limit. Everything here is a plain, non-blocking file
+//! read that answers `None` when the file or field is missing.
+
+use std::iter::Sum;
+
+use serde::Serialize;
 
 use crate::stats::round;
 
@@ -49,7 +54,54 @@ pub fn open_files_limit(cap: usize) -> usize {
     soft.unwrap_or(cap).min(cap)
 }
 
-/// CPU seconds of the server (if watched) and of the generator at one instant.
+/// The sum of one reading per watched process; `None` when nothing is watched or one reading is
+/// missing, because a partial sum would pass for less memory or less work.
+fn sum_all<T: Sum<T>>(readings: impl ExactSizeIterator<Item = Option<T>>) -> Option<T> {
+    if readings.len() == 0 {
+        return None;
+    }
+    readings.sum()
+}
+
+/// The summed VmRSS of `pids`: what the whole system under test holds now.
+pub fn total_rss_kb(pids: &[u32]) -> Option<u64> {
+    sum_all(pids.iter().map(|pid| status_kb(&pid.to_string(), "VmRSS")))
+}
+
+/// The summed CPU seconds of `pids`.
+pub fn total_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    sum_all(pids.iter().map(|pid| cpu_seconds(&pid.to_string()))).map(|s| round(s, 2))
+}
+
+/// One watched process as the report shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessStats {
+    pub pid: u32,
+    /// VmHWM: the peak since the process started, not only during this run.
+    pub peak_rss_kb: Option<u64>,
+    /// User plus system time since the process started.
+    pub cpu_s: Option<f64>,
+}
+
+impl ProcessStats {
+    /// Reads `pid` now; a field is `None` once the process is gone.
+    pub fn read(pid: u32) -> ProcessStats {
+        let name = pid.to_string();
+        ProcessStats {
+            pid,
+            peak_rss_kb: status_kb(&name, "VmHWM"),
+            cpu_s: cpu_seconds(&name),
+        }
+    }
+}
+
+/// The CPU seconds of all `watched` processes together.
+pub fn total_cpu_s(watched: &[ProcessStats]) -> Option<f64> {
+    sum_all(watched.iter().map(|w| w.cpu_s)).map(|s| round(s, 2))
+}
+
+/// CPU seconds of the watched server processes together (if any) and of the generator at one
+/// instant.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuSample {
     pub server: Option<f64>,
@@ -57,10 +109,64 @@ pub struct CpuSample {
 }
 
 impl CpuSample {
-    pub fn take(server_pid: Option<u32>) -> CpuSample {
+    pub fn take(server_pids: &[u32]) -> CpuSample {
         CpuSample {
-            server: server_pid.and_then(|pid| cpu_seconds(&pid.to_string())),
+            server: total_cpu_seconds(server_pids),
             loadgen: cpu_seconds("self"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(pid: u32, cpu_s: Option<f64>) -> ProcessStats {
+        ProcessStats {
+            pid,
+            peak_rss_kb: Some(1_000),
+            cpu_s,
+        }
+    }
+
+    #[test]
+    fn totals_add_every_process_or_nothing() {
+        let nodes_and_redis = [
+            stats(1, Some(8.61)),
+            stats(2, Some(8.53)),
+            stats(3, Some(0.51)),
+        ];
+        // Rounded again: the plain f64 sum is 17.650000000000002.
+        assert_eq!(total_cpu_s(&nodes_and_redis), Some(17.65));
+        assert_eq!(total_cpu_s(&nodes_and_redis[..1]), Some(8.61));
+        assert_eq!(total_cpu_s(&[stats(1, Some(8.61)), stats(2, None)]), None);
+        assert_eq!(total_cpu_s(&[]), None);
+        assert_eq!(total_rss_kb(&[]), None);
+        assert_eq!(total_cpu_seconds(&[]), None);
+    }
+
+    #[test]
+    fn a_live_process_is_read_and_a_missing_one_spoils_the_sum() {
+        let me = std::process::id();
+        let read = ProcessStats::read(me);
+        assert_eq!(read.pid, me);
+        assert!(read.peak_rss_kb.is_some_and(|kb| kb > 0), "{read:?}");
+        assert!(read.cpu_s.is_some(), "{read:?}");
+        assert!(total_rss_kb(&[me]).is_some_and(|kb| kb > 0));
+        assert!(total_cpu_seconds(&[me]).is_some());
+        // Above any pid_max Linux allows, so never a process.
+        let gone = u32::MAX;
+        assert_eq!(
+            ProcessStats::read(gone),
+            ProcessStats {
+                pid: gone,
+                peak_rss_kb: None,
+                cpu_s: None
+            }
+        );
+        assert_eq!(total_rss_kb(&[me, gone]), None);
+        assert_eq!(total_cpu_seconds(&[me, gone]), None);
+        assert!(!process_alive(gone));
+        assert!(process_alive(me));
     }
 }

@@ -10,12 +10,12 @@ use std::{
 };
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::{
     EXIT_DEADLINE,
     cli::{Mode, Scenario},
-    proc::{cpu_seconds, status_kb},
+    proc::{ProcessStats, cpu_seconds, total_cpu_s},
     shared::{Shared, lock},
     stats::{FIND_MAX_P99_MS, StepCounts, StepResult},
 };
@@ -102,7 +102,6 @@ pub fn build_report(shared: &Shared) -> Value {
             .cloned()
             .unwrap_or_else(|| StepResult::empty(p.rate)),
     };
-    let pid = p.server_pid.map(|pid| pid.to_string());
     let mut report = json!({
         "scenario": p.scenario.map(Scenario::name),
         "server": p.servers.join(","),
@@ -137,10 +136,13 @@ pub fn build_report(shared: &Shared) -> Value {
     });
     // unwrap: `json!` of an object literal is an object
     let fields = report.as_object_mut().unwrap();
-    if let Some(pid) = &pid {
-        fields.insert("server_pid".into(), json!(p.server_pid));
-        fields.insert("server_peak_rss_kb".into(), json!(status_kb(pid, "VmHWM")));
-        fields.insert("server_cpu_s".into(), json!(cpu_seconds(pid)));
+    if !p.server_pids.is_empty() {
+        let watched: Vec<ProcessStats> = p
+            .server_pids
+            .iter()
+            .map(|&pid| ProcessStats::read(pid))
+            .collect();
+        insert_server_fields(fields, &watched);
     }
     if p.mode == Mode::Churn {
         fields.insert("cycles".into(), json!(shared.churn.cycles.load(Relaxed)));
@@ -158,6 +160,19 @@ pub fn build_report(shared: &Shared) -> Value {
     }
     fields.insert("notes".into(), json!(outcome.notes));
     report
+}
+
+/// The report's fields of the `--server-pid` processes. `server_processes` lists each one and
+/// `server_cpu_s` is their total CPU. A single process also keeps the flat `server_pid` and
+/// `server_peak_rss_kb` that one-server reports have always had; several get no flat peak,
+/// because peaks reached at different moments add up to no peak that ever was.
+fn insert_server_fields(fields: &mut Map<String, Value>, watched: &[ProcessStats]) {
+    if let [only] = watched {
+        fields.insert("server_pid".into(), json!(only.pid));
+        fields.insert("server_peak_rss_kb".into(), json!(only.peak_rss_kb));
+    }
+    fields.insert("server_cpu_s".into(), json!(total_cpu_s(watched)));
+    fields.insert("server_processes".into(), json!(watched));
 }
 
 /// A JSON value for the table: numbers as they are, null as `-`.
@@ -268,14 +283,27 @@ fn render_table(report: &Value, mode: Mode) -> String {
     line("errors", show_counts(&report["error_codes"]));
     line("ended", show_counts(&report["ended_by_server"]));
     line("transport", show_counts(&report["transport_failures"]));
-    if !report["server_pid"].is_null() {
+    let watched = report["server_processes"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    for process in watched {
         line(
             "server",
             format!(
                 "pid {}: peak RSS {} kB, CPU {} s",
-                r("server_pid"),
-                r("server_peak_rss_kb"),
-                r("server_cpu_s")
+                show(&process["pid"]),
+                show(&process["peak_rss_kb"]),
+                show(&process["cpu_s"])
+            ),
+        );
+    }
+    if watched.len() > 1 {
+        line(
+            "server CPU",
+            format!(
+                "{} s, the {} processes together",
+                r("server_cpu_s"),
+                watched.len()
             ),
         );
     }
@@ -456,4 +484,96 @@ pub fn spawn_watchdog(shared: Arc<Shared>) -> std::io::Result<()> {
             finish(&shared, EXIT_DEADLINE);
         })
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(pid: u32, peak_rss_kb: u64, cpu_s: Option<f64>) -> ProcessStats {
+        ProcessStats {
+            pid,
+            peak_rss_kb: Some(peak_rss_kb),
+            cpu_s,
+        }
+    }
+
+    /// A report holding only the watched processes' fields; the table shows the rest as `-`.
+    fn report_of(watched: &[ProcessStats]) -> Value {
+        let mut fields = Map::new();
+        insert_server_fields(&mut fields, watched);
+        Value::Object(fields)
+    }
+
+    fn server_lines(report: &Value) -> Vec<String> {
+        render_table(report, Mode::Window)
+            .lines()
+            .filter(|line| line.starts_with("server"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn one_watched_process_keeps_the_flat_fields_and_its_line() {
+        let report = report_of(&[process(4242, 98_000, Some(15.02))]);
+        assert_eq!(report["server_pid"], 4242);
+        assert_eq!(report["server_peak_rss_kb"], 98_000);
+        assert_eq!(report["server_cpu_s"], 15.02);
+        assert_eq!(
+            report["server_processes"],
+            json!([{ "pid": 4242, "peak_rss_kb": 98_000, "cpu_s": 15.02 }])
+        );
+        // The line as it was before several pids were accepted, and no total line.
+        assert_eq!(
+            server_lines(&report),
+            ["server      pid 4242: peak RSS 98000 kB, CPU 15.02 s"]
+        );
+    }
+
+    #[test]
+    fn several_watched_processes_get_a_line_each_and_the_total_cpu() {
+        let report = report_of(&[
+            process(11, 61_000, Some(8.61)),
+            process(12, 60_500, Some(8.53)),
+            process(13, 9_000, Some(0.51)),
+        ]);
+        assert_eq!(report["server_cpu_s"], 17.65);
+        assert_eq!(report["server_processes"].as_array().map(Vec::len), Some(3));
+        assert_eq!(report["server_processes"][2]["pid"], 13);
+        // No single process is "the" server, and a sum of peaks is no peak.
+        assert!(report.get("server_pid").is_none(), "{report}");
+        assert!(report.get("server_peak_rss_kb").is_none(), "{report}");
+        assert_eq!(
+            server_lines(&report),
+            [
+                "server      pid 11: peak RSS 61000 kB, CPU 8.61 s",
+                "server      pid 12: peak RSS 60500 kB, CPU 8.53 s",
+                "server      pid 13: peak RSS 9000 kB, CPU 0.51 s",
+                "server CPU  17.65 s, the 3 processes together",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unreadable_process_leaves_the_total_unknown() {
+        let gone = ProcessStats {
+            pid: 12,
+            peak_rss_kb: None,
+            cpu_s: None,
+        };
+        let report = report_of(&[process(11, 61_000, Some(8.61)), gone]);
+        assert_eq!(report["server_cpu_s"], Value::Null);
+        assert_eq!(
+            server_lines(&report)[1..],
+            [
+                "server      pid 12: peak RSS - kB, CPU - s",
+                "server CPU  - s, the 2 processes together",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_watched_processes_there_is_no_server_line() {
+        assert!(server_lines(&json!({})).is_empty());
+    }
 }

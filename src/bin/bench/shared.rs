@@ -310,10 +310,15 @@ impl Shared {
         }
     }
 
-    /// Fails when there is no server left to measure: its process is gone, or every stream ended.
+    /// Fails when there is no server left to measure: a watched process is gone (a cluster
+    /// without one of its nodes or its Redis is not the system being measured), or every stream
+    /// ended.
     pub fn check_alive(&self, streams: u64) -> anyhow::Result<()> {
-        if let Some(pid) = self.params.server_pid
-            && !process_alive(pid)
+        if let Some(pid) = self
+            .params
+            .server_pids
+            .iter()
+            .find(|&&pid| !process_alive(pid))
         {
             bail!("the server process {pid} is gone");
         }

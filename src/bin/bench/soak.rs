@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::{
     client::Requests,
-    proc::status_kb,
+    proc::total_rss_kb,
     shared::{Shared, lock},
     stats::{quantile_ms, round},
     window::Running,
@@ -18,8 +18,8 @@ use crate::{
 
 /// What the soak lines have seen so far.
 struct Soak {
-    /// The server's pid as /proc names it; `None` without `--server-pid`.
-    pid: Option<String>,
+    /// The watched processes, whose VmRSS the lines sum; empty without `--server-pid`.
+    pids: Vec<u32>,
     /// When the window started (elapsed times count from here).
     start: Instant,
     lines: u64,
@@ -32,7 +32,7 @@ struct Soak {
 
 impl Soak {
     fn rss_kb(&self) -> Option<u64> {
-        self.pid.as_deref().and_then(|pid| status_kb(pid, "VmRSS"))
+        total_rss_kb(&self.pids)
     }
 
     /// Prints the line for the interval that ends `now`, and keeps the report's RSS fields
@@ -139,8 +139,7 @@ fn print_line(shared: &Shared, text: &str) {
 /// line at its end, then the usual settle and harvest.
 pub async fn soak(shared: &Arc<Shared>, requests: &Requests) -> anyhow::Result<()> {
     let p = &shared.params;
-    let pid = p.server_pid.map(|pid| pid.to_string());
-    if pid.is_none() {
+    if p.server_pids.is_empty() {
         shared.note("soak: pass --server-pid to follow the server's RSS");
         if !p.json {
             print_line(
@@ -152,7 +151,7 @@ pub async fn soak(shared: &Arc<Shared>, requests: &Requests) -> anyhow::Result<(
     let mut window = Running::start(shared, requests, 0, p.rate, None);
     let start = window.plan.start;
     let mut soak = Soak {
-        pid,
+        pids: p.server_pids.clone(),
         start,
         lines: 0,
         last_line: start,

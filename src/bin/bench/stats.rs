@@ -75,7 +75,8 @@ pub struct StepResult {
     pub max_ms: Option<f64>,
     /// Streams that ended during the window.
     pub streams_ended: u64,
-    /// CPU seconds spent during the measured part of the window.
+    /// CPU seconds spent during the measured part of the window; the server's are those of all
+    /// the `--server-pid` processes together.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]

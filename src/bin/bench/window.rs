@@ -219,7 +219,7 @@ impl Running {
         let outcome = loop {
             let now = Instant::now();
             if self.cpu_start.is_none() && now >= plan.measure_start {
-                self.cpu_start = Some(CpuSample::take(p.server_pid));
+                self.cpu_start = Some(CpuSample::take(&p.server_pids));
             }
             if now >= plan.measure_end {
                 break Ok(());
@@ -259,7 +259,7 @@ impl Running {
             time::sleep_until(wake).await;
         };
         if self.cpu_start.is_some() {
-            self.cpu_end = Some(CpuSample::take(p.server_pid));
+            self.cpu_end = Some(CpuSample::take(&p.server_pids));
         }
         outcome
     }
