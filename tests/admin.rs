@@ -10,35 +10,17 @@ use chatrooms::{
         Kind,
         admin::{
             AnnounceRequest, CloseRoomRequest, GetRoomRequest, KickMode, KickRequest,
-            ListRoomsRequest, admin_service_client::AdminServiceClient, kick_request::Target,
+            ListRoomsRequest, kick_request::Target,
         },
     },
 };
-use common::TestServer;
-use tonic::{
-    Code, Request, Status, metadata::MetadataValue, service::interceptor::InterceptedService,
-    transport::Channel,
+use common::{
+    TestServer,
+    admin::{Admin, TOKEN, admin},
 };
+use tonic::{Code, Status};
 
-const TOKEN: &str = "test-admin-token-0123456789";
 const WITH_TOKEN: &str = "[admin]\ntoken = \"test-admin-token-0123456789\"\n";
-
-type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
-type Admin = AdminServiceClient<InterceptedService<Channel, AddToken>>;
-
-/// An admin client that sends `authorization: Bearer <token>` (nothing when `None`).
-async fn admin(server: &TestServer, token: Option<&str>) -> Admin {
-    let header: Option<MetadataValue<_>> = token.map(|t| format!("Bearer {t}").parse().unwrap());
-    let add: AddToken = Box::new(move |mut request: Request<()>| {
-        if let Some(value) = &header {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    });
-    AdminServiceClient::with_interceptor(server.channel().await, add)
-}
 
 /// Runs each of the five calls and returns their status codes (the calls' arguments are valid,
 /// so only the token decides).

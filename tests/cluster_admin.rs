@@ -11,30 +11,19 @@ use chatrooms::proto::{
     Kind,
     admin::{
         AnnounceRequest, CloseRoomRequest, GetRoomRequest, KickMode, KickRequest, ListRoomsRequest,
-        admin_service_client::AdminServiceClient, kick_request::Target,
+        kick_request::Target,
     },
 };
-use common::{TestServer, WAIT, redis::RedisServer};
-use tokio::time::Instant;
-use tonic::{
-    Code, Request, Status, metadata::MetadataValue, service::interceptor::InterceptedService,
-    transport::Channel,
+use common::{
+    TestServer, WAIT,
+    admin::{Admin, TOKEN},
+    redis::RedisServer,
 };
-
-const TOKEN: &str = "test-admin-token-0123456789";
-
-type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
-type Admin = AdminServiceClient<InterceptedService<Channel, AddToken>>;
+use tokio::time::Instant;
+use tonic::Code;
 
 async fn admin(server: &TestServer) -> Admin {
-    let header: MetadataValue<_> = format!("Bearer {TOKEN}").parse().unwrap();
-    let add: AddToken = Box::new(move |mut request: Request<()>| {
-        request
-            .metadata_mut()
-            .insert("authorization", header.clone());
-        Ok(request)
-    });
-    AdminServiceClient::with_interceptor(server.channel().await, add)
+    common::admin::admin(server, Some(TOKEN)).await
 }
 
 /// Starts `names.len()` nodes on `redis` and waits until each listens for operator requests.

@@ -255,6 +255,12 @@ impl RedisEngine {
         self.inner.retention_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// The retention in milliseconds, as a script argument.
+    fn retention_arg(&self) -> Vec<u8> {
+        let ms = self.inner.retention_ms.load(Ordering::Relaxed);
+        ms.to_string().into_bytes()
+    }
+
     pub fn node_id(&self) -> &str {
         &self.inner.node_id
     }
@@ -288,11 +294,7 @@ impl RedisEngine {
             origin.0.to_string().into_bytes(),
             id.as_bytes().to_vec(),
             body.to_vec(),
-            self.inner
-                .retention_ms
-                .load(Ordering::Relaxed)
-                .to_string()
-                .into_bytes(),
+            self.retention_arg(),
         ];
         self.call(room, "publish_chat", move |mut conn| async move {
             SCRIPTS
@@ -402,13 +404,7 @@ impl RedisEngine {
         args.push(keys.channel.into_bytes());
         args.push(self.inner.node_id.clone().into_bytes());
         args.push(millis(ttl).into_bytes());
-        args.push(
-            self.inner
-                .retention_ms
-                .load(Ordering::Relaxed)
-                .to_string()
-                .into_bytes(),
-        );
+        args.push(self.retention_arg());
         for entry in local {
             args.push(entry.session.0.to_string().into_bytes());
             args.push(entry.user.clone().into_bytes());

@@ -2,6 +2,7 @@
 //! bounded by [`WAIT`]; absence is asserted by waiting [`QUIET`] for nothing to arrive.
 #![allow(dead_code)] // each test binary uses its own subset of the helpers
 
+pub mod admin;
 pub mod process;
 pub mod redis;
 
