@@ -746,3 +746,46 @@ async fn retention_comes_from_the_config_and_members_keep_a_quiet_room_alive() {
     }
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_chat_whose_publish_timed_out_still_arrives_with_its_ref_if_redis_ran_it() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], "a").await, node(&[&redis], "b").await);
+    let mut ada = a.client("ada").await;
+    let mut bob = b.client("bob").await;
+    ada.join("r").await;
+    bob.join("r").await;
+    ada.expect(Kind::Join).await;
+    ada.chat("r", "before").await;
+    chats(&mut ada, 1).await;
+    chats(&mut bob, 1).await;
+
+    // Redis frozen: the publish is sent but not answered within the node's timeout, so the
+    // outcome is unknown when the node has to answer.
+    redis.pause();
+    let r#ref = ada.chat("r", "in the dark").await;
+    let error = ada.expect_error("unavailable").await;
+    assert_eq!(error.r#ref, r#ref);
+    assert!(
+        error.content.contains("may still be delivered"),
+        "{error:?}"
+    );
+    // Redis wakes up and runs what it was sent: the CHAT reaches everyone, the sender with its
+    // ref (its ack, after the ERROR), exactly once.
+    redis.resume();
+    let late = chats(&mut ada, 1).await;
+    assert_eq!(
+        (
+            late[0].seq,
+            late[0].content.as_str(),
+            late[0].r#ref.as_str()
+        ),
+        (2, "in the dark", r#ref.as_str())
+    );
+    assert_eq!(chats(&mut bob, 1).await[0].seq, 2);
+    ada.chat("r", "after").await;
+    assert_eq!(seqs(&chats(&mut ada, 1).await), [3]);
+    assert_eq!(seqs(&chats(&mut bob, 1).await), [3]);
+    a.shutdown().await;
+    b.shutdown().await;
+}

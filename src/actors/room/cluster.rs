@@ -384,10 +384,19 @@ impl Room {
         }
         let publishing = self.publish(id.clone(), post.session, body);
         ActorResponse::r#async(publishing.into_actor(self).map(move |published, room, _| {
-            published.map(drop).inspect_err(|_| {
+            published.map(drop).map_err(|error| {
+                if let Unavailable::TimedOut { .. } = error {
+                    // Redis may still run the script it was sent: the pending ack stays (for
+                    // PENDING_ACK_TTL), so if the CHAT does come through, the sender gets it
+                    // with its ref, after this ERROR.
+                    return ChatError::Unavailable(format!(
+                        "{error}; the CHAT may still be delivered (with this ref)"
+                    ));
+                }
                 if let Some(cluster) = room.cluster.as_mut() {
                     cluster.pending.remove(&id);
                 }
+                unavailable(&error)
             })
         }))
     }
@@ -400,7 +409,13 @@ impl Room {
         let (id, body) = self.chat_body(SYSTEM_USER, content);
         let publishing = self.publish(id.clone(), SessionId(0), body);
         ActorResponse::r#async(
-            async move { publishing.await.map(|seq| (seq, id)) }.into_actor(self),
+            async move {
+                publishing
+                    .await
+                    .map(|seq| (seq, id))
+                    .map_err(|e| unavailable(&e))
+            }
+            .into_actor(self),
         )
     }
 
@@ -416,16 +431,11 @@ impl Room {
         id: String,
         origin: SessionId,
         body: Bytes,
-    ) -> impl Future<Output = Result<u64, ChatError>> + 'static {
+    ) -> impl Future<Output = Result<u64, Unavailable>> + 'static {
         let engine = self.engine();
         let name = self.name.to_string();
         let history = self.limits.history;
-        async move {
-            engine
-                .publish_chat(&name, history, &id, origin, body)
-                .await
-                .map_err(|e| unavailable(&e))
-        }
+        async move { engine.publish_chat(&name, history, &id, origin, body).await }
     }
 
     /// Removes the presence entry of a session that left this node's room; the LEAVE reaches
