@@ -1,14 +1,20 @@
 //! Abuse limits on who may hold streams: per client IP (open streams, and new streams per second
 //! through a token bucket) and per user (open sessions). Checked when a stream opens (IP) and when
 //! the session is named (user); every place taken is given back by a guard, so the counts cannot
-//! drift. Limits of 0 mean "no limit"; values are read from the live configuration.
+//! drift. Limits of 0 mean "no limit"; values are read from the live configuration. In cluster
+//! mode a user's places are counted over all nodes, in Redis ([`ClusterUserSlot`]).
 
 use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use dashmap::DashMap;
 use tonic::Status;
 
-use crate::{config::ServerConfig, limits::TokenBucket, names::UserName};
+use crate::{
+    cluster::RedisEngine,
+    config::ServerConfig,
+    limits::TokenBucket,
+    names::{SessionId, UserName},
+};
 
 /// Rate buckets are forgotten once full again; the map is swept when it grows past this.
 const SWEEP_ABOVE: usize = 1024;
@@ -100,6 +106,52 @@ impl Drop for UserSlot {
                 *n -= 1;
                 *n == 0
             });
+    }
+}
+
+/// A session's place among its user's sessions over all nodes (cluster mode), taken with
+/// [`RedisEngine::claim_user`]; given back on drop. Kept alive in Redis by the node's periodic
+/// refresh of its named sessions, so a node that dies frees its places within the TTL.
+pub struct ClusterUserSlot {
+    pub engine: RedisEngine,
+    pub user: UserName,
+    pub session: SessionId,
+}
+
+impl Drop for ClusterUserSlot {
+    fn drop(&mut self) {
+        let (engine, user, session) = (self.engine.clone(), self.user.clone(), self.session);
+        // On the engine's runtime: the session's arbiter may be stopping (shutdown). If Redis
+        // cannot be reached the entry expires after the TTL instead.
+        self.engine.spawn(async move {
+            if let Err(error) = engine.release_user(user.as_str(), session).await {
+                tracing::debug!(%user, %session, %error, "user place not given back; it expires");
+            }
+        });
+    }
+}
+
+/// Cluster mode: renews this node's places among users' sessions every third of the presence
+/// TTL while `max_sessions_per_user` is set, so they outlive no node by more than the TTL. Runs
+/// until aborted.
+pub async fn keep_user_places(hub: Arc<crate::hub::Hub>, engine: RedisEngine) {
+    loop {
+        let config = hub.config();
+        let ttl = std::time::Duration::from_millis(config.cluster.presence_ttl_ms);
+        let limited = config.server.max_sessions_per_user > 0;
+        drop(config);
+        if limited {
+            let named: Vec<(String, SessionId)> = hub
+                .sessions
+                .named()
+                .into_iter()
+                .map(|(user, id)| (user.to_string(), id))
+                .collect();
+            if let Err(error) = engine.refresh_users(&named, ttl).await {
+                tracing::warn!(%error, sessions = named.len(), "user places not renewed");
+            }
+        }
+        tokio::time::sleep(ttl / 3).await;
     }
 }
 

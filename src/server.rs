@@ -179,6 +179,10 @@ impl Server {
             .cluster
             .as_ref()
             .map(|engine| tokio::spawn(follow_cluster(engine.connected(), health.clone())));
+        let user_places = hub
+            .cluster
+            .clone()
+            .map(|engine| tokio::spawn(crate::abuse::keep_user_places(hub.clone(), engine)));
 
         let result = tokio::select! {
             result = &mut serve => result,
@@ -190,7 +194,11 @@ impl Server {
                 shut_down(&hub, &health, serve, stop_tx).await
             }
         };
-        for task in cluster_health.into_iter().chain(operator_task) {
+        for task in cluster_health
+            .into_iter()
+            .chain(operator_task)
+            .chain(user_places)
+        {
             task.abort();
         }
         if hub.cluster.is_some() {

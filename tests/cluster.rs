@@ -789,3 +789,74 @@ async fn a_chat_whose_publish_timed_out_still_arrives_with_its_ref_if_redis_ran_
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn max_sessions_per_user_counts_the_sessions_of_every_node() {
+    let redis = RedisServer::start();
+    let limited =
+        |name: &str| node_config(&[redis.url()], name) + "[server]\nmax_sessions_per_user = 1\n";
+    let a = TestServer::start(&limited("a")).await;
+    let b = TestServer::start(&limited("b")).await;
+    wait_health(&a, ServingStatus::Serving).await;
+    wait_health(&b, ServingStatus::Serving).await;
+    let mut ada = a.client("ada").await;
+    ada.join("r").await;
+
+    // Her second session, through the other node, is over the limit.
+    let mut second = b.client("ada").await;
+    second.send_kind(Kind::Join, "r").await;
+    let status = second.expect_end(tonic::Code::ResourceExhausted).await;
+    assert!(
+        status.message().contains("max_sessions_per_user (1)"),
+        "{status:?}"
+    );
+    // Other users are not affected.
+    let mut bob = b.client("bob").await;
+    bob.join("r").await;
+
+    // Her place is renewed while she stays (so it outlives no node by more than the TTL).
+    let client = redis::Client::open(redis.url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let expiry = || {
+        let mut conn = conn.clone();
+        async move {
+            let places: Vec<(String, u64)> = redis::cmd("ZRANGE")
+                .arg("chat:user:{ada}:sessions")
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(places.len(), 1, "{places:?}");
+            assert!(places[0].0.starts_with("a|"), "{places:?}");
+            places[0].1
+        }
+    };
+    let first = expiry().await;
+    let deadline = Instant::now() + WAIT;
+    while expiry().await <= first {
+        assert!(Instant::now() < deadline, "the place was never renewed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Once her first session is gone, a new one is let in on either node (bounded retries: the
+    // place is given back in the background).
+    ada.abort();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut again = b.client("ada").await;
+        again.send_kind(Kind::Join, "r").await;
+        match again.next_or_status().await {
+            Ok(reply) if reply.kind() == Kind::Joined => break,
+            Ok(reply) => panic!("unexpected {reply:?}"),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                assert!(Instant::now() < deadline, "ada was never let back in");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

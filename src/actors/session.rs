@@ -19,8 +19,9 @@ use tracing::{info, warn};
 
 use super::{End, Evicted, Inbound, InboundEnded, Join, Kick, Leave, Post, Removed, room::Room};
 use crate::{
-    abuse::UserSlot,
+    abuse::{ClusterUserSlot, UserSlot},
     auth::Authorized,
+    cluster::RedisEngine,
     error::{ChatError, Fatal},
     hub::{Counted, Hub, Living},
     metrics,
@@ -70,8 +71,10 @@ pub struct Session {
     /// Dropped with the actor, which tells the edge's reader task to let go of the request stream.
     _stopped: oneshot::Sender<()>,
     _census: Counted,
-    /// This session's place among its user's sessions (`max_sessions_per_user`).
+    /// This session's place among its user's sessions (`max_sessions_per_user`) on this node,
+    /// or (cluster mode with a limit) over all nodes.
     user_slot: Option<UserSlot>,
+    cluster_slot: Option<ClusterUserSlot>,
 }
 
 impl Session {
@@ -102,7 +105,48 @@ impl Session {
             _stopped: stopped,
             _census: census,
             user_slot: None,
+            cluster_slot: None,
         })
+    }
+
+    /// Takes the session's place among its user's sessions over all nodes, then handles the
+    /// request that named it. The session waits for Redis (`ctx.wait`), so its later requests
+    /// keep their order behind this one. If Redis cannot answer, the session is let in without
+    /// a place (it is not counted), rather than refusing users for an outage of the store.
+    fn claim_in_cluster(
+        &mut self,
+        engine: RedisEngine,
+        user: UserName,
+        max: usize,
+        msg: proto::Message,
+        ctx: &mut Context<Self>,
+    ) {
+        let ttl = Duration::from_millis(self.hub.config().cluster.presence_ttl_ms);
+        let (id, claiming) = (self.id, engine.clone());
+        let claim = {
+            let user = user.clone();
+            async move { claiming.claim_user(user.as_str(), id, ttl, max).await }
+        };
+        ctx.wait(claim.into_actor(self).map(move |claimed, session, ctx| {
+            match claimed {
+                Ok(false) => {
+                    let status = tonic::Status::resource_exhausted(format!(
+                        "user {user} already has max_sessions_per_user ({max}) sessions"
+                    ));
+                    return session.end(Fatal::Refused(status), ctx);
+                }
+                Ok(true) => {}
+                Err(error) => {
+                    warn!(session = %id, %user, %error, "user place not checked (redis unavailable); letting the session in");
+                }
+            }
+            session.cluster_slot = Some(ClusterUserSlot {
+                engine,
+                user,
+                session: id,
+            });
+            session.request(msg, ctx);
+        }));
     }
 
     fn request(&mut self, msg: proto::Message, ctx: &mut Context<Self>) {
@@ -112,11 +156,17 @@ impl Session {
         // Once per session, on its first request: the name (from that request or from the
         // token) takes a place among its user's sessions.
         if self.user_slot.is_none()
+            && self.cluster_slot.is_none()
             && let Identity::Named(user) = &self.identity
         {
             info!(session = %self.id, user = %user, "session named");
             self.hub.sessions.name(self.id, user.clone());
             let max = self.hub.config().server.max_sessions_per_user;
+            if let Some(engine) = &self.hub.cluster
+                && max > 0
+            {
+                return self.claim_in_cluster(engine.clone(), user.clone(), max, msg, ctx);
+            }
             match self.hub.abuse.claim_user(user, max) {
                 Ok(slot) => self.user_slot = Some(slot),
                 Err(status) => return self.end(Fatal::Refused(status), ctx),

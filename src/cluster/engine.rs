@@ -28,7 +28,7 @@ use super::{
     InvalidCluster, JoinError, Unavailable,
     keys::{
         PRESENCE_PATTERN, RoomKeys, parse_presence_member, room_channel, room_of_presence_key,
-        shard_for,
+        shard_for, user_sessions_key,
     },
     payload::Published,
     scripts::SCRIPTS,
@@ -355,6 +355,90 @@ impl RedisEngine {
             }),
             _ => Err(malformed("has an unexpected shape")),
         }
+    }
+
+    /// Gives this node's `session` a place among `user`'s sessions over all nodes (expiring
+    /// after `ttl` unless refreshed), unless the user already has `max` live ones. Answers
+    /// whether it got one.
+    pub async fn claim_user(
+        &self,
+        user: &str,
+        session: SessionId,
+        ttl: Duration,
+        max: usize,
+    ) -> Result<bool, Unavailable> {
+        let key = user_sessions_key(user);
+        let args = [
+            format!("{}|{}", self.inner.node_id, session.0),
+            millis(ttl),
+            max.to_string(),
+        ];
+        self.call(user, "claim_user", move |mut conn| async move {
+            SCRIPTS
+                .claim_user
+                .key(key)
+                .arg(&args[..])
+                .invoke_async::<bool>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Gives back the place [`Self::claim_user`] took.
+    pub async fn release_user(&self, user: &str, session: SessionId) -> Result<(), Unavailable> {
+        let key = user_sessions_key(user);
+        let entry = format!("{}|{}", self.inner.node_id, session.0);
+        self.call(user, "release_user", move |mut conn| async move {
+            redis::cmd("ZREM")
+                .arg(key)
+                .arg(entry)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Extends the places of this node's named `sessions` to now + `ttl`. Only places that are
+    /// there are extended (ZADD XX): one given back a moment ago, or never taken (refused, not
+    /// yet checked), must not come back. One pipeline per shard, timed by Redis's clock.
+    pub async fn refresh_users(
+        &self,
+        sessions: &[(String, SessionId)],
+        ttl: Duration,
+    ) -> Result<(), Unavailable> {
+        let shards = self.inner.shards.len();
+        for shard in 0..shards {
+            let entries: Vec<(String, String)> = sessions
+                .iter()
+                .filter(|(user, _)| shard_for(user, shards) == shard)
+                .map(|(user, session)| {
+                    let entry = format!("{}|{}", self.inner.node_id, session.0);
+                    (user_sessions_key(user), entry)
+                })
+                .collect();
+            for batch in entries.chunks(SCAN_BATCH) {
+                let batch = batch.to_vec();
+                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                self.call_shard(shard, "refresh_users", move |mut conn| async move {
+                    let (seconds, micros): (u64, u64) =
+                        redis::cmd("TIME").query_async(&mut conn).await?;
+                    let expiry = seconds * 1000 + micros / 1000 + ttl_ms;
+                    let mut pipe = redis::pipe();
+                    for (key, entry) in &batch {
+                        pipe.cmd("ZADD")
+                            .arg(key)
+                            .arg("XX")
+                            .arg(expiry)
+                            .arg(entry)
+                            .ignore();
+                        pipe.cmd("PEXPIRE").arg(key).arg(3 * ttl_ms).ignore();
+                    }
+                    pipe.query_async::<()>(&mut conn).await
+                })
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes the session's presence entry; if it was there, publishes the leave. Answers

@@ -53,6 +53,12 @@ pub(crate) fn room_channel(room: &str) -> String {
     format!("chat:{{{room}}}:ch")
 }
 
+/// Sorted set of a user's live sessions over all nodes, `<node>|<session>` scored by expiry (Unix
+/// ms, Redis time), for `max_sessions_per_user` in cluster mode.
+pub(crate) fn user_sessions_key(user: &str) -> String {
+    format!("chat:user:{{{user}}}:sessions")
+}
+
 /// SCAN pattern of every room's presence key.
 pub(crate) const PRESENCE_PATTERN: &str = "chat:{*}:presence";
 

@@ -63,6 +63,10 @@ pub(crate) struct Scripts {
     pub sweep: Script,
     /// KEYS: presence. Returns the live members.
     pub members: Script,
+    /// KEYS: a user's sessions. ARGV: entry (`<node>|<session>`), ttl_ms, max. Drops expired
+    /// entries, then adds this one unless the user already has `max` live ones (an entry already
+    /// there is only extended). Returns 1 when the session has its place, 0 when refused.
+    pub claim_user: Script,
     /// No keys. ARGV: channel, payload. PUBLISHes and returns how many connections subscribed
     /// to the channel itself: pattern subscribers (a `PSUBSCRIBE chat:*` while debugging) also
     /// receive it but are not nodes that will answer.
@@ -70,6 +74,21 @@ pub(crate) struct Scripts {
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    claim_user: Script::new(concat!(
+        prelude!(),
+        r#"
+local now = now_ms()
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', int(now))
+if not redis.call('ZSCORE', KEYS[1], ARGV[1])
+  and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], int(now + ttl), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], 3 * ttl)
+return 1
+"#
+    )),
     broadcast: Script::new(
         r#"
 local subscribed = redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2]

@@ -300,6 +300,16 @@ impl Client {
         self.next_within(WAIT).await
     }
 
+    /// The next reply, or the status the stream failed with; panics on a clean end or [`WAIT`].
+    pub async fn next_or_status(&mut self) -> Result<Message, Status> {
+        match timeout(WAIT, self.rx.message()).await {
+            Ok(Ok(Some(message))) => Ok(message),
+            Ok(Ok(None)) => panic!("{}: stream ended", self.user),
+            Ok(Err(status)) => Err(status),
+            Err(_) => panic!("{}: nothing received in {WAIT:?}", self.user),
+        }
+    }
+
     pub async fn next_within(&mut self, wait: Duration) -> Message {
         match timeout(wait, self.rx.message()).await {
             Ok(Ok(Some(message))) => message,
