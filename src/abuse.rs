@@ -4,9 +4,14 @@
 //! drift. Limits of 0 mean "no limit"; values are read from the live configuration. In cluster
 //! mode a user's places are counted over all nodes, in Redis ([`ClusterUserSlot`]).
 
-use std::{net::IpAddr, sync::Arc, time::Instant};
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use dashmap::DashMap;
+use tokio::sync::watch;
 use tonic::Status;
 
 use crate::{
@@ -24,6 +29,21 @@ pub struct AbuseLimits {
     streams_per_ip: DashMap<IpAddr, usize>,
     new_streams: DashMap<IpAddr, TokenBucket>,
     sessions_per_user: DashMap<UserName, usize>,
+    /// Cluster mode: this node's sessions holding a place in Redis, renewed (and written again
+    /// if Redis lost them) by [`keep_user_places`].
+    places: DashMap<SessionId, UserName>,
+    /// Places being given back to Redis right now, waited for at shutdown.
+    releasing: ReleaseCount,
+}
+
+/// A count with a watch, so shutdown can wait for it to reach zero.
+#[derive(Debug)]
+struct ReleaseCount(watch::Sender<usize>);
+
+impl Default for ReleaseCount {
+    fn default() -> Self {
+        ReleaseCount(watch::Sender::new(0))
+    }
 }
 
 impl AbuseLimits {
@@ -57,6 +77,29 @@ impl AbuseLimits {
             limits: self.clone(),
             ip,
         })
+    }
+
+    /// Records a place `claim_user` took in Redis for `session`; the slot gives it back.
+    pub fn hold_place(
+        self: &Arc<Self>,
+        engine: RedisEngine,
+        user: UserName,
+        session: SessionId,
+    ) -> ClusterUserSlot {
+        self.places.insert(session, user.clone());
+        ClusterUserSlot {
+            limits: self.clone(),
+            engine,
+            user,
+            session,
+        }
+    }
+
+    /// Waits (at most `limit`) until every place given back has reached Redis, so a node that
+    /// stops cleanly does not keep its users' places until they expire.
+    pub async fn places_released(&self, limit: Duration) {
+        let mut releasing = self.releasing.0.subscribe();
+        let _ = tokio::time::timeout(limit, releasing.wait_for(|n| *n == 0)).await;
     }
 
     /// Takes a session place for `user`, or refuses with RESOURCE_EXHAUSTED.
@@ -111,44 +154,51 @@ impl Drop for UserSlot {
 
 /// A session's place among its user's sessions over all nodes (cluster mode), taken with
 /// [`RedisEngine::claim_user`]; given back on drop. Kept alive in Redis by the node's periodic
-/// refresh of its named sessions, so a node that dies frees its places within the TTL.
+/// renewal, so a node that dies frees its places within the TTL.
 pub struct ClusterUserSlot {
-    pub engine: RedisEngine,
-    pub user: UserName,
-    pub session: SessionId,
+    limits: Arc<AbuseLimits>,
+    engine: RedisEngine,
+    user: UserName,
+    session: SessionId,
 }
 
 impl Drop for ClusterUserSlot {
     fn drop(&mut self) {
+        // Out of the renewal first, so the renewal does not write the place back.
+        self.limits.places.remove(&self.session);
         let (engine, user, session) = (self.engine.clone(), self.user.clone(), self.session);
+        let limits = self.limits.clone();
+        limits.releasing.0.send_modify(|n| *n += 1);
         // On the engine's runtime: the session's arbiter may be stopping (shutdown). If Redis
-        // cannot be reached the entry expires after the TTL instead.
+        // cannot be reached the place expires after the TTL instead.
         self.engine.spawn(async move {
             if let Err(error) = engine.release_user(user.as_str(), session).await {
                 tracing::debug!(%user, %session, %error, "user place not given back; it expires");
             }
+            limits.releasing.0.send_modify(|n| *n -= 1);
         });
     }
 }
 
 /// Cluster mode: renews this node's places among users' sessions every third of the presence
-/// TTL while `max_sessions_per_user` is set, so they outlive no node by more than the TTL. Runs
+/// TTL while `max_sessions_per_user` is set, writing back any Redis lost (an outage longer than
+/// the TTL, a restart without persistence), so they outlive no node by more than the TTL. Runs
 /// until aborted.
 pub async fn keep_user_places(hub: Arc<crate::hub::Hub>, engine: RedisEngine) {
     loop {
         let config = hub.config();
-        let ttl = std::time::Duration::from_millis(config.cluster.presence_ttl_ms);
+        let ttl = Duration::from_millis(config.cluster.presence_ttl_ms);
         let limited = config.server.max_sessions_per_user > 0;
         drop(config);
         if limited {
-            let named: Vec<(String, SessionId)> = hub
-                .sessions
-                .named()
-                .into_iter()
-                .map(|(user, id)| (user.to_string(), id))
+            let places: Vec<(String, SessionId)> = hub
+                .abuse
+                .places
+                .iter()
+                .map(|entry| (entry.value().to_string(), *entry.key()))
                 .collect();
-            if let Err(error) = engine.refresh_users(&named, ttl).await {
-                tracing::warn!(%error, sessions = named.len(), "user places not renewed");
+            if let Err(error) = engine.refresh_users(&places, ttl).await {
+                tracing::warn!(%error, places = places.len(), "user places not renewed");
             }
         }
         tokio::time::sleep(ttl / 3).await;

@@ -183,14 +183,6 @@ impl SessionTable {
         }
     }
 
-    /// Every open session that has a name, with it.
-    pub fn named(&self) -> Vec<(UserName, SessionId)> {
-        self.open
-            .iter()
-            .filter_map(|entry| entry.user.clone().map(|user| (user, *entry.key())))
-            .collect()
-    }
-
     /// Refuses new sessions and ends every open one: its stream gets UNAVAILABLE once what is
     /// already queued has been delivered, and its actor stops (leaving its rooms).
     pub fn shut_down(&self) {

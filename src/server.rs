@@ -203,6 +203,7 @@ impl Server {
         }
         if hub.cluster.is_some() {
             flush_rooms(&hub).await;
+            hub.abuse.places_released(Duration::from_secs(2)).await;
         }
         if let Some(task) = metrics_task {
             task.abort();

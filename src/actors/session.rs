@@ -140,11 +140,7 @@ impl Session {
                     warn!(session = %id, %user, %error, "user place not checked (redis unavailable); letting the session in");
                 }
             }
-            session.cluster_slot = Some(ClusterUserSlot {
-                engine,
-                user,
-                session: id,
-            });
+            session.cluster_slot = Some(session.hub.abuse.hold_place(engine, user, id));
             session.request(msg, ctx);
         }));
     }

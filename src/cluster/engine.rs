@@ -398,15 +398,16 @@ impl RedisEngine {
         .await
     }
 
-    /// Extends the places of this node's named `sessions` to now + `ttl`. Only places that are
-    /// there are extended (ZADD XX): one given back a moment ago, or never taken (refused, not
-    /// yet checked), must not come back. One pipeline per shard, timed by Redis's clock.
+    /// Extends the places of this node's `sessions` to now + `ttl`, writing back any Redis lost.
+    /// One pipeline per shard and batch, timed by Redis's clock; a failing shard does not stop
+    /// the others (the first error is returned at the end).
     pub async fn refresh_users(
         &self,
         sessions: &[(String, SessionId)],
         ttl: Duration,
     ) -> Result<(), Unavailable> {
         let shards = self.inner.shards.len();
+        let mut first_error = None;
         for shard in 0..shards {
             let entries: Vec<(String, String)> = sessions
                 .iter()
@@ -419,26 +420,26 @@ impl RedisEngine {
             for batch in entries.chunks(SCAN_BATCH) {
                 let batch = batch.to_vec();
                 let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-                self.call_shard(shard, "refresh_users", move |mut conn| async move {
-                    let (seconds, micros): (u64, u64) =
-                        redis::cmd("TIME").query_async(&mut conn).await?;
-                    let expiry = seconds * 1000 + micros / 1000 + ttl_ms;
-                    let mut pipe = redis::pipe();
-                    for (key, entry) in &batch {
-                        pipe.cmd("ZADD")
-                            .arg(key)
-                            .arg("XX")
-                            .arg(expiry)
-                            .arg(entry)
-                            .ignore();
-                        pipe.cmd("PEXPIRE").arg(key).arg(3 * ttl_ms).ignore();
-                    }
-                    pipe.query_async::<()>(&mut conn).await
-                })
-                .await?;
+                let outcome = self
+                    .call_shard(shard, "refresh_users", move |mut conn| async move {
+                        let (seconds, micros): (u64, u64) =
+                            redis::cmd("TIME").query_async(&mut conn).await?;
+                        let expiry = seconds * 1000 + micros / 1000 + ttl_ms;
+                        let mut pipe = redis::pipe();
+                        for (key, entry) in &batch {
+                            pipe.cmd("ZADD").arg(key).arg(expiry).arg(entry).ignore();
+                            pipe.cmd("PEXPIRE").arg(key).arg(3 * ttl_ms).ignore();
+                        }
+                        pipe.query_async::<()>(&mut conn).await
+                    })
+                    .await;
+                if let Err(error) = outcome {
+                    first_error.get_or_insert(error);
+                    break; // this shard's next batches would fail the same way
+                }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Removes the session's presence entry; if it was there, publishes the leave. Answers
