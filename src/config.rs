@@ -69,6 +69,11 @@ pub struct ServerConfig {
     pub new_streams_per_ip_burst: u32,
     /// `[server.tls]`: serve TLS (and require client certificates when `client_ca_path` is set).
     pub tls: Option<TlsConfig>,
+    /// Open connections at once; accepting waits for a place. Lowered at start to fit the
+    /// descriptor limit.
+    pub max_connections: usize,
+    /// A connection must finish TLS and send the HTTP/2 preface within this, or it is closed.
+    pub handshake_timeout_ms: u64,
 }
 
 /// PEM files for TLS; read at load so a missing or unreadable file stops the server at start.
@@ -100,6 +105,8 @@ impl Default for ServerConfig {
             new_streams_per_ip_per_sec: 0.0,
             new_streams_per_ip_burst: 50,
             tls: None,
+            max_connections: 10_000,
+            handshake_timeout_ms: 5_000,
         }
     }
 }
@@ -251,6 +258,9 @@ impl Default for LogConfig {
 pub struct SessionConfig {
     /// Messages that may wait for one slow reader before it is dropped as a slow consumer.
     pub outbound_queue: usize,
+    /// Bytes that may wait for one reader: whichever of this and `outbound_queue` fills first
+    /// makes the session a slow consumer. A lone message larger than this is still accepted.
+    pub outbound_queue_bytes: usize,
     /// 0 turns the idle check off.
     pub idle_timeout_ms: u64,
     pub max_rooms_per_session: usize,
@@ -260,6 +270,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             outbound_queue: 1024,
+            outbound_queue_bytes: 256 * 1024,
             idle_timeout_ms: 90_000,
             max_rooms_per_session: 32,
         }
@@ -267,6 +278,12 @@ impl Default for SessionConfig {
 }
 
 impl SessionConfig {
+    /// What h2 may buffer per stream for sending, fixed at start: a quarter of the queue's
+    /// bytes, so a stalled reader holds at most 1.25 times `outbound_queue_bytes` in the server.
+    pub fn stream_send_buffer(&self) -> usize {
+        (self.outbound_queue_bytes / 4).clamp(16 * 1024, 1024 * 1024)
+    }
+
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout_ms > 0).then(|| Duration::from_millis(self.idle_timeout_ms))
     }
@@ -527,6 +544,18 @@ impl Config {
         if self.session.outbound_queue < 2 {
             return fail("session.outbound_queue", "must be at least 2".into());
         }
+        if self.session.outbound_queue_bytes < 16 * 1024 {
+            return fail(
+                "session.outbound_queue_bytes",
+                "must be at least 16384".into(),
+            );
+        }
+        if self.server.max_connections == 0 {
+            return fail("server.max_connections", "must be at least 1".into());
+        }
+        if self.server.handshake_timeout_ms == 0 {
+            return fail("server.handshake_timeout_ms", "must be at least 1".into());
+        }
         if self.session.max_rooms_per_session == 0 {
             return fail("session.max_rooms_per_session", "must be at least 1".into());
         }
@@ -607,6 +636,18 @@ impl Config {
             &old.tcp_nodelay,
             &mut new.server.tcp_nodelay,
             "server.tcp_nodelay",
+            r,
+        );
+        keep(
+            &old.max_connections,
+            &mut new.server.max_connections,
+            "server.max_connections",
+            r,
+        );
+        keep(
+            &old.handshake_timeout_ms,
+            &mut new.server.handshake_timeout_ms,
+            "server.handshake_timeout_ms",
             r,
         );
         keep(&self.metrics, &mut new.metrics, "metrics", r);
@@ -756,6 +797,18 @@ mod tests {
         assert_eq!(
             shipped.session.idle_timeout_ms,
             defaults.session.idle_timeout_ms
+        );
+        assert_eq!(
+            shipped.session.outbound_queue_bytes,
+            defaults.session.outbound_queue_bytes
+        );
+        assert_eq!(
+            shipped.server.max_connections,
+            defaults.server.max_connections
+        );
+        assert_eq!(
+            shipped.server.handshake_timeout_ms,
+            defaults.server.handshake_timeout_ms
         );
         assert_eq!(
             shipped.session.max_rooms_per_session,

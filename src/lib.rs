@@ -10,6 +10,7 @@
 //! - [`actors`]: Session (identity, joined rooms, idle) and Room (members, seq, history, fan-out).
 //! - [`registry`]: room name → room actor, with a race-free remove-if-still-empty.
 //! - [`outbound`]: the per-session bounded queue and the slow-consumer rule.
+//! - [`transport`]: accepting, handshake, HTTP/2 serving; resets streams the session ended.
 //! - [`admin`]: the operator API (`chat.v1.AdminService`), behind `[admin] token`.
 //! - [`config`]: the TOML schema and per-room limits; [`server`]: assembly and shutdown.
 //! - [`cluster`]: the Redis layer of cluster mode (shared seq, history, presence, pub/sub).
@@ -33,6 +34,7 @@ pub mod registry;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod transport;
 
 pub use config::Config;
 pub use server::{Server, shutdown_signal};

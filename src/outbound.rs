@@ -1,14 +1,16 @@
 //! A session's send handle and the response stream it feeds. [`SessionTx`] owns the one rule
-//! about slow consumers: rooms `try_deliver` without waiting, and a full queue is reported back so
-//! the room can drop the member. A [`Fatal`] set on the handle ends the stream with its status,
-//! either at once or after the queue drains (shutdown).
+//! about slow consumers: rooms `try_deliver` without waiting, and a queue full in messages or in
+//! bytes is reported back so the room can drop the member. A [`Fatal`] set on the handle ends the
+//! stream with its status, either at once or after the queue drains (shutdown); one that ends it
+//! at once also arms the stream's [`StreamReset`], so a client that does not read the status
+//! has its HTTP/2 stream reset instead of holding it open.
 
 use std::{
     future::Future,
     pin::Pin,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -23,7 +25,7 @@ use tokio::sync::{
 use tokio_stream::Stream;
 use tonic::Status;
 
-use crate::{error::Fatal, hub::SessionPermit, metrics};
+use crate::{error::Fatal, hub::SessionPermit, metrics, transport::reset::StreamReset};
 
 /// What became of one delivery attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +37,14 @@ pub enum Delivery {
     Closed,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     fatal: OnceLock<Fatal>,
+    /// Bytes queued and not yet taken by the response stream.
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+    /// The transport's reset switch for this stream (absent outside the server's transport).
+    reset: Option<Arc<StreamReset>>,
     /// The response stream's task, woken when `fatal` is set so it ends even with a full queue.
     waker: AtomicWaker,
     /// Set when the transport drops the response stream.
@@ -47,8 +54,12 @@ struct Shared {
 
 impl Shared {
     fn end(&self, fatal: Fatal) {
+        let at_once = !fatal.drains_first();
         if self.fatal.set(fatal).is_ok() {
             self.waker.wake();
+            if at_once && let Some(reset) = &self.reset {
+                reset.arm();
+            }
         }
     }
 }
@@ -73,10 +84,24 @@ pub struct SessionTx {
 }
 
 impl SessionTx {
-    /// A bounded queue of `capacity` messages and the response stream that drains it.
-    pub fn channel(capacity: usize) -> (SessionTx, OutboundStream) {
+    /// A queue bounded to `capacity` messages and `max_bytes` bytes, and the response stream
+    /// that drains it. `reset` is the transport's switch for this stream, armed when the stream
+    /// is ended without draining.
+    pub fn channel(
+        capacity: usize,
+        max_bytes: usize,
+        reset: Option<Arc<StreamReset>>,
+    ) -> (SessionTx, OutboundStream) {
         let (tx, rx) = mpsc::channel(capacity);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            fatal: OnceLock::new(),
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
+            reset,
+            waker: AtomicWaker::new(),
+            finished: AtomicBool::new(false),
+            finished_notify: Notify::new(),
+        });
         let stream = OutboundStream {
             rx,
             shared: shared.clone(),
@@ -92,11 +117,20 @@ impl SessionTx {
         if self.is_ended() {
             return Delivery::Closed;
         }
-        match self.tx.try_send(message) {
-            Ok(()) => Delivery::Sent,
+        let len = message.len();
+        let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        // An empty queue takes any one message, so a single large one is not a slow consumer.
+        if before > 0 && before + len > self.shared.max_bytes {
+            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            return Delivery::Full;
+        }
+        let refused = match self.tx.try_send(message) {
+            Ok(()) => return Delivery::Sent,
             Err(TrySendError::Full(_)) => Delivery::Full,
             Err(TrySendError::Closed(_)) => Delivery::Closed,
-        }
+        };
+        self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        refused
     }
 
     /// Ends the stream with `fatal`'s status; the first reason given wins.
@@ -138,11 +172,6 @@ impl SessionTx {
 
     pub fn is_ended(&self) -> bool {
         self.shared.fatal.get().is_some()
-    }
-
-    /// Whether both handles belong to the same stream.
-    pub fn same_stream(&self, other: &SessionTx) -> bool {
-        Arc::ptr_eq(&self.shared, &other.shared)
     }
 }
 
@@ -200,6 +229,9 @@ impl OutboundStream {
         self.flush_count();
         self.done = true;
         self.rx.close();
+        // What was queued goes now, not when the transport drops the stream.
+        while self.rx.try_recv().is_ok() {}
+        self.shared.queued_bytes.store(0, Ordering::Release);
         Poll::Ready(self.shared.fatal.get().map(|f| Err(Status::from(f))))
     }
 }
@@ -217,6 +249,9 @@ impl Stream for OutboundStream {
         }
         match this.rx.poll_recv(cx) {
             Poll::Ready(Some(message)) => {
+                this.shared
+                    .queued_bytes
+                    .fetch_sub(message.len(), Ordering::AcqRel);
                 this.uncounted += 1;
                 if this.uncounted >= COUNT_BATCH {
                     this.flush_count();
@@ -247,15 +282,42 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_is_reported_not_awaited() {
-        let (tx, _stream) = SessionTx::channel(2);
+        let (tx, _stream) = SessionTx::channel(2, 1 << 20, None);
         assert_eq!(tx.try_deliver(Bytes::from_static(b"1")), Delivery::Sent);
         assert_eq!(tx.try_deliver(Bytes::from_static(b"2")), Delivery::Sent);
         assert_eq!(tx.try_deliver(Bytes::from_static(b"3")), Delivery::Full);
     }
 
     #[tokio::test]
+    async fn a_queue_full_in_bytes_is_full() {
+        let (tx, mut stream) = SessionTx::channel(100, 10, None);
+        // One message larger than the bound still goes into an empty queue.
+        assert_eq!(tx.try_deliver(Bytes::from(vec![b'x'; 64])), Delivery::Sent);
+        assert_eq!(tx.try_deliver(Bytes::from_static(b"y")), Delivery::Full);
+        assert_eq!(stream.next().await.unwrap().unwrap().len(), 64);
+        assert_eq!(tx.try_deliver(Bytes::from_static(b"12345")), Delivery::Sent);
+        assert_eq!(tx.try_deliver(Bytes::from_static(b"12345")), Delivery::Sent);
+        assert_eq!(tx.try_deliver(Bytes::from_static(b"1")), Delivery::Full);
+    }
+
+    #[tokio::test]
+    async fn ending_at_once_arms_the_reset_and_draining_does_not() {
+        let reset = Arc::new(StreamReset::default());
+        let (tx, _stream) = SessionTx::channel(4, 1 << 20, Some(reset.clone()));
+        tx.end(Fatal::Shutdown);
+        assert!(
+            !reset.is_armed(),
+            "a shutdown drains, then ends with trailers"
+        );
+        let reset = Arc::new(StreamReset::default());
+        let (tx, _stream) = SessionTx::channel(4, 1 << 20, Some(reset.clone()));
+        tx.end(Fatal::IdleTimeout);
+        assert!(reset.is_armed());
+    }
+
+    #[tokio::test]
     async fn slow_consumer_ends_at_once_dropping_the_backlog() {
-        let (tx, mut stream) = SessionTx::channel(4);
+        let (tx, mut stream) = SessionTx::channel(4, 1 << 20, None);
         tx.try_deliver(Bytes::from_static(b"queued"));
         tx.end(Fatal::SlowConsumer);
         let status = stream.next().await.unwrap().unwrap_err();
@@ -269,7 +331,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_drains_the_queue_first() {
-        let (tx, mut stream) = SessionTx::channel(4);
+        let (tx, mut stream) = SessionTx::channel(4, 1 << 20, None);
         tx.try_deliver(Bytes::from_static(b"a"));
         tx.try_deliver(Bytes::from_static(b"b"));
         tx.end(Fatal::Shutdown);
@@ -282,7 +344,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_every_sender_ends_cleanly_after_the_backlog() {
-        let (tx, mut stream) = SessionTx::channel(4);
+        let (tx, mut stream) = SessionTx::channel(4, 1 << 20, None);
         tx.try_deliver(Bytes::from_static(b"last"));
         drop(tx);
         assert_eq!(stream.next().await.unwrap().unwrap(), "last");
@@ -291,7 +353,7 @@ mod tests {
 
     #[tokio::test]
     async fn end_wakes_a_waiting_stream() {
-        let (tx, mut stream) = SessionTx::channel(4);
+        let (tx, mut stream) = SessionTx::channel(4, 1 << 20, None);
         let waiter = tokio::spawn(async move { stream.next().await });
         tokio::task::yield_now().await;
         tx.end(Fatal::IdleTimeout);

@@ -1,12 +1,11 @@
-//! Assembling and running the server: the actor runtime, the shared [`Hub`], the gRPC transport
-//! (chat, health, reflection), the metrics endpoint, configuration reload, and the shutdown order:
+//! Assembling and running the server: the actor runtime, the shared [`Hub`], the gRPC services
+//! (chat, health, reflection, admin) on the [`transport`], the metrics endpoint, configuration reload, and the shutdown order:
 //! health goes NOT_SERVING and new streams are refused, every session ends after its queue
 //! drains, then the transport closes; all of it bounded by `shutdown_grace_ms`.
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::oneshot, time::Instant};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{error, info, warn};
 
@@ -22,6 +21,7 @@ use crate::{
     },
     runtime::ActorRuntime,
     service::ChatEdge,
+    transport,
 };
 
 /// The name health checks use for the chat service.
@@ -31,8 +31,8 @@ pub const CHAT_SERVICE: &str = "chat.v1.ChatService";
 pub enum ServerError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cluster: {0}")]
@@ -130,10 +130,10 @@ impl Server {
         });
 
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let mut transport = tonic::transport::Server::builder();
-        if let Some(tls) = &config.server.tls {
-            transport = transport.tls_config(tls_config(tls)?)?;
-        }
+        let tls = match &config.server.tls {
+            Some(tls) => Some(tls_acceptor(tls)?),
+            None => None,
+        };
         info!(listen = %listener.local_addr()?, tls = config.server.tls.is_some(), "serving {CHAT_SERVICE}");
         let exposed = !listener.local_addr()?.ip().is_loopback();
         if !config.admin.token.is_empty() && config.server.tls.is_none() && exposed {
@@ -153,19 +153,23 @@ impl Server {
             AdminEdge::new(hub.clone(), operators),
             AdminAuth::new(hub.clone()),
         );
-        let serve = transport
-            .http2_keepalive_interval(config.server.keepalive_interval())
-            .http2_keepalive_timeout(Some(Duration::from_millis(
-                config.server.keepalive_timeout_ms,
-            )))
-            .max_concurrent_streams(Some(config.server.max_concurrent_streams))
-            .add_service(health_service)
+        let routes = tonic::service::Routes::new(health_service)
             .add_service(reflection)
             .add_service(chat)
-            .add_service(admin)
-            .serve_with_incoming_shutdown(accepted(listener, config.server.tcp_nodelay), async {
-                let _ = stop_rx.await;
-            });
+            .add_service(admin);
+        let settings = transport::Settings {
+            max_connections: connection_cap(config.server.max_connections),
+            handshake_timeout: Duration::from_millis(config.server.handshake_timeout_ms),
+            tcp_nodelay: config.server.tcp_nodelay,
+            keepalive_interval: config.server.keepalive_interval(),
+            keepalive_timeout: Duration::from_millis(config.server.keepalive_timeout_ms),
+            max_concurrent_streams: config.server.max_concurrent_streams,
+            stream_send_buffer: config.session.stream_send_buffer(),
+            tls,
+        };
+        let serve = transport::serve(listener, settings, routes, async {
+            let _ = stop_rx.await;
+        });
         tokio::pin!(serve);
         // Cluster mode starts NOT_SERVING until Redis answers (`follow_cluster` takes over).
         let ready = hub.cluster.as_ref().is_none_or(|e| *e.connected().borrow());
@@ -215,20 +219,27 @@ impl Server {
     }
 }
 
-/// Accepted connections, with TCP_NODELAY applied here: tonic's own `tcp_nodelay` setting only
-/// covers listeners it binds itself, and Nagle's algorithm would hold small chat frames back.
-fn accepted(
-    listener: TcpListener,
-    nodelay: bool,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(move |stream| {
-        let stream = stream?;
-        if let Err(error) = stream.set_nodelay(nodelay) {
-            warn!(%error, "cannot set TCP_NODELAY");
-        }
-        Ok(stream)
-    })
+/// `server.max_connections`, lowered to leave room under the descriptor limit (raised to its
+/// hard limit here) for everything else the server opens: listeners, Redis, metrics, files.
+fn connection_cap(configured: usize) -> usize {
+    const RESERVED: u64 = 256;
+    let Some(limit) = transport::accept::raise_descriptor_limit() else {
+        return configured;
+    };
+    let fits = limit
+        .saturating_sub(RESERVED)
+        .max(RESERVED.min(limit / 2))
+        .max(1);
+    if configured as u64 > fits {
+        warn!(
+            max_connections = configured,
+            descriptor_limit = limit,
+            lowered_to = fits,
+            "server.max_connections does not fit under the descriptor limit: lowered"
+        );
+        return fits as usize;
+    }
+    configured
 }
 
 /// The shutdown order. `serve` keeps being polled throughout, so the transport goes on accepting
@@ -238,9 +249,9 @@ async fn shut_down<F>(
     health: &HealthReporter,
     mut serve: std::pin::Pin<&mut F>,
     stop_transport: oneshot::Sender<()>,
-) -> Result<(), tonic::transport::Error>
+) -> std::io::Result<()>
 where
-    F: Future<Output = Result<(), tonic::transport::Error>>,
+    F: Future<Output = std::io::Result<()>>,
 {
     let grace_ms = hub.config().server.shutdown_grace_ms;
     let deadline = Instant::now() + Duration::from_millis(grace_ms);
@@ -274,21 +285,40 @@ where
     }
 }
 
-/// The rustls configuration of `[server.tls]`: certificate chain and key, and the CA that client
-/// certificates must chain to when mutual TLS is on.
-fn tls_config(
-    tls: &crate::config::TlsConfig,
-) -> Result<tonic::transport::ServerTlsConfig, std::io::Error> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let identity = Identity::from_pem(
-        std::fs::read(&tls.cert_path)?,
-        std::fs::read(&tls.key_path)?,
-    );
-    let mut config = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &tls.client_ca_path {
-        config = config.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
-    }
-    Ok(config)
+/// The TLS acceptor of `[server.tls]`: certificate chain and key, the CA that client
+/// certificates must chain to when mutual TLS is on, and ALPN `h2`.
+fn tls_acceptor(tls: &crate::config::TlsConfig) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
+    use tokio_rustls::rustls::{
+        RootCertStore, ServerConfig,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+        server::WebPkiClientVerifier,
+    };
+    let invalid = |what: &str, e: &dyn std::fmt::Display| ServerError::Tls(format!("{what}: {e}"));
+    let certs = CertificateDer::pem_file_iter(&tls.cert_path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(&tls.cert_path.display().to_string(), &e))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key_path)
+        .map_err(|e| invalid(&tls.key_path.display().to_string(), &e))?;
+    let builder = ServerConfig::builder();
+    let builder = match &tls.client_ca_path {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            let ca_certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| invalid(&ca.display().to_string(), &e))?;
+            roots.add_parsable_certificates(ca_certs);
+            let verifier = WebPkiClientVerifier::builder(roots.into())
+                .build()
+                .map_err(|e| invalid("client_ca_path", &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid("certificate and key", &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Cluster mode, at shutdown: every session has ended; each room is asked a question that it

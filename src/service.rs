@@ -15,6 +15,7 @@ use crate::{
     hub::{Hub, Living},
     outbound::{OutboundStream, SessionTx},
     proto::{self, chat_service_server::ChatService},
+    transport::reset::StreamReset,
 };
 
 pub struct ChatEdge {
@@ -39,7 +40,14 @@ impl ChatService for ChatEdge {
             Some(verifier) => Some(verifier.verify(request.metadata())?),
             None => None,
         };
-        let (tx, outbound) = SessionTx::channel(self.hub.config().session.outbound_queue);
+        let (queue, queue_bytes) = {
+            let config = self.hub.config();
+            (
+                config.session.outbound_queue,
+                config.session.outbound_queue_bytes,
+            )
+        };
+        let (tx, outbound) = SessionTx::channel(queue, queue_bytes, StreamReset::current());
         // The stream holds the place: the session counts until the transport lets go of its
         // response, which can outlive the actor while the last messages are written.
         let ip_slot = match request.remote_addr() {

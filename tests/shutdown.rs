@@ -12,9 +12,14 @@ const TOTAL: u64 = 300;
 
 #[tokio::test]
 async fn shutdown_delivers_accepted_messages_then_ends_streams_with_unavailable() {
-    let server = TestServer::start("[limits]\nrate_per_sec = 100000\nburst = 100000\n").await;
     // bob reads nothing until the end and has a small HTTP/2 window: most of the messages are
-    // still in the server's queue for him when shutdown begins, so only a drain delivers them.
+    // still in the server's queue for him when shutdown begins, so only a drain delivers them
+    // (a queue of 1 MiB holds all ~300 KB of them).
+    let server = TestServer::start(
+        "[session]\noutbound_queue_bytes = 1048576\n\
+         [limits]\nrate_per_sec = 100000\nburst = 100000\n",
+    )
+    .await;
     let mut ada = server.client("ada").await;
     ada.join("r").await;
     let mut bob = small_window_client(server.endpoint(), "bob").await;

@@ -1,0 +1,224 @@
+//! The HTTP/2 transport: accepting connections, the handshake, and serving gRPC on each with
+//! hyper. It replaces tonic's own server loop for three things that loop cannot do: end a stream
+//! on the wire when the session ends it ([`reset`]), bound what a connection may hold before it
+//! has spoken HTTP/2 ([`handshake`]), and survive running out of descriptors ([`accept`]).
+//!
+//! Connections are capped by `server.max_connections` (accepting waits for a place), each one
+//! must finish TLS and send the HTTP/2 preface within `server.handshake_timeout_ms`, and only
+//! gRPC requests (POST, `application/grpc*`) reach the services. Shutdown is in two steps: stop
+//! accepting and ask every connection to finish (GOAWAY), then wait for them.
+
+pub mod accept;
+pub mod handshake;
+pub mod reset;
+
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, watch},
+};
+use tonic::{body::Body, codegen::Service, service::Routes, transport::server::TcpConnectInfo};
+use tracing::{debug, warn};
+
+use self::{accept::Acceptor, handshake::read_preface, reset::StreamExecutor};
+
+/// How a connection is served.
+#[derive(Clone)]
+pub struct Settings {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub tcp_nodelay: bool,
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    /// Bytes h2 may buffer per stream for sending; matched to the session's outbound queue.
+    pub stream_send_buffer: usize,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// What the client may send before we read it: per stream and per connection. Small on purpose:
+/// a stream's reader takes one message at a time, so a larger window would only let a flooding
+/// client park more bytes in the server.
+const STREAM_RECEIVE_WINDOW: u32 = 64 * 1024;
+const CONNECTION_RECEIVE_WINDOW: u32 = 512 * 1024;
+
+/// Serves `routes` on `listener` until `stop` resolves, then asks every connection to finish and
+/// waits for them. The caller bounds that wait (the shutdown grace).
+pub async fn serve(
+    listener: TcpListener,
+    settings: Settings,
+    routes: Routes,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    let routes = routes.prepare();
+    let mut h2 = hyper::server::conn::http2::Builder::new(StreamExecutor);
+    h2.timer(TokioTimer::new())
+        .keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_timeout)
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_send_buf_size(settings.stream_send_buffer)
+        .initial_stream_window_size(STREAM_RECEIVE_WINDOW)
+        .initial_connection_window_size(CONNECTION_RECEIVE_WINDOW);
+    let h2 = Arc::new(h2);
+    let places = Arc::new(Semaphore::new(settings.max_connections));
+    let (closing_tx, closing) = watch::channel(false);
+    let mut acceptor = Acceptor::new(listener);
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stop => break,
+            accepted = async {
+                // unwrap: the semaphore is never closed.
+                let place = places.clone().acquire_owned().await.unwrap();
+                (place, acceptor.next().await)
+            } => accepted,
+        };
+        let (place, (tcp, peer)) = match accepted {
+            (place, Ok(accepted)) => (place, accepted),
+            (_, Err(error)) => return Err(error),
+        };
+        let connection = Connection {
+            settings: settings.clone(),
+            h2: h2.clone(),
+            routes: routes.clone(),
+            info: TcpConnectInfo {
+                local_addr: Some(local),
+                remote_addr: Some(peer),
+            },
+        };
+        let closing = closing.clone();
+        tokio::spawn(async move {
+            connection.run(tcp, closing).await;
+            drop(place);
+        });
+    }
+    drop(acceptor);
+    let _ = closing_tx.send(true);
+    // Every connection holds a place until it is gone.
+    let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
+    let _ = places.acquire_many(all).await;
+    Ok(())
+}
+
+struct Connection {
+    settings: Settings,
+    h2: Arc<hyper::server::conn::http2::Builder<StreamExecutor>>,
+    routes: Routes,
+    info: TcpConnectInfo,
+}
+
+impl Connection {
+    async fn run(self, tcp: TcpStream, mut closing: watch::Receiver<bool>) {
+        let peer = self.info.remote_addr;
+        if let Err(error) = tcp.set_nodelay(self.settings.tcp_nodelay) {
+            warn!(%error, "cannot set TCP_NODELAY");
+        }
+        let handshake = async {
+            match &self.settings.tls {
+                Some(tls) => {
+                    let tls = tls.accept(tcp).await?;
+                    Ok(Box::new(read_preface(tls).await?) as Box<dyn Io>)
+                }
+                None => Ok(Box::new(read_preface(tcp).await?) as Box<dyn Io>),
+            }
+        };
+        let io: Box<dyn Io> =
+            match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
+                Ok(Ok(io)) => io,
+                Ok(Err(error)) => {
+                    let error: HandshakeFailure = error;
+                    debug!(?peer, %error, "connection closed during the handshake");
+                    return;
+                }
+                Err(_) => {
+                    debug!(?peer, "connection closed: no handshake within the timeout");
+                    return;
+                }
+            };
+        let routes = self.routes;
+        let info = self.info;
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let mut routes = routes.clone();
+            let info = info.clone();
+            async move {
+                if let Some(refusal) = refuse_non_grpc(&request) {
+                    return Ok::<_, Infallible>(refusal);
+                }
+                let mut request = request.map(Body::new);
+                request.extensions_mut().insert(info);
+                routes.call(request).await
+            }
+        });
+        let connection = self.h2.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let mut asked_to_close = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        debug!(?peer, %error, "connection ended");
+                    }
+                    return;
+                }
+                changed = closing.wait_for(|closing| *closing), if !asked_to_close => {
+                    asked_to_close = true;
+                    if changed.is_ok() {
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+#[derive(Debug, thiserror::Error)]
+enum HandshakeFailure {
+    #[error("tls: {0}")]
+    Tls(#[from] std::io::Error),
+    #[error("{0}")]
+    Preface(#[from] handshake::HandshakeError),
+}
+
+/// gRPC is POST with an `application/grpc` content type (gRPC over HTTP/2, "Requests"); anything
+/// else gets the HTTP answer the spec names instead of being decoded as gRPC.
+fn refuse_non_grpc(request: &Request<Incoming>) -> Option<Response<Body>> {
+    let refuse = |status: StatusCode, text: &'static str| {
+        let mut response = Response::new(Body::new(Full::new(Bytes::from_static(text.as_bytes()))));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain"),
+        );
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        }
+        Some(response)
+    };
+    if request.method() != hyper::Method::POST {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "gRPC requests are POST\n");
+    }
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']));
+    if !grpc {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content-type must be application/grpc\n",
+        );
+    }
+    None
+}

@@ -1,0 +1,154 @@
+//! The transport's own guarantees: a stream the server ends is ended on the wire even when the
+//! client never reads (a half-closed stream cut at the idle timeout), a socket that never speaks
+//! HTTP/2 is closed at the handshake timeout, HTTP/1 and non-gRPC requests get the HTTP answer
+//! the gRPC spec names, and `max_connections` holds.
+
+mod common;
+
+use std::time::Duration;
+
+use chatrooms::proto::Kind;
+use common::{QUIET, TestServer, WAIT, small_window_client};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
+
+/// Reads until the server closes the socket; the bytes it sent first.
+async fn until_closed(socket: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    timeout(WAIT, socket.read_to_end(&mut got))
+        .await
+        .expect("the server closes the socket in time")
+        .ok();
+    got
+}
+
+#[tokio::test]
+async fn a_half_closed_stream_that_is_never_read_is_cut_at_the_idle_timeout() {
+    let server = TestServer::start(
+        "[session]\nidle_timeout_ms = 300\n\
+         [limits]\nrate_per_sec = 100000\nburst = 100000\n",
+    )
+    .await;
+    let mut quiet = small_window_client(server.endpoint(), "quiet").await;
+    quiet.join("r").await;
+    let mut sender = server.client("sender").await;
+    sender.join("r").await;
+    // More than the quiet client's 16 KiB window, far less than its queue: it is no slow
+    // consumer, its stream just cannot be written out while it does not read.
+    let body = "x".repeat(1000);
+    for n in 0..40 {
+        sender.chat("r", &format!("{n}{body}")).await;
+        sender.expect(Kind::Chat).await;
+    }
+    quiet.close_send();
+    // The sender keeps its own session alive; the quiet one is cut at its idle timeout and
+    // released although it never reads.
+    let keep_alive = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            ticks.tick().await;
+            sender.send_kind(Kind::Ping, "").await;
+            sender.until(|m| m.kind() == Kind::Pong).await;
+        }
+    });
+    server.wait_sessions(1).await;
+    keep_alive.abort();
+    let (received, status) = quiet.drain_to_end().await;
+    let chats = received.iter().filter(|m| m.kind() == Kind::Chat).count();
+    assert!(chats < 40, "cut off, not drained: {chats} CHATs");
+    assert_eq!(status.expect("ended").code(), tonic::Code::Cancelled);
+}
+
+#[tokio::test]
+async fn silent_sockets_are_closed_at_the_handshake_timeout() {
+    let server = TestServer::start("[server]\nhandshake_timeout_ms = 300\n").await;
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    // Half the preface is no better than none.
+    let mut partial = TcpStream::connect(server.addr).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    silent.push(partial);
+    for socket in &mut silent {
+        assert!(until_closed(socket).await.is_empty());
+    }
+    // A client that does speak HTTP/2 is served as before.
+    let mut fresh = server.client("fresh").await;
+    fresh.join("r").await;
+}
+
+#[tokio::test]
+async fn http1_gets_a_plain_answer_and_the_connection_closed() {
+    let server = TestServer::start("").await;
+    let mut socket = TcpStream::connect(server.addr).await.unwrap();
+    socket
+        .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = String::from_utf8(until_closed(&mut socket).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 505 "), "{answer}");
+    assert!(answer.contains("gRPC"), "{answer}");
+}
+
+/// Sends one HTTP/2 request with `method` and `content_type` and returns the response status.
+async fn h2_status(server: &TestServer, method: &str, content_type: Option<&str>) -> u16 {
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::builder().method(method).uri(format!(
+        "http://{}/chat.v1.ChatService/ChatStream",
+        server.addr
+    ));
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    let (response, _body) = h2.send_request(request.body(()).unwrap(), true).unwrap();
+    let response = timeout(WAIT, response).await.expect("answered").unwrap();
+    response.status().as_u16()
+}
+
+#[tokio::test]
+async fn non_grpc_requests_get_the_http_answer_the_spec_names() {
+    let server = TestServer::start("").await;
+    assert_eq!(h2_status(&server, "GET", None).await, 405);
+    assert_eq!(h2_status(&server, "POST", Some("text/plain")).await, 415);
+    assert_eq!(h2_status(&server, "POST", None).await, 415);
+    assert_eq!(
+        h2_status(&server, "POST", Some("application/grpcx")).await,
+        415
+    );
+    // A gRPC request with no body is still gRPC: it gets a 200 with a gRPC status.
+    assert_eq!(
+        h2_status(&server, "POST", Some("application/grpc+proto")).await,
+        200
+    );
+    server.wait_sessions(0).await;
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_for_a_place() {
+    let server =
+        TestServer::start("[server]\nmax_connections = 2\nhandshake_timeout_ms = 60000\n").await;
+    let first = TcpStream::connect(server.addr).await.unwrap();
+    let _second = TcpStream::connect(server.addr).await.unwrap();
+    // Both places are held by sockets that stay silent: a third client waits in the backlog.
+    let endpoint = server.endpoint();
+    let mut waiting = tokio::spawn(async move {
+        let channel = endpoint.connect().await.unwrap();
+        common::Client::open(channel, "third").await
+    });
+    assert!(
+        timeout(QUIET, &mut waiting).await.is_err(),
+        "served beyond max_connections"
+    );
+    drop(first);
+    let mut third = timeout(WAIT, waiting)
+        .await
+        .expect("served once a place frees")
+        .unwrap();
+    third.join("r").await;
+}
