@@ -58,6 +58,7 @@ async fn sigterm_refuses_new_streams_and_exits_within_the_grace_period_despite_a
     let grace = Duration::from_millis(1500);
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_ms = {}\n[metrics]\nlisten = \"\"\n\
+         [session]\noutbound_queue_bytes = 1048576\n\
          [limits]\nrate_per_sec = 100000\nburst = 100000\n",
         grace.as_millis()
     );
