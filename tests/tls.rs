@@ -51,11 +51,21 @@ fn write(name: &str, contents: &str) -> PathBuf {
 }
 
 async fn tls_server(ca: &TestCa, client_ca: Option<&TestCa>, tag: &str) -> TestServer {
+    tls_server_with(ca, client_ca, tag, "").await
+}
+
+/// A TLS server whose `[server]` table also holds `server_keys`.
+async fn tls_server_with(
+    ca: &TestCa,
+    client_ca: Option<&TestCa>,
+    tag: &str,
+    server_keys: &str,
+) -> TestServer {
     let (cert, key) = ca.leaf(&["localhost"]);
     let cert_path = write(&format!("{tag}-server.pem"), &cert);
     let key_path = write(&format!("{tag}-server.key"), &key);
     let mut toml = format!(
-        "[server.tls]\ncert_path = {:?}\nkey_path = {:?}\n",
+        "[server]\n{server_keys}\n[server.tls]\ncert_path = {:?}\nkey_path = {:?}\n",
         cert_path.display().to_string(),
         key_path.display().to_string()
     );
@@ -116,6 +126,23 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() 
     let (cert, key) = stranger_ca.leaf(&["mallory"]);
     let wrong = tls_endpoint(&server, &ca, Some(Identity::from_pem(cert, key))).connect_lazy();
     assert!(Client::try_open(wrong, "mallory").await.is_err());
+}
+
+#[tokio::test]
+async fn a_socket_that_never_starts_tls_is_closed_at_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let ca = TestCa::new("ca");
+    let server = tls_server_with(&ca, None, "silent", "handshake_timeout_ms = 300").await;
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(common::WAIT, silent.read_to_end(&mut got))
+        .await
+        .expect("closed by the server")
+        .ok();
+    assert!(got.is_empty());
+    // TLS clients are served as before.
+    let channel = tls_endpoint(&server, &ca, None).connect().await.unwrap();
+    Client::open(channel, "secure").await.join("r").await;
 }
 
 #[test]
