@@ -1,6 +1,6 @@
 //! Assembling and running the server: the actor runtime, the shared [`Hub`], the gRPC services
-//! (chat, health, reflection, admin) on the [`transport`], the metrics endpoint, configuration reload, and the shutdown order:
-//! health goes NOT_SERVING and new streams are refused, every session ends after its queue
+//! (chat, health, reflection, admin) on the [`transport`], the metrics endpoint, configuration
+//! reload, and the shutdown order: health goes NOT_SERVING and new streams are refused, every session ends after its queue
 //! drains, then the transport closes; all of it bounded by `shutdown_grace_ms`.
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
