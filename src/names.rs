@@ -1,7 +1,10 @@
 //! Validated identifiers: session ids, room names and user names. Names are checked once at the
 //! edge and then shared as `Arc<str>`, so a broadcast or a member list never copies them.
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{Arc, LazyLock},
+};
 
 use crate::error::ChatError;
 
@@ -11,6 +14,37 @@ pub const MAX_ROOM_BYTES: usize = 128;
 pub const MAX_USER_CHARS: usize = 64;
 /// The author of operator announcements; no client may take this name.
 pub const SYSTEM_USER: &str = "system";
+/// Names no client may take, nor anything that looks like them.
+pub const RESERVED_USERS: &[&str] = &[SYSTEM_USER];
+
+/// The confusable keys of [`RESERVED_USERS`], computed once.
+static RESERVED_KEYS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    RESERVED_USERS
+        .iter()
+        .map(|name| confusable_key(name))
+        .collect()
+});
+
+/// What a name looks like, for telling whether two names can be mistaken for each other: the
+/// UTS #39 skeleton (which maps look-alikes such as Cyrillic `ѕ` to Latin `s` and drops invisible
+/// characters), case-folded and skeletonised again, because the skeleton alone keeps case and
+/// `System` must collide with `system` too. Surrounding whitespace does not count either.
+fn confusable_key(name: &str) -> String {
+    let folded: String = unicode_security::skeleton(name)
+        .flat_map(char::to_lowercase)
+        .collect();
+    let key: String = unicode_security::skeleton(&folded).collect();
+    key.trim().to_string()
+}
+
+/// The reserved name `name` is, or looks like, if any.
+pub fn reserved_look_alike(name: &str) -> Option<&'static str> {
+    let key = confusable_key(name);
+    RESERVED_KEYS
+        .iter()
+        .position(|reserved| *reserved == key)
+        .map(|i| RESERVED_USERS[i])
+}
 
 /// Process-unique id of one stream's session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,8 +100,8 @@ impl UserName {
             Some("user name is longer than 64 characters")
         } else if name.chars().any(char::is_control) {
             Some("user name contains control characters")
-        } else if name.trim().eq_ignore_ascii_case(SYSTEM_USER) {
-            Some("user name \"system\" is reserved for server announcements")
+        } else if reserved_look_alike(name).is_some() {
+            Some("user name is, or looks like, one reserved for the server (\"system\")")
         } else {
             None
         };
@@ -116,6 +150,35 @@ mod tests {
         for bad in ["", "   ", "\t", "bell\u{7}", "line\nbreak"] {
             let err = UserName::parse(bad).unwrap_err();
             assert_eq!(err.code(), "invalid_user", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reserved_names_and_their_look_alikes_are_refused() {
+        for bad in [
+            "system",
+            "System",
+            " SYSTEM ",
+            // Cyrillic dze, u and ie among Latin letters.
+            "\u{455}\u{443}\u{455}t\u{435}m",
+            // Upper-case Cyrillic dze, U, ie and em.
+            "\u{405}\u{423}\u{405}T\u{415}\u{41c}",
+            // A zero-width space inside: invisible, so it must not make the name different.
+            "sys\u{200b}tem",
+            // Mathematical bold letters and full-width letters.
+            "\u{1d42c}\u{1d432}\u{1d42c}\u{1d42d}\u{1d41e}\u{1d426}",
+            "\u{ff53}\u{ff59}\u{ff53}\u{ff54}\u{ff45}\u{ff4d}",
+            // `rn` reads as `m`.
+            "systern",
+        ] {
+            assert_eq!(reserved_look_alike(bad), Some(SYSTEM_USER), "{bad:?}");
+            let err = UserName::parse(bad).unwrap_err();
+            assert_eq!(err.code(), "invalid_user", "{bad:?}");
+        }
+        // Names that merely contain it, or differ in a letter one can see, are fine.
+        for fine in ["systems", "system-admin", "sysadmin", "Ѕветлана", "ѕуѕ"] {
+            assert_eq!(reserved_look_alike(fine), None, "{fine:?}");
+            assert!(UserName::parse(fine).is_ok(), "{fine:?}");
         }
     }
 }

@@ -625,3 +625,16 @@ async fn no_client_may_call_itself_system() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn no_client_may_take_a_look_alike_of_system() {
+    let server = TestServer::start("").await;
+    // Cyrillic dze, u and ie among Latin letters: rendered, it reads "system".
+    let mut fake = server.client("\u{455}\u{443}\u{455}t\u{435}m").await;
+    fake.chat("", "I am the server").await;
+    fake.expect_error("invalid_user").await;
+    let mut real = server.client("systems").await;
+    real.chat("", "a name that merely starts like it").await;
+    assert_eq!(real.expect(Kind::Chat).await.user, "systems");
+    server.shutdown().await;
+}
