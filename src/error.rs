@@ -61,6 +61,8 @@ pub enum Fatal {
     Refused(Status),
     /// An operator kicked the session (admin API); the reason may be empty.
     Kicked(String),
+    /// The session's token (jwt mode) reached its `exp`.
+    TokenExpired,
 }
 
 impl Fatal {
@@ -80,6 +82,7 @@ impl Fatal {
             Fatal::Inbound(_) => "error",
             Fatal::Refused(_) => "refused",
             Fatal::Kicked(_) => "kicked",
+            Fatal::TokenExpired => "token_expired",
         }
     }
 }
@@ -99,6 +102,8 @@ impl From<&Fatal> for Status {
             Fatal::Inbound(s) | Fatal::Refused(s) => s.clone(),
             Fatal::Kicked(reason) if reason.is_empty() => Status::permission_denied("kicked"),
             Fatal::Kicked(reason) => Status::permission_denied(format!("kicked: {reason}")),
+            // The client is expected to get a fresh token and open a new stream.
+            Fatal::TokenExpired => Status::unauthenticated("token expired"),
         }
     }
 }

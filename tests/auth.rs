@@ -1,10 +1,11 @@
 //! Authentication and room permissions (part of the security work): in jwt mode a stream needs
-//! a valid bearer token, whose `sub` stamps every message and whose `rooms` claim limits the
-//! rooms; read-only rooms let only their writers post.
+//! a valid bearer token (any case of the scheme; not before its `nbf`), whose `sub` stamps every
+//! message, whose `rooms` claim limits the rooms and whose `exp` ends the session; read-only rooms
+//! let only their writers post.
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chatrooms::proto::{Kind, Message};
 use common::{Client, TestServer};
@@ -65,6 +66,115 @@ async fn jwt_mode_refuses_missing_expired_wrong_key_and_tampered_tokens() {
         assert_eq!(refused.code(), Code::Unauthenticated, "{what}: {refused:?}");
     }
     assert!(open(&server, Some(&valid)).await.is_ok());
+}
+
+#[derive(Serialize)]
+struct NotBefore<'a> {
+    sub: &'a str,
+    exp: u64,
+    nbf: u64,
+}
+
+fn token_not_before(nbf: u64) -> String {
+    let claims = NotBefore {
+        sub: "alice",
+        exp: now() + 2 * 365 * 24 * 3600,
+        nbf,
+    };
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_token_is_refused_before_its_nbf_with_30_s_of_leeway() {
+    let server = TestServer::start(JWT).await;
+    let year = 365 * 24 * 3600;
+    let refused = open(&server, Some(&token_not_before(now() + year)))
+        .await
+        .err()
+        .expect("nbf a year ahead");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("ImmatureSignature"),
+        "{refused:?}"
+    );
+    // An issuer whose clock runs a little ahead: within the leeway.
+    let mut skewed = open(&server, Some(&token_not_before(now() + 10)))
+        .await
+        .expect("nbf 10 s ahead is within the leeway");
+    skewed.chat("", "hi").await;
+    assert_eq!(skewed.expect(Kind::Chat).await.user, "alice");
+    assert!(
+        open(&server, Some(&token_not_before(now() - 60)))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_session_ends_unauthenticated_when_its_token_expires() {
+    let server = TestServer::start(JWT).await;
+    let exp = now() + 2;
+    let mut alice = open(&server, Some(&token("alice", exp, None, SECRET)))
+        .await
+        .unwrap();
+    alice.join("r").await;
+    let mut bob = open(&server, Some(&token("bob", now() + 600, None, SECRET)))
+        .await
+        .unwrap();
+    bob.join("r").await;
+    alice.expect(Kind::Join).await;
+    // Alice's stream ends by itself, with no request from her: the session timer does it.
+    let status = alice.expect_end(Code::Unauthenticated).await;
+    assert!(status.message().contains("token expired"), "{status:?}");
+    let ended = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    assert!(
+        ended + Duration::from_millis(50) >= Duration::from_secs(exp),
+        "ended {ended:?}, before exp {exp}"
+    );
+    // Her membership went with it; bob, whose token is valid, carries on.
+    assert_eq!(bob.expect(Kind::Leave).await.user, "alice");
+    bob.chat("r", "still here").await;
+    assert_eq!(bob.expect(Kind::Chat).await.content, "still here");
+    server.wait_sessions(1).await;
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let server = TestServer::start(JWT).await;
+    let valid = token("alice", now() + 600, None, SECRET);
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let header = format!("{scheme} {valid}");
+        let mut alice =
+            Client::try_open_with_authorization(server.channel().await, "alice", Some(&header))
+                .await
+                .unwrap_or_else(|status| panic!("{scheme}: {status:?}"));
+        alice.chat("", scheme).await;
+        assert_eq!(alice.expect(Kind::Chat).await.user, "alice", "{scheme}");
+    }
+    let header = format!("Basic {valid}");
+    let refused =
+        Client::try_open_with_authorization(server.channel().await, "alice", Some(&header))
+            .await
+            .err()
+            .expect("another scheme");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn a_token_whose_sub_looks_like_system_is_refused() {
+    let server = TestServer::start(JWT).await;
+    for sub in ["system", "\u{455}\u{443}\u{455}t\u{435}m"] {
+        let refused = open(&server, Some(&token(sub, now() + 600, None, SECRET)))
+            .await
+            .err()
+            .expect(sub);
+        assert_eq!(refused.code(), Code::Unauthenticated, "{sub}: {refused:?}");
+    }
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use actix::{
@@ -35,6 +35,9 @@ use crate::{
 const JOIN_ATTEMPTS: usize = 8;
 /// Longest `ref` a client may attach; it is echoed back, so it is bounded.
 pub const MAX_REF_BYTES: usize = 128;
+/// Longest single wait of the token-expiry timer: a far `exp` is reached in steps, each
+/// measured again on the wall clock (the one `exp` is in), which may also be set meanwhile.
+const EXPIRY_STEP: Duration = Duration::from_secs(3600);
 
 /// Who the session is. The first request decides, whatever its kind: a valid `user` names the
 /// session for good; an empty or invalid one leaves it unnamed, able to PING and nothing else.
@@ -64,6 +67,8 @@ pub struct Session {
     identity: Identity,
     /// The token's `rooms` claim, when it has one.
     allowed_rooms: Option<Authorized>,
+    /// When the token (jwt mode) expires: the session ends then.
+    expires_at: Option<SystemTime>,
     rooms: HashMap<RoomName, Addr<Room>>,
     /// Where CHAT and JOIN with an empty `room` go; fixed for the life of the server.
     default_room: RoomName,
@@ -99,6 +104,7 @@ impl Session {
             identity: authorized
                 .as_ref()
                 .map_or(Identity::Unset, |a| Identity::Named(a.user.clone())),
+            expires_at: authorized.as_ref().and_then(|a| a.expires_at),
             allowed_rooms: authorized.filter(|a| a.rooms.is_some()),
             rooms: HashMap::new(),
             last_seen: Instant::now(),
@@ -404,6 +410,21 @@ impl Session {
         }
     }
 
+    /// Ends the session with UNAUTHENTICATED "token expired" when its token's `exp` passes.
+    fn watch_expiry(&mut self, ctx: &mut Context<Self>, expires_at: SystemTime) {
+        let left = expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        if left.is_zero() {
+            info!(session = %self.id, user = self.user_name(), "token expired");
+            // Stopping from within `started` is fine: actix stops once started returns.
+            return self.end(Fatal::TokenExpired, ctx);
+        }
+        ctx.run_later(left.min(EXPIRY_STEP), move |session, ctx| {
+            session.watch_expiry(ctx, expires_at);
+        });
+    }
+
     /// Ends the session once nothing has arrived for the configured idle timeout. One timer per
     /// session, re-armed for the remaining time instead of being reset on every message.
     fn watch_idle(&self, ctx: &mut Context<Self>, after: Duration) {
@@ -450,6 +471,9 @@ impl Actor for Session {
         info!(session = %self.id, "session started");
         if let Some(limit) = self.hub.config().session.idle_timeout() {
             self.watch_idle(ctx, limit);
+        }
+        if let Some(expires_at) = self.expires_at {
+            self.watch_expiry(ctx, expires_at);
         }
     }
 

@@ -62,14 +62,7 @@ impl Interceptor for AdminAuth {
                 "the admin API is disabled: no [admin] token is configured",
             ));
         }
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token);
-        let Some(presented) = presented else {
+        let Ok(presented) = crate::auth::bearer(request.metadata()) else {
             warn!(?peer, "admin call refused: no bearer token");
             return Err(Status::unauthenticated(
                 "admin calls need `authorization: Bearer <token>`",

@@ -200,10 +200,20 @@ impl Client {
         user: &str,
         token: Option<&str>,
     ) -> Result<Client, Status> {
+        let authorization = token.map(|token| format!("Bearer {token}"));
+        Client::try_open_with_authorization(channel, user, authorization.as_deref()).await
+    }
+
+    /// Opens a stream carrying exactly this `authorization` header, when one is given.
+    pub async fn try_open_with_authorization(
+        channel: Channel,
+        user: &str,
+        authorization: Option<&str>,
+    ) -> Result<Client, Status> {
         let (tx, rx) = mpsc::channel(1024);
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(token) = token {
-            let value = format!("Bearer {token}").parse().expect("ascii token");
+        if let Some(authorization) = authorization {
+            let value = authorization.parse().expect("ascii header");
             request.metadata_mut().insert("authorization", value);
         }
         let rx = ChatServiceClient::new(channel)
