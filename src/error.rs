@@ -30,6 +30,21 @@ pub enum ChatError {
 }
 
 impl ChatError {
+    /// Every [`code`](ChatError::code), so each refusal counter can be exported at 0 from
+    /// start-up (dashboards and `absent()` alerts need the series before the first refusal).
+    pub const CODES: &'static [&'static str] = &[
+        "room_full",
+        "rate_limited",
+        "message_too_large",
+        "not_a_member",
+        "invalid_room",
+        "invalid_user",
+        "too_many_rooms",
+        "bad_request",
+        "forbidden",
+        "unavailable",
+    ];
+
     pub fn code(&self) -> &'static str {
         match self {
             ChatError::RoomFull { .. } => "room_full",
@@ -72,6 +87,18 @@ impl Fatal {
         matches!(self, Fatal::Shutdown)
     }
 
+    /// Every [`reason`](Fatal::reason), so each end counter can be exported at 0 from start-up.
+    pub const REASONS: &'static [&'static str] = &[
+        "client_closed",
+        "slow_consumer",
+        "idle_timeout",
+        "shutdown",
+        "error",
+        "refused",
+        "kicked",
+        "token_expired",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             Fatal::SlowConsumer => "slow_consumer",
@@ -105,5 +132,96 @@ impl From<&Fatal> for Status {
             // The client is expected to get a fresh token and open a new stream.
             Fatal::TokenExpired => Status::unauthenticated("token expired"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of each variant. The matches have no wildcard, so a new variant does not compile
+    /// until it is listed here, and the tests below then make sure its code or reason is in
+    /// the constant lists.
+    fn every_error() -> Vec<ChatError> {
+        let all = vec![
+            ChatError::RoomFull { max: 1 },
+            ChatError::RateLimited {
+                rate_per_sec: 1.0,
+                burst: 1,
+            },
+            ChatError::MessageTooLarge { len: 2, max: 1 },
+            ChatError::NotAMember,
+            ChatError::InvalidRoom("x"),
+            ChatError::InvalidUser("x"),
+            ChatError::TooManyRooms { max: 1 },
+            ChatError::BadRequest("x".into()),
+            ChatError::Forbidden("x"),
+            ChatError::Unavailable("x".into()),
+        ];
+        for error in &all {
+            match error {
+                ChatError::RoomFull { .. }
+                | ChatError::RateLimited { .. }
+                | ChatError::MessageTooLarge { .. }
+                | ChatError::NotAMember
+                | ChatError::InvalidRoom(_)
+                | ChatError::InvalidUser(_)
+                | ChatError::TooManyRooms { .. }
+                | ChatError::BadRequest(_)
+                | ChatError::Forbidden(_)
+                | ChatError::Unavailable(_) => {}
+            }
+        }
+        all
+    }
+
+    fn every_fatal() -> Vec<Fatal> {
+        let all = vec![
+            Fatal::SlowConsumer,
+            Fatal::IdleTimeout,
+            Fatal::Shutdown,
+            Fatal::Inbound(Status::cancelled("gone")),
+            Fatal::Inbound(Status::internal("broken")),
+            Fatal::Refused(Status::resource_exhausted("limit")),
+            Fatal::Kicked(String::new()),
+            Fatal::TokenExpired,
+        ];
+        for fatal in &all {
+            match fatal {
+                Fatal::SlowConsumer
+                | Fatal::IdleTimeout
+                | Fatal::Shutdown
+                | Fatal::Inbound(_)
+                | Fatal::Refused(_)
+                | Fatal::Kicked(_)
+                | Fatal::TokenExpired => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn codes_lists_every_error_code_once() {
+        let mut codes: Vec<_> = every_error().iter().map(ChatError::code).collect();
+        codes.sort_unstable();
+        let mut listed = ChatError::CODES.to_vec();
+        listed.sort_unstable();
+        assert_eq!(codes, listed);
+    }
+
+    #[test]
+    fn reasons_lists_every_end_reason_once() {
+        // The session's own fallback when the stream ended without a fatal.
+        let mut reasons = vec!["client_closed"];
+        reasons.extend(every_fatal().iter().map(Fatal::reason));
+        reasons.sort_unstable();
+        reasons.dedup();
+        let mut listed = Fatal::REASONS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(reasons, listed);
+        assert_eq!(Fatal::TokenExpired.reason(), "token_expired");
+        let status = Status::from(&Fatal::TokenExpired);
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(status.message().contains("token expired"));
     }
 }

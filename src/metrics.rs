@@ -17,6 +17,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+use crate::error::{ChatError, Fatal};
+
 pub const SESSIONS_OPEN: &str = "chat_sessions_open";
 pub const ROOMS_OPEN: &str = "chat_rooms_open";
 pub const MESSAGES_RECEIVED: &str = "chat_messages_received_total";
@@ -43,6 +45,7 @@ pub fn install() -> PrometheusHandle {
             match builder.install_recorder() {
                 Ok(handle) => {
                     describe();
+                    register_all();
                     handle
                 }
                 Err(error) => {
@@ -70,6 +73,25 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time to fan one message out to a room."
     );
+}
+
+/// Registers every series the server exports, so a fresh server's scrape shows each of them at 0:
+/// dashboards and `absent()` alerts need the series before the first event. Registering does not
+/// change a value, so a second server in the same process (tests) keeps the counts so far.
+fn register_all() {
+    // Handles are registered, not set: the gauges' owners set them, and a value set here could
+    // overwrite theirs.
+    let _ = metrics::gauge!(SESSIONS_OPEN);
+    let _ = metrics::gauge!(ROOMS_OPEN);
+    metrics::counter!(MESSAGES_RECEIVED).increment(0);
+    metrics::counter!(MESSAGES_DELIVERED).increment(0);
+    let _ = metrics::histogram!(FANOUT_SECONDS);
+    for code in ChatError::CODES {
+        metrics::counter!(REQUESTS_REFUSED, "code" => *code).increment(0);
+    }
+    for reason in Fatal::REASONS {
+        metrics::counter!(SESSIONS_ENDED, "reason" => *reason).increment(0);
+    }
 }
 
 /// Handles of the unlabelled metrics, looked up once: the macros hash the key on every call.
@@ -148,5 +170,43 @@ pub async fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListene
     match addr {
         Some(addr) => TcpListener::bind(addr).await.map(Some),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_exported_at_zero_before_any_traffic() {
+        // A recorder of its own: the process-wide one is shared with every other unit test.
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            register_all();
+        });
+        let text = handle.render();
+        let mut expected = vec![
+            format!("{SESSIONS_OPEN} 0"),
+            format!("{ROOMS_OPEN} 0"),
+            format!("{MESSAGES_RECEIVED} 0"),
+            format!("{MESSAGES_DELIVERED} 0"),
+        ];
+        expected.extend(
+            ChatError::CODES
+                .iter()
+                .map(|code| format!("{REQUESTS_REFUSED}{{code=\"{code}\"}} 0")),
+        );
+        expected.extend(
+            Fatal::REASONS
+                .iter()
+                .map(|reason| format!("{SESSIONS_ENDED}{{reason=\"{reason}\"}} 0")),
+        );
+        for line in expected {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
     }
 }

@@ -7,11 +7,8 @@ mod common;
 use std::time::Duration;
 
 use chatrooms::proto::Kind;
-use common::{TestServer, WAIT};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    time::timeout,
-};
+use common::{TestServer, WAIT, scrape};
+use tokio::time::timeout;
 use tokio_stream::StreamExt;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -21,27 +18,9 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-async fn scrape(server: &TestServer) -> String {
-    let addr = server.metrics_addr.expect("metrics endpoint on");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    timeout(WAIT, stream.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
-
-/// The value of the sample `series` (name plus labels, exactly as exposed), 0 if absent.
+/// The value of the sample `series`, 0 if absent.
 fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    common::sample(text, series).unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -409,6 +409,31 @@ pub async fn raw_stream(channel: Channel) -> (mpsc::Sender<Bytes>, Streaming<Mes
     (tx, response.into_inner())
 }
 
+/// The server's Prometheus text (`GET /metrics`), which must answer 200 within [`WAIT`].
+pub async fn scrape(server: &TestServer) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.metrics_addr.expect("metrics endpoint on");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    timeout(WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("metrics answer in time")
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample `series` (name plus labels, exactly as exposed), `None` if absent.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+}
+
 pub fn chat_contents(messages: &[Message]) -> Vec<String> {
     messages
         .iter()
