@@ -213,11 +213,28 @@ impl Default for ClusterConfig {
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
 /// `[admin]`: the operator API (`chat.v1.AdminService`).
-#[derive(Clone, Default, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Bearer token of operators; empty = the admin API is refused.
     pub token: String,
+    /// Failed authentications one client address may make within `failed_auth_interval_ms`
+    /// before its calls are refused (RESOURCE_EXHAUSTED) without their token being checked, for
+    /// the rest of that interval; 0 = never.
+    pub max_failed_auth: u32,
+    /// The window of `max_failed_auth`, counted from an address's first failure; also the
+    /// shortest gap between two WARN lines about one address's failures.
+    pub failed_auth_interval_ms: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            token: String::new(),
+            max_failed_auth: 10,
+            failed_auth_interval_ms: 6000,
+        }
+    }
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -225,6 +242,8 @@ impl std::fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminConfig")
             .field("token", &if self.token.is_empty() { "" } else { "<set>" })
+            .field("max_failed_auth", &self.max_failed_auth)
+            .field("failed_auth_interval_ms", &self.failed_auth_interval_ms)
             .finish()
     }
 }
@@ -507,6 +526,14 @@ impl Config {
                 format!(
                     "must be empty (admin API off) or at least {MIN_ADMIN_TOKEN_CHARS} characters"
                 ),
+            );
+        }
+        // At least 100 ms, or the log limit means little; at most an hour, so a typo cannot
+        // lock operators out for days.
+        if !(100..=3_600_000).contains(&self.admin.failed_auth_interval_ms) {
+            return fail(
+                "admin.failed_auth_interval_ms",
+                "must be between 100 and 3600000 (an hour)".into(),
             );
         }
         if let Some(tls) = &self.server.tls {
@@ -948,13 +975,16 @@ mod tests {
         let running = parse("[limits]\nmax_members = 5\n").unwrap();
         let new = parse(
             "[server]\nlisten = \"127.0.0.1:1\"\nmax_sessions = 7\n\
-             [limits]\nmax_members = 9\n[rooms.\"x\"]\nburst = 3\n",
+             [limits]\nmax_members = 9\n[rooms.\"x\"]\nburst = 3\n\
+             [admin]\nmax_failed_auth = 3\nfailed_auth_interval_ms = 60000\n",
         )
         .unwrap();
         let (effective, restart) = running.reloaded(new);
         assert_eq!(restart, vec!["server.listen"]);
         assert_eq!(effective.server.listen, running.server.listen);
         assert_eq!(effective.server.max_sessions, 7);
+        assert_eq!(effective.admin.max_failed_auth, 3);
+        assert_eq!(effective.admin.failed_auth_interval_ms, 60_000);
         assert_eq!(effective.limits_for("y").max_members, 9);
         assert_eq!(effective.limits_for("x").burst, 3);
     }

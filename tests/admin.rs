@@ -15,9 +15,11 @@ use chatrooms::{
     },
 };
 use common::{
-    TestServer,
+    TestServer, WAIT,
     admin::{Admin, TOKEN, admin},
 };
+use std::time::{Duration, Instant};
+
 use tonic::{Code, Status};
 
 const WITH_TOKEN: &str = "[admin]\ntoken = \"test-admin-token-0123456789\"\n";
@@ -76,7 +78,8 @@ async fn every_call(client: &mut Admin) -> Vec<Code> {
 
 #[tokio::test]
 async fn every_call_needs_the_token() {
-    let server = TestServer::start(WITH_TOKEN).await;
+    // 15 refusals below: more than the default max_failed_auth would let through unthrottled.
+    let server = TestServer::start(&format!("{WITH_TOKEN}max_failed_auth = 20\n")).await;
     let mut ada = server.client("ada").await;
     ada.join("lobby").await;
 
@@ -98,7 +101,7 @@ async fn every_call_needs_the_token() {
 
 #[tokio::test]
 async fn without_a_configured_token_the_api_is_off() {
-    let server = TestServer::start("").await;
+    let server = TestServer::start("[admin]\nmax_failed_auth = 20\n").await;
     for token in [None, Some(""), Some(TOKEN)] {
         let codes = every_call(&mut admin(&server, token).await).await;
         assert_eq!(codes, vec![Code::PermissionDenied; 5], "token {token:?}");
@@ -119,6 +122,75 @@ async fn a_reloaded_token_replaces_the_old_one_at_once() {
     let mut new = admin(&server, Some(rotated)).await;
     assert!(new.list_rooms(ListRoomsRequest::default()).await.is_ok());
     server.shutdown().await;
+}
+
+async fn list(client: &mut Admin) -> Result<(), Status> {
+    client
+        .list_rooms(ListRoomsRequest::default())
+        .await
+        .map(drop)
+}
+
+#[tokio::test]
+async fn failed_authentication_is_throttled_per_address_until_its_interval_is_over() {
+    let server = TestServer::start(&format!(
+        "{WITH_TOKEN}max_failed_auth = 10\nfailed_auth_interval_ms = 2000\n"
+    ))
+    .await;
+    let mut wrong = admin(&server, Some("test-admin-token-0123456780")).await;
+    let mut right = admin(&server, Some(TOKEN)).await;
+    let first_failure = Instant::now();
+    for n in 1..=10 {
+        let refused = list(&mut wrong).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "failure {n}");
+    }
+    let throttled = list(&mut wrong).await.unwrap_err();
+    assert_eq!(throttled.code(), Code::ResourceExhausted, "{throttled:?}");
+    assert!(
+        throttled.message().contains("too many failed"),
+        "{throttled:?}"
+    );
+    // Not even the right token is looked at while the address is throttled.
+    let throttled = list(&mut right).await.unwrap_err();
+    assert_eq!(throttled.code(), Code::ResourceExhausted, "{throttled:?}");
+
+    // Throttled calls do not extend it: retrying, the right token passes once the interval,
+    // counted from the first failure, is over.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match list(&mut right).await {
+            Ok(_) => break,
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        }
+        assert!(Instant::now() < deadline, "still throttled after {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        first_failure.elapsed() >= Duration::from_millis(2000),
+        "throttled for less than the interval: {:?}",
+        first_failure.elapsed()
+    );
+    // A new window: a wrong token is checked (and refused) again.
+    let refused = list(&mut wrong).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn throttle_settings_are_validated() {
+    for bad in [
+        "failed_auth_interval_ms = 0",
+        "failed_auth_interval_ms = 3600001",
+    ] {
+        let error = Config::parse(&format!("[admin]\n{bad}\n"), "a.toml").unwrap_err();
+        assert!(
+            error.to_string().contains("admin.failed_auth_interval_ms"),
+            "{error}"
+        );
+    }
+    let config = Config::parse("", "a.toml").unwrap();
+    assert_eq!(config.admin.max_failed_auth, 10);
+    assert_eq!(config.admin.failed_auth_interval_ms, 6000);
 }
 
 #[tokio::test]

@@ -9,8 +9,12 @@
 
 pub mod cluster;
 mod paging;
+pub mod throttle;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status, service::Interceptor};
@@ -19,6 +23,7 @@ use tracing::{info, warn};
 use self::{
     cluster::{Operators, Order, Tally},
     paging::{member_token, page, parse_member_token},
+    throttle::{AuthThrottle, Limits, Source},
 };
 
 use crate::{
@@ -39,39 +44,73 @@ pub const MAX_REASON_BYTES: usize = 256;
 const ROOM_ANSWER: Duration = Duration::from_secs(5);
 
 /// Checks `authorization: Bearer <token>` against `[admin] token`, read at every call so a
-/// reloaded token applies at once.
+/// reloaded token applies at once. Failed authentication is throttled per client address
+/// ([`throttle`]), and so are its log lines.
 #[derive(Clone)]
 pub struct AdminAuth {
     hub: Arc<Hub>,
+    /// Shared by every connection's copy of the interceptor.
+    throttle: Arc<AuthThrottle>,
 }
 
 impl AdminAuth {
     pub fn new(hub: Arc<Hub>) -> AdminAuth {
-        AdminAuth { hub }
+        AdminAuth {
+            hub,
+            throttle: Arc::default(),
+        }
     }
 }
 
 impl Interceptor for AdminAuth {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let config = self.hub.config();
-        let expected = config.admin.token.as_bytes();
+        let limits = Limits {
+            max_failures: config.admin.max_failed_auth,
+            interval: Duration::from_millis(config.admin.failed_auth_interval_ms),
+        };
         let peer = request.remote_addr();
+        let source = Source::of(peer.map(|p| p.ip()));
+        let now = Instant::now();
+        // Before the token is looked at: a throttled address learns nothing about it, not even
+        // when it is right.
+        if let Err(throttled) = self.throttle.check(source, limits, now) {
+            if let Some(suppressed) = throttled.log {
+                warn!(?peer, %source, suppressed, "admin call refused: too many failed authentications");
+            }
+            return Err(Status::resource_exhausted(format!(
+                "too many failed admin authentications from this address; retry in {} ms",
+                throttled.retry_after.as_millis().max(1)
+            )));
+        }
+        let refuse = |status: Status, why: &str| {
+            if let Some(suppressed) = self.throttle.failed(source, limits, now) {
+                warn!(?peer, %source, suppressed, "admin call refused: {why}");
+            }
+            Err(status)
+        };
+        let expected = config.admin.token.as_bytes();
         if expected.is_empty() {
-            warn!(?peer, "admin call refused: no [admin] token is configured");
-            return Err(Status::permission_denied(
-                "the admin API is disabled: no [admin] token is configured",
-            ));
+            return refuse(
+                Status::permission_denied(
+                    "the admin API is disabled: no [admin] token is configured",
+                ),
+                "no [admin] token is configured",
+            );
         }
         let Ok(presented) = crate::auth::bearer(request.metadata()) else {
-            warn!(?peer, "admin call refused: no bearer token");
-            return Err(Status::unauthenticated(
-                "admin calls need `authorization: Bearer <token>`",
-            ));
+            return refuse(
+                Status::unauthenticated("admin calls need `authorization: Bearer <token>`"),
+                "no bearer token",
+            );
         };
         if !token_matches(presented.as_bytes(), expected) {
-            warn!(?peer, "admin call refused: wrong token");
-            return Err(Status::permission_denied("wrong admin token"));
+            return refuse(
+                Status::permission_denied("wrong admin token"),
+                "wrong token",
+            );
         }
+        self.throttle.succeeded(source);
         Ok(request)
     }
 }
