@@ -11,7 +11,8 @@
 //! - [`registry`]: room name → room actor, with a race-free remove-if-still-empty.
 //! - [`outbound`]: the per-session bounded queue and the slow-consumer rule.
 //! - [`transport`]: accepting, handshake, HTTP/2 serving; resets streams the session ended.
-//! - [`admin`]: the operator API (`chat.v1.AdminService`), behind `[admin] token`.
+//! - [`admin`]: the operator API (`chat.v1.AdminService`), behind `[admin] token` and a
+//!   per-address throttle of failed authentication.
 //! - [`config`]: the TOML schema and per-room limits; [`server`]: assembly and shutdown.
 //! - [`cluster`]: the Redis layer of cluster mode (shared seq, history, presence, pub/sub).
 
