@@ -55,6 +55,11 @@ async fn jwt_mode_refuses_missing_expired_wrong_key_and_tampered_tokens() {
     for (what, bad) in [
         ("missing", None),
         ("expired", Some(token("alice", now() - 600, None, SECRET))),
+        // exp gets no leeway: the session would be ended at once anyway.
+        (
+            "expired 5 s ago",
+            Some(token("alice", now() - 5, None, SECRET)),
+        ),
         (
             "wrong key",
             Some(token("alice", now() + 600, None, "another-secret-entirely")),
