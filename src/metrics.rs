@@ -22,6 +22,7 @@ pub const ROOMS_OPEN: &str = "chat_rooms_open";
 pub const MESSAGES_RECEIVED: &str = "chat_messages_received_total";
 pub const MESSAGES_DELIVERED: &str = "chat_messages_delivered_total";
 pub const REQUESTS_REFUSED: &str = "chat_requests_refused_total";
+pub const REQUESTS_THROTTLED: &str = "chat_requests_throttled_total";
 pub const SESSIONS_ENDED: &str = "chat_sessions_ended_total";
 pub const FANOUT_SECONDS: &str = "chat_fanout_seconds";
 
@@ -64,6 +65,10 @@ fn describe() {
         "Messages handed to the transport for client streams."
     );
     describe_counter!(REQUESTS_REFUSED, "Requests answered with ERROR, by code.");
+    describe_counter!(
+        REQUESTS_THROTTLED,
+        "Requests held back because their session had spent its request budget."
+    );
     describe_counter!(SESSIONS_ENDED, "Sessions ended, by reason.");
     describe_histogram!(
         FANOUT_SECONDS,
@@ -78,6 +83,7 @@ pub struct Handles {
     pub rooms_open: Gauge,
     pub received: Counter,
     pub delivered: Counter,
+    pub throttled: Counter,
     pub fanout: Histogram,
 }
 
@@ -86,6 +92,7 @@ static HANDLES: LazyLock<Handles> = LazyLock::new(|| Handles {
     rooms_open: metrics::gauge!(ROOMS_OPEN),
     received: metrics::counter!(MESSAGES_RECEIVED),
     delivered: metrics::counter!(MESSAGES_DELIVERED),
+    throttled: metrics::counter!(REQUESTS_THROTTLED),
     fanout: metrics::histogram!(FANOUT_SECONDS),
 });
 
