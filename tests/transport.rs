@@ -179,3 +179,19 @@ async fn an_ip_over_max_connections_per_ip_has_its_extra_connection_closed() {
     .await;
     assert!(served.is_ok(), "a freed place serves a new client");
 }
+
+#[tokio::test]
+async fn the_metrics_endpoint_closes_a_socket_that_never_sends_its_request() {
+    let server = TestServer::start("[metrics]\nlisten = \"127.0.0.1:0\"\n").await;
+    let addr = server.metrics_addr.expect("metrics endpoint on");
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    // Closed at the endpoint's 5 s header timeout; `until_closed` fails the test after 10 s.
+    until_closed(&mut silent).await;
+    // Still serving scrapes.
+    let mut scrape = TcpStream::connect(addr).await.unwrap();
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&until_closed(&mut scrape).await).starts_with("HTTP/1.1 200"));
+}
