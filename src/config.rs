@@ -72,6 +72,9 @@ pub struct ServerConfig {
     /// Open connections at once; accepting waits for a place. Lowered at start to fit the
     /// descriptor limit.
     pub max_connections: usize,
+    /// Open connections one client IP may hold; one over it is closed when accepted. 0 = no
+    /// limit. Restart-only, like `max_connections`.
+    pub max_connections_per_ip: usize,
     /// A connection must finish TLS and send the HTTP/2 preface within this, or it is closed.
     pub handshake_timeout_ms: u64,
 }
@@ -100,12 +103,13 @@ impl Default for ServerConfig {
             tcp_nodelay: true,
             actor_threads: 0,
             io_threads: 0,
-            max_sessions_per_user: 0,
-            max_streams_per_ip: 0,
+            max_sessions_per_user: 32,
+            max_streams_per_ip: 20_000,
             new_streams_per_ip_per_sec: 0.0,
             new_streams_per_ip_burst: 50,
             tls: None,
             max_connections: 10_000,
+            max_connections_per_ip: 2000,
             handshake_timeout_ms: 5_000,
         }
     }
@@ -283,6 +287,11 @@ pub struct SessionConfig {
     /// 0 turns the idle check off.
     pub idle_timeout_ms: u64,
     pub max_rooms_per_session: usize,
+    /// Requests of every kind (PING included) one session may send per second, sustained; the
+    /// reader stops reading the stream while the budget is spent. 0 = no limit.
+    pub requests_per_sec: f64,
+    /// Requests a session may send at once above the sustained rate.
+    pub requests_burst: u32,
 }
 
 impl Default for SessionConfig {
@@ -292,6 +301,8 @@ impl Default for SessionConfig {
             outbound_queue_bytes: 256 * 1024,
             idle_timeout_ms: 90_000,
             max_rooms_per_session: 32,
+            requests_per_sec: 1000.0,
+            requests_burst: 2000,
         }
     }
 }
@@ -586,6 +597,16 @@ impl Config {
         if self.session.max_rooms_per_session == 0 {
             return fail("session.max_rooms_per_session", "must be at least 1".into());
         }
+        let rate = self.session.requests_per_sec;
+        if !(rate.is_finite() && rate >= 0.0) {
+            return fail(
+                "session.requests_per_sec",
+                "must be 0 (off) or above".into(),
+            );
+        }
+        if rate > 0.0 && self.session.requests_burst == 0 {
+            return fail("session.requests_burst", "must be at least 1".into());
+        }
         validate_limits(&self.limits, &self.session, "limits")
     }
 
@@ -669,6 +690,12 @@ impl Config {
             &old.max_connections,
             &mut new.server.max_connections,
             "server.max_connections",
+            r,
+        );
+        keep(
+            &old.max_connections_per_ip,
+            &mut new.server.max_connections_per_ip,
+            "server.max_connections_per_ip",
             r,
         );
         keep(
@@ -834,12 +861,24 @@ mod tests {
             defaults.server.max_connections
         );
         assert_eq!(
+            shipped.server.max_connections_per_ip,
+            defaults.server.max_connections_per_ip
+        );
+        assert_eq!(
             shipped.server.handshake_timeout_ms,
             defaults.server.handshake_timeout_ms
         );
         assert_eq!(
             shipped.session.max_rooms_per_session,
             defaults.session.max_rooms_per_session
+        );
+        assert_eq!(
+            shipped.session.requests_per_sec,
+            defaults.session.requests_per_sec
+        );
+        assert_eq!(
+            shipped.session.requests_burst,
+            defaults.session.requests_burst
         );
         assert_eq!(shipped.metrics, defaults.metrics);
         assert_eq!(shipped.log, defaults.log);

@@ -1,7 +1,7 @@
 //! Per-member rate limiting: a token bucket refilled continuously at `rate_per_sec` up to `burst`.
 //! Pure and clock-injected so it is tested without waiting.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -34,6 +34,20 @@ impl TokenBucket {
 }
 
 impl TokenBucket {
+    /// Takes one token, going into debt when there is none: returns how long until the debt is
+    /// paid, which is when the caller may act (zero when a token was there). For a caller that
+    /// waits instead of refusing, so exactly `rate_per_sec` requests pass once the burst is spent.
+    pub fn take_or_owe(&mut self, now: Instant, rate_per_sec: f64, burst: u32) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate_per_sec).min(f64::from(burst)) - 1.0;
+        self.last = now;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / rate_per_sec)
+        }
+    }
+
     /// Whether the bucket would be full at `now`, i.e. no different from a fresh one.
     pub fn is_full(&self, now: Instant, rate_per_sec: f64, burst: u32) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -44,7 +58,6 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn burst_then_refusal_then_refill() {
@@ -66,6 +79,21 @@ mod tests {
         assert!(b.try_take(later, 100.0, 2));
         assert!(b.try_take(later, 100.0, 2));
         assert!(!b.try_take(later, 100.0, 2));
+    }
+
+    #[test]
+    fn owed_tokens_are_paid_at_the_sustained_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(1, t0);
+        assert_eq!(b.take_or_owe(t0, 4.0, 1), Duration::ZERO);
+        assert_eq!(b.take_or_owe(t0, 4.0, 1), Duration::from_millis(250));
+        assert_eq!(b.take_or_owe(t0, 4.0, 1), Duration::from_millis(500));
+        // Once the debt is paid the bucket refills as usual, up to the burst.
+        assert_eq!(
+            b.take_or_owe(t0 + Duration::from_secs(10), 4.0, 1),
+            Duration::ZERO
+        );
+        assert!(!b.try_take(t0 + Duration::from_secs(10), 4.0, 1));
     }
 
     #[test]

@@ -5,16 +5,17 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{LazyLock, OnceLock},
+    sync::{Arc, LazyLock, OnceLock},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
 use crate::error::{ChatError, Fatal};
@@ -24,6 +25,7 @@ pub const ROOMS_OPEN: &str = "chat_rooms_open";
 pub const MESSAGES_RECEIVED: &str = "chat_messages_received_total";
 pub const MESSAGES_DELIVERED: &str = "chat_messages_delivered_total";
 pub const REQUESTS_REFUSED: &str = "chat_requests_refused_total";
+pub const REQUESTS_THROTTLED: &str = "chat_requests_throttled_total";
 pub const SESSIONS_ENDED: &str = "chat_sessions_ended_total";
 pub const FANOUT_SECONDS: &str = "chat_fanout_seconds";
 
@@ -67,6 +69,10 @@ fn describe() {
         "Messages handed to the transport for client streams."
     );
     describe_counter!(REQUESTS_REFUSED, "Requests answered with ERROR, by code.");
+    describe_counter!(
+        REQUESTS_THROTTLED,
+        "Requests held back because their session had spent its request budget."
+    );
     describe_counter!(SESSIONS_ENDED, "Sessions ended, by reason.");
     describe_histogram!(
         FANOUT_SECONDS,
@@ -100,6 +106,7 @@ pub struct Handles {
     pub rooms_open: Gauge,
     pub received: Counter,
     pub delivered: Counter,
+    pub throttled: Counter,
     pub fanout: Histogram,
 }
 
@@ -108,6 +115,7 @@ static HANDLES: LazyLock<Handles> = LazyLock::new(|| Handles {
     rooms_open: metrics::gauge!(ROOMS_OPEN),
     received: metrics::counter!(MESSAGES_RECEIVED),
     delivered: metrics::counter!(MESSAGES_DELIVERED),
+    throttled: metrics::counter!(REQUESTS_THROTTLED),
     fanout: metrics::histogram!(FANOUT_SECONDS),
 });
 
@@ -123,27 +131,44 @@ pub fn session_ended(reason: &'static str) {
     metrics::counter!(SESSIONS_ENDED, "reason" => reason).increment(1);
 }
 
+/// Connections the endpoint serves at once; more are closed when accepted (scrapers retry).
+const MAX_CONNECTIONS: usize = 64;
+/// A request's headers must arrive within this, and a connection is closed after this long
+/// whatever it does, so sockets that never finish a request cannot pile up.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Serves `GET /metrics` (HTTP/1.1) on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 // E.g. out of file descriptors: back off instead of spinning on the error.
                 warn!(%error, "metrics endpoint: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            debug!(%peer, "metrics connection closed: {MAX_CONNECTIONS} open already");
+            continue;
         };
         let handle = handle.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| respond(request, handle.clone()));
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, %error, "metrics connection ended");
+            let mut http1 = hyper::server::conn::http1::Builder::new();
+            http1
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let connection = http1.serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Err(error)) => debug!(%peer, %error, "metrics connection ended"),
+                Err(_) => debug!(%peer, "metrics connection closed after its lifetime"),
+                Ok(Ok(())) => {}
             }
+            drop(place);
         });
     }
 }

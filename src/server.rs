@@ -159,6 +159,7 @@ impl Server {
             .add_service(admin);
         let settings = transport::Settings {
             max_connections: connection_cap(config.server.max_connections),
+            max_connections_per_ip: config.server.max_connections_per_ip,
             handshake_timeout: Duration::from_millis(config.server.handshake_timeout_ms),
             tcp_nodelay: config.server.tcp_nodelay,
             keepalive_interval: config.server.keepalive_interval(),

@@ -2,7 +2,10 @@
 //! actor, spawns a reader that forwards every request to the session as actor mail, and returns
 //! the session's outbound queue as the response stream.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use actix::Addr;
 use tokio::sync::oneshot;
@@ -13,6 +16,8 @@ use crate::{
     actors::{Inbound, InboundEnded, session::Session},
     error::Fatal,
     hub::{Hub, Living},
+    limits::TokenBucket,
+    metrics,
     outbound::{OutboundStream, SessionTx},
     proto::{self, chat_service_server::ChatService},
     transport::reset::StreamReset,
@@ -68,8 +73,9 @@ impl ChatService for ChatEdge {
         let session = Session::start(self.hub.clone(), id, tx, stopped_tx, authorized);
         self.hub.sessions.attach(id, session.clone());
         let census = self.hub.census.enter(Living::ReaderTask);
+        let hub = self.hub.clone();
         tokio::spawn(async move {
-            forward_requests(request.into_inner(), session, stopped_rx).await;
+            forward_requests(&hub, request.into_inner(), session, stopped_rx).await;
             drop(census);
         });
         Ok(Response::new(outbound.holding(permit)))
@@ -78,12 +84,17 @@ impl ChatService for ChatEdge {
 
 /// Reads the request stream and hands each message to the session, one at a time: the next
 /// frame is read only once the session has taken the previous one, so a flooding client is held
-/// back by HTTP/2 flow control instead of growing a queue.
+/// back by HTTP/2 flow control instead of growing a queue. The session's request budget
+/// (`session.requests_per_sec`) is spent here, before any actor mail: a session over it is
+/// simply not read until a token is due, so a PING flood costs the server a timer, not a reply
+/// per request, and nothing the client sent is lost.
 async fn forward_requests(
+    hub: &Hub,
     mut requests: Streaming<proto::Message>,
     session: Addr<Session>,
     mut session_stopped: oneshot::Receiver<()>,
 ) {
+    let mut budget: Option<TokenBucket> = None;
     let ended = loop {
         let next = tokio::select! {
             next = requests.next() => next,
@@ -92,6 +103,13 @@ async fn forward_requests(
         };
         match next {
             Some(Ok(message)) => {
+                if let Some(wait) = spend(&mut budget, hub) {
+                    metrics::get().throttled.increment(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = &mut session_stopped => return,
+                    }
+                }
                 if session.send(Inbound(message)).await.is_err() {
                     return;
                 }
@@ -101,4 +119,23 @@ async fn forward_requests(
         }
     };
     let _ = session.send(InboundEnded(ended)).await;
+}
+
+/// Takes one request from the session's budget (created full on first use, limits read live so
+/// a reload applies at once); returns how long to wait when the budget is spent.
+fn spend(budget: &mut Option<TokenBucket>, hub: &Hub) -> Option<Duration> {
+    let (rate, burst) = {
+        let config = hub.config();
+        (
+            config.session.requests_per_sec,
+            config.session.requests_burst,
+        )
+    };
+    if rate <= 0.0 {
+        return None;
+    }
+    let now = Instant::now();
+    let bucket = budget.get_or_insert_with(|| TokenBucket::full(burst, now));
+    let wait = bucket.take_or_owe(now, rate, burst);
+    (!wait.is_zero()).then_some(wait)
 }

@@ -6,6 +6,8 @@ mod common;
 
 use chatrooms::proto::Kind;
 use common::{Client, TestServer};
+use std::time::{Duration, Instant};
+
 use tonic::Code;
 
 #[tokio::test]
@@ -86,4 +88,52 @@ async fn joined_lists_at_most_max_members_listed_names_and_always_the_joiner() {
     let mut zed = server.client("zed").await;
     let joined = zed.join("big").await;
     assert_eq!(joined.members, vec!["a", "b", "zed"]);
+}
+
+#[tokio::test]
+async fn a_ping_flood_is_paced_by_the_session_request_budget_and_nothing_is_lost() {
+    let server = TestServer::start("[session]\nrequests_per_sec = 20\nrequests_burst = 5\n").await;
+    let mut flooder = server.client("flood").await;
+    let mut observer = server.client("watch").await;
+    let started = Instant::now();
+    let mut refs = Vec::new();
+    for _ in 0..45 {
+        refs.push(flooder.send_kind(Kind::Ping, "").await);
+    }
+    // Another session is not held back by this one's budget: its PONG comes while the flood
+    // is still being paced.
+    let watch_ref = observer.send_kind(Kind::Ping, "").await;
+    assert_eq!(observer.expect(Kind::Pong).await.r#ref, watch_ref);
+    let observed = started.elapsed();
+    for r#ref in &refs {
+        let pong = flooder.expect(Kind::Pong).await;
+        assert_eq!(&pong.r#ref, r#ref, "every PING answered, in order");
+    }
+    // 40 PINGs beyond the burst of 5 at 20/s cannot all be answered in under 2 s (a lower
+    // bound, so a slow machine cannot fail it), and the observer was answered before that.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1900), "{took:?}");
+    assert!(observed < took, "{observed:?} {took:?}");
+}
+
+#[tokio::test]
+async fn the_shipped_configuration_caps_sessions_per_user() {
+    let server = TestServer::start("").await;
+    let max = chatrooms::config::Config::default()
+        .server
+        .max_sessions_per_user;
+    assert!(max > 0 && max <= 64, "a cap a person never reaches: {max}");
+    let channel = server.channel().await;
+    let mut held = Vec::new();
+    for _ in 0..max {
+        let mut c = Client::open(channel.clone(), "eve").await;
+        c.send_kind(Kind::Ping, "").await;
+        c.expect(Kind::Pong).await;
+        held.push(c);
+    }
+    let mut over = Client::open(channel.clone(), "eve").await;
+    over.send_kind(Kind::Ping, "").await;
+    over.expect_end(Code::ResourceExhausted).await;
+    let mut other = Client::open(channel, "adam").await;
+    other.join("r").await;
 }

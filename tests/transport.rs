@@ -1,7 +1,7 @@
 //! The transport's own guarantees: a stream the server ends is ended on the wire even when the
 //! client never reads (a half-closed stream cut at the idle timeout), a socket that never speaks
 //! HTTP/2 is closed at the handshake timeout, HTTP/1 and non-gRPC requests get the HTTP answer
-//! the gRPC spec names, and `max_connections` holds.
+//! the gRPC spec names, and `max_connections` and `max_connections_per_ip` hold.
 
 mod common;
 
@@ -151,4 +151,47 @@ async fn connections_beyond_max_connections_wait_for_a_place() {
         .expect("served once a place frees")
         .unwrap();
     third.join("r").await;
+}
+
+#[tokio::test]
+async fn an_ip_over_max_connections_per_ip_has_its_extra_connection_closed() {
+    let server =
+        TestServer::start("[server]\nmax_connections_per_ip = 2\nhandshake_timeout_ms = 60000\n")
+            .await;
+    let first = TcpStream::connect(server.addr).await.unwrap();
+    let _second = TcpStream::connect(server.addr).await.unwrap();
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    // Closed at once, long before the handshake timeout would close it.
+    assert!(until_closed(&mut third).await.is_empty());
+    drop(first);
+    // The place comes back: a real client is served (retrying while the close is processed).
+    let served = timeout(WAIT, async {
+        loop {
+            if let Ok(channel) = server.endpoint().connect().await
+                && let Ok(mut client) = common::Client::try_open(channel, "back").await
+            {
+                client.join("r").await;
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "a freed place serves a new client");
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_closes_a_socket_that_never_sends_its_request() {
+    let server = TestServer::start("[metrics]\nlisten = \"127.0.0.1:0\"\n").await;
+    let addr = server.metrics_addr.expect("metrics endpoint on");
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    // Closed at the endpoint's 5 s header timeout; `until_closed` fails the test after 10 s.
+    until_closed(&mut silent).await;
+    // Still serving scrapes.
+    let mut scrape = TcpStream::connect(addr).await.unwrap();
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&until_closed(&mut scrape).await).starts_with("HTTP/1.1 200"));
 }

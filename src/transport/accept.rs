@@ -2,12 +2,15 @@
 //! memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) backs off, doubling from [`BACKOFF_MIN`] to
 //! [`BACKOFF_MAX`], and is logged once per [`LOG_EVERY`] with the count of failures since; an
 //! error about one connection (reset or aborted before it was accepted) is skipped at once.
-//! Also raises the process's descriptor limit to its hard limit at start.
+//! Also raises the process's descriptor limit to its hard limit at start, and counts open
+//! connections per client IP ([`PerIp`]) so one address cannot take every connection place.
 
 use std::{
+    collections::HashMap,
     future::Future,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -81,6 +84,58 @@ impl<A: Accept> Acceptor<A> {
                     self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
                 }
                 Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+/// Open connections per client IP, capped at `max` (0 = no cap). A connection over the cap is
+/// closed as soon as it is accepted: it would otherwise hold a connection place (and, before
+/// its preface, a handshake timer) that other clients are waiting for.
+#[derive(Debug, Clone)]
+pub struct PerIp {
+    max: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerIp {
+    pub fn new(max: usize) -> PerIp {
+        PerIp {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A place for one more connection from `ip`, or `None` when it holds `max` already.
+    pub fn admit(&self, ip: IpAddr) -> Option<IpConnection> {
+        // unwrap: the lock is only held for map updates, which do not panic.
+        let mut open = self.open.lock().unwrap();
+        let count = open.entry(ip).or_insert(0);
+        if self.max > 0 && *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(IpConnection {
+            open: self.open.clone(),
+            ip,
+        })
+    }
+}
+
+/// One open connection of an IP; given back on drop.
+#[derive(Debug)]
+pub struct IpConnection {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for IpConnection {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
             }
         }
     }
@@ -191,6 +246,21 @@ mod tests {
         acceptor.next().await.unwrap();
         assert_eq!(acceptor.backoff, BACKOFF_MIN);
         assert_eq!(acceptor.failures, 0);
+    }
+
+    #[test]
+    fn connections_per_ip_are_capped_and_given_back() {
+        let per_ip = PerIp::new(2);
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let a = per_ip.admit(ip).unwrap();
+        let _b = per_ip.admit(ip).unwrap();
+        assert!(per_ip.admit(ip).is_none());
+        assert!(per_ip.admit([10, 0, 0, 2].into()).is_some(), "per IP");
+        drop(a);
+        assert!(per_ip.admit(ip).is_some());
+        drop(_b);
+        assert!(per_ip.open.lock().unwrap().len() <= 1, "emptied entries go");
+        assert!(PerIp::new(0).admit(ip).is_some(), "0 = no cap");
     }
 
     #[test]

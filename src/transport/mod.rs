@@ -3,7 +3,8 @@
 //! on the wire when the session ends it ([`reset`]), bound what a connection may hold before it
 //! has spoken HTTP/2 ([`handshake`]), and survive running out of descriptors ([`accept`]).
 //!
-//! Connections are capped by `server.max_connections` (accepting waits for a place), each one
+//! Connections are capped by `server.max_connections` (accepting waits for a place) and per
+//! client IP by `server.max_connections_per_ip` (one over it is closed at once), each one
 //! must finish TLS and send the HTTP/2 preface within `server.handshake_timeout_ms`, and only
 //! gRPC requests (POST, `application/grpc*`) reach the services. Shutdown is in two steps: stop
 //! accepting and ask every connection to finish (GOAWAY), then wait for them.
@@ -25,12 +26,17 @@ use tokio::{
 use tonic::{body::Body, codegen::Service, service::Routes, transport::server::TcpConnectInfo};
 use tracing::{debug, warn};
 
-use self::{accept::Acceptor, handshake::read_preface, reset::StreamExecutor};
+use self::{
+    accept::{Acceptor, PerIp},
+    handshake::read_preface,
+    reset::StreamExecutor,
+};
 
 /// How a connection is served.
 #[derive(Clone)]
 pub struct Settings {
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub handshake_timeout: Duration,
     pub tcp_nodelay: bool,
     pub keepalive_interval: Option<Duration>,
@@ -69,6 +75,7 @@ pub async fn serve(
     let places = Arc::new(Semaphore::new(settings.max_connections));
     let (closing_tx, closing) = watch::channel(false);
     let mut acceptor = Acceptor::new(listener);
+    let per_ip = PerIp::new(settings.max_connections_per_ip);
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -83,6 +90,10 @@ pub async fn serve(
             (place, Ok(accepted)) => (place, accepted),
             (_, Err(error)) => return Err(error),
         };
+        let Some(ip_place) = per_ip.admit(peer.ip()) else {
+            debug!(%peer, "connection closed: its IP holds max_connections_per_ip");
+            continue;
+        };
         let connection = Connection {
             settings: settings.clone(),
             h2: h2.clone(),
@@ -95,7 +106,7 @@ pub async fn serve(
         let closing = closing.clone();
         tokio::spawn(async move {
             connection.run(tcp, closing).await;
-            drop(place);
+            drop((place, ip_place));
         });
     }
     drop(acceptor);

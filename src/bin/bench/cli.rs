@@ -8,6 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 
 use crate::{
+    hostile::Probe,
     proc::{open_files_limit, status_kb},
     window::SENDER_LEAD,
     wire::HEADER_LEN,
@@ -108,6 +109,15 @@ pub struct Args {
     /// one of them exits.
     #[arg(long, value_name = "PID[,PID…]", value_delimiter = ',')]
     server_pid: Vec<u32>,
+    /// Run a hostile-client probe instead of a load (see the README's Reliability section):
+    /// one session flooding PINGs for --duration, sockets that never speak, sessions of one user
+    /// or of one address until the server refuses one. An observer PINGs throughout.
+    #[arg(long, value_enum)]
+    probe: Option<Probe>,
+    /// PINGs, sockets or sessions the probe uses [default: ping-flood 300000; silent-sockets
+    /// 2000; one-user 1000; one-ip 25000].
+    #[arg(long)]
+    probe_count: Option<usize>,
     /// Print exactly one JSON line on stdout instead of the table; no progress bar. With --soak,
     /// one JSON line per interval and then the report line.
     #[arg(long)]
@@ -184,6 +194,8 @@ pub struct Params {
     /// The processes `--server-pid` watches, each once, in the order given; empty without it.
     pub server_pids: Vec<u32>,
     pub json: bool,
+    /// `--probe` and its count; the rest of the plan does not apply then.
+    pub probe: Option<(Probe, usize)>,
 }
 
 impl Params {
@@ -375,6 +387,9 @@ impl Params {
             soak_interval: args.soak_interval,
             server_pids: args.server_pid,
             json: args.json,
+            probe: args
+                .probe
+                .map(|probe| (probe, args.probe_count.unwrap_or(probe.default_count()))),
         })
     }
 

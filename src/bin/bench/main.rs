@@ -17,12 +17,14 @@
 //! - `wire`: requests and the CHAT timestamp marker; `shared`: state of sessions and the run;
 //! - `client`: connections, streams, reader tasks; `window`: senders and measured windows,
 //!   `--find-max`; `idle`, `churn`, `soak`, `fairness`: one module per mode;
-//! - `stats`: histograms, counts, per-window results; `report`: progress, report, watchdog.
+//! - `stats`: histograms, counts, per-window results; `report`: progress, report, watchdog;
+//! - `hostile`: `--probe`, hostile clients against the server's abuse limits.
 
 mod churn;
 mod cli;
 mod client;
 mod fairness;
+mod hostile;
 mod idle;
 mod proc;
 mod report;
@@ -82,6 +84,16 @@ fn main() {
             std::process::exit(i32::from(EXIT_USAGE));
         }
     };
+    if let Some((probe, count)) = params.probe {
+        let plan = hostile::Plan {
+            probe,
+            server: params.servers[0].clone(),
+            count,
+            window: params.duration,
+            server_pid: params.server_pids.first().copied(),
+        };
+        std::process::exit(run_probe(&plan, params.deadline));
+    }
     if params.sessions.div_ceil(params.conns) > SERVER_STREAMS_PER_CONN {
         eprintln!(
             "chat-bench: warning: {} sessions per connection is above the server's default \
@@ -111,4 +123,32 @@ fn main() {
         }
     };
     finish(&shared, code);
+}
+
+/// Runs a `--probe` to its end (bounded by the deadline) and prints its one JSON line.
+fn run_probe(plan: &hostile::Plan, deadline: std::time::Duration) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("chat-bench: cannot start: {error}");
+            return i32::from(EXIT_FAILED);
+        }
+    };
+    match runtime.block_on(tokio::time::timeout(deadline, hostile::run(plan))) {
+        Ok(Ok(report)) => {
+            println!("{report}");
+            0
+        }
+        Ok(Err(error)) => {
+            eprintln!("chat-bench: probe failed: {error:#}");
+            i32::from(EXIT_FAILED)
+        }
+        Err(_) => {
+            eprintln!("chat-bench: probe did not finish before the deadline");
+            i32::from(EXIT_DEADLINE)
+        }
+    }
 }
