@@ -91,6 +91,7 @@ fn register_all() {
     let _ = metrics::gauge!(ROOMS_OPEN);
     metrics::counter!(MESSAGES_RECEIVED).increment(0);
     metrics::counter!(MESSAGES_DELIVERED).increment(0);
+    metrics::counter!(REQUESTS_THROTTLED).increment(0);
     let _ = metrics::histogram!(FANOUT_SECONDS);
     for code in ChatError::CODES {
         metrics::counter!(REQUESTS_REFUSED, "code" => *code).increment(0);

@@ -5,7 +5,7 @@
 mod common;
 
 use chatrooms::proto::Kind;
-use common::{Client, TestServer};
+use common::{Client, TestServer, sample, scrape};
 use std::time::{Duration, Instant};
 
 use tonic::Code;
@@ -92,7 +92,10 @@ async fn joined_lists_at_most_max_members_listed_names_and_always_the_joiner() {
 
 #[tokio::test]
 async fn a_ping_flood_is_paced_by_the_session_request_budget_and_nothing_is_lost() {
-    let server = TestServer::start("[session]\nrequests_per_sec = 20\nrequests_burst = 5\n").await;
+    let server = TestServer::start(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[session]\nrequests_per_sec = 20\nrequests_burst = 5\n",
+    )
+    .await;
     let mut flooder = server.client("flood").await;
     let mut observer = server.client("watch").await;
     let started = Instant::now();
@@ -114,6 +117,8 @@ async fn a_ping_flood_is_paced_by_the_session_request_budget_and_nothing_is_lost
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(1900), "{took:?}");
     assert!(observed < took, "{observed:?} {took:?}");
+    let throttled = sample(&scrape(&server).await, "chat_requests_throttled_total");
+    assert!(throttled.is_some_and(|n| n >= 40.0), "{throttled:?}");
 }
 
 #[tokio::test]

@@ -5,16 +5,19 @@
 mod common;
 
 use chatrooms::proto::Kind;
-use common::{TestServer, small_window_client};
+use common::{TestServer, sample, scrape, small_window_client};
 use tonic::Code;
 
 #[tokio::test]
 async fn slow_consumer_is_reset_and_released_while_others_get_everything() {
     let server = TestServer::start(
-        "[session]\noutbound_queue = 128\n\
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [session]\noutbound_queue = 128\n\
          [limits]\nhistory = 8\nhistory_on_join = 0\nrate_per_sec = 100000\nburst = 100000\n",
     )
     .await;
+    const EVICTED: &str = "chat_sessions_ended_total{reason=\"slow_consumer\"}";
+    let evicted_before = sample(&scrape(&server).await, EVICTED).unwrap_or(0.0);
     // A small HTTP/2 window keeps what the transport buffers for the idle reader small.
     let mut slow = small_window_client(server.endpoint(), "slow").await;
     slow.join("r").await;
@@ -63,6 +66,12 @@ async fn slow_consumer_is_reset_and_released_while_others_get_everything() {
     // Still not reading, the slow member's stream is already gone from the server: its place,
     // its queue and what the transport buffered for it are released without its help.
     server.wait_sessions(1).await;
+    // Counted under its reason (the recorder is process-wide: other tests only add to it).
+    let evicted = sample(&scrape(&server).await, EVICTED).unwrap_or(0.0);
+    assert!(
+        evicted >= evicted_before + 1.0,
+        "{evicted_before} → {evicted}"
+    );
     // When it reads at last: what reached it before the reset, then the reset.
     let (received, status) = slow.drain_to_end().await;
     let status = status.expect("ended with a status");

@@ -158,7 +158,9 @@ impl Observer {
         let (tx, mut stream) = open(channel, "probe-observer")
             .await
             .context("observer refused")?;
-        first_reply(&mut stream).await.context("observer not answered")?;
+        first_reply(&mut stream)
+            .await
+            .context("observer not answered")?;
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let (mut pings, mut missed, mut worst) = (0u64, 0u64, Duration::ZERO);
