@@ -137,7 +137,8 @@ fn run_probe(plan: &hostile::Plan, deadline: std::time::Duration) -> i32 {
             return i32::from(EXIT_FAILED);
         }
     };
-    match runtime.block_on(tokio::time::timeout(deadline, hostile::run(plan))) {
+    // The timer is created inside the runtime: `timeout` needs one at creation.
+    match runtime.block_on(async { tokio::time::timeout(deadline, hostile::run(plan)).await }) {
         Ok(Ok(report)) => {
             println!("{report}");
             0
