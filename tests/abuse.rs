@@ -118,7 +118,7 @@ async fn a_ping_flood_is_paced_by_the_session_request_budget_and_nothing_is_lost
     assert!(took >= Duration::from_millis(1900), "{took:?}");
     assert!(observed < took, "{observed:?} {took:?}");
     let throttled = sample(&scrape(&server).await, "chat_requests_throttled_total");
-    assert!(throttled.is_some_and(|n| n >= 40.0), "{throttled:?}");
+    assert!(throttled.is_some_and(|n| n >= 20.0), "{throttled:?}");
 }
 
 #[tokio::test]
