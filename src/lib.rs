@@ -14,6 +14,7 @@
 //! - [`admin`]: the operator API (`chat.v1.AdminService`), behind `[admin] token` and a
 //!   per-address throttle of failed authentication.
 //! - [`config`]: the TOML schema and per-room limits; [`server`]: assembly and shutdown.
+//! - [`trim`]: gives memory freed in bulk (ended sessions, dropped queues) back to the system.
 //! - [`cluster`]: the Redis layer of cluster mode (shared seq, history, presence, pub/sub).
 
 pub mod abuse;
@@ -36,6 +37,7 @@ pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod transport;
+pub mod trim;
 
 pub use config::Config;
 pub use server::{Server, shutdown_signal};

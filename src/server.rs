@@ -168,6 +168,7 @@ impl Server {
             stream_send_buffer: config.session.stream_send_buffer(),
             tls,
         };
+        let trimmer = tokio::spawn(crate::trim::keep_trimming());
         let serve = transport::serve(listener, settings, routes, async {
             let _ = stop_rx.await;
         });
@@ -213,6 +214,7 @@ impl Server {
         if let Some(task) = metrics_task {
             task.abort();
         }
+        trimmer.abort();
         // Joining the actor threads blocks; keep it off the async workers.
         let _ = tokio::task::spawn_blocking(move || runtime.stop()).await;
         info!("shutdown: done");
