@@ -34,6 +34,22 @@ const FAIRNESS_MAX_ROOMS: usize = 26;
 const FAIRNESS_ROOM_SIZE: usize = 10;
 /// Longest span `--soak` and the second-valued flags accept: a day.
 const MAX_SPAN_SECS: f64 = 86_400.0;
+/// Stall: stalled streams per connection when `--conns` is not given. Several per connection, as
+/// behind a NAT or a proxy, keeps 2,000 clients at 200 sockets.
+const STALL_STREAMS_PER_CONN: usize = 10;
+/// Stall: CHAT content when `--size` is not given: close to, but under, the shipped
+/// `max_message_bytes` (4,096), so each queued message is as large as the server allows.
+const STALL_SIZE: usize = 4_000;
+/// Stall: the least window a stalled stream may advertise: its JOINED must still get through.
+const STALL_MIN_WINDOW: u32 = 1_024;
+/// Stall: bound on the phases around the flood (observer and fresh-client checks, the drain of
+/// streams never reset), added to the plan's length.
+pub const STALL_CHECKS: Duration = Duration::from_secs(15);
+
+/// Stall: connections of the flooding senders (tonic, reading normally); see `STREAMS_PER_CONN`.
+pub fn stall_sender_conns(sessions: usize) -> usize {
+    sessions.div_ceil(STREAMS_PER_CONN)
+}
 
 /// Load generator for the chatrooms server (loopback only).
 #[derive(Debug, Parser)]
@@ -65,9 +81,9 @@ pub struct Args {
     /// CHATs per second per sender; with --find-max, the first step's rate [default: 10; rooms: 2].
     #[arg(long)]
     rate: Option<f64>,
-    /// CHAT content bytes, the 24-byte timestamp header included.
-    #[arg(long, default_value_t = 64)]
-    size: usize,
+    /// CHAT content bytes, the 24-byte timestamp header included [default: 64; stall: 4000].
+    #[arg(long)]
+    size: Option<usize>,
     /// Seconds of unmeasured sending before each measured window [default: 2; idle, churn, soak:
     /// 0].
     #[arg(long)]
@@ -122,6 +138,54 @@ pub struct Args {
     /// one JSON line per interval and then the report line.
     #[arg(long)]
     json: bool,
+    /// Stall: how a stalled client stops reading. `window`: it advertises --stall-window bytes per
+    /// stream and never reads its stream, so HTTP/2 flow control stays closed while its connection
+    /// is still read (a reset is seen at once). `socket`: it advertises a huge window and stops
+    /// reading the socket itself until the flood is over.
+    #[arg(long, value_enum, default_value = "window")]
+    stall_mode: StallMode,
+    /// Stall, window mode: the HTTP/2 stream window each stalled client advertises (bytes); its
+    /// connection window is this times its streams.
+    #[arg(long, default_value_t = 65_535)]
+    stall_window: u32,
+    /// Stall: most CHATs each room's sender floods; it stops earlier once its stalled member is
+    /// evicted (the LEAVE reaches it) or at --duration.
+    #[arg(long, default_value_t = 1_024)]
+    flood_messages: u64,
+    /// Stall: the server's Prometheus endpoint, scraped before and after (loopback only; empty to
+    /// skip).
+    #[arg(long, default_value = "http://127.0.0.1:9464/metrics")]
+    metrics_url: String,
+}
+
+/// How a stalled client of `--scenario stall` stops reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StallMode {
+    /// A small HTTP/2 window that is never reopened; the connection is still read.
+    Window,
+    /// A huge HTTP/2 window, and the socket is not read at all.
+    Socket,
+}
+
+impl StallMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            StallMode::Window => "window",
+            StallMode::Socket => "socket",
+        }
+    }
+}
+
+/// What `--scenario stall` needs beyond the common plan.
+#[derive(Debug, Clone)]
+pub struct StallParams {
+    pub mode: StallMode,
+    pub window: u32,
+    pub flood_messages: u64,
+    /// `(host:port, path)` of the metrics endpoint, loopback; `None` when skipped.
+    pub metrics: Option<(String, String)>,
+    /// Connections of the flooding senders.
+    pub sender_conns: usize,
 }
 
 /// The scenarios of the benchmark suite (issues 5 and 6).
@@ -138,6 +202,9 @@ pub enum Scenario {
     /// Rooms bench-a … bench-z with one paced sender each, run twice: as is, then with room A's
     /// sender flooding at full speed; compares the other rooms' p99.
     Fairness,
+    /// 2,000 clients that stop reading, each alone in room bench-stall-<i> with a flooding sender:
+    /// server RSS, eviction-to-reset time, metrics, an observer's PONGs (issue 11).
+    Stall,
 }
 
 impl Scenario {
@@ -148,6 +215,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Churn => "churn",
             Scenario::Fairness => "fairness",
+            Scenario::Stall => "stall",
         }
     }
 }
@@ -166,6 +234,8 @@ pub enum Mode {
     Soak,
     /// Two windows, the second with room A's sender flooding.
     Fairness,
+    /// Stalled readers under a flood, one room each.
+    Stall,
 }
 
 /// Everything a run needs, resolved from [`Args`] and the scenario preset and validated.
@@ -196,6 +266,8 @@ pub struct Params {
     pub json: bool,
     /// `--probe` and its count; the rest of the plan does not apply then.
     pub probe: Option<(Probe, usize)>,
+    /// Set in stall mode only.
+    pub stall: Option<StallParams>,
 }
 
 impl Params {
@@ -211,13 +283,13 @@ impl Params {
             bail!("--server needs at least one address");
         }
         let mode = match (scenario, args.find_max, args.soak.is_some()) {
-            (Some(Idle | Churn | Fairness), true, _) => {
+            (Some(Idle | Churn | Fairness | Stall), true, _) => {
                 bail!(
-                    "--find-max measures windows; it does not apply to the idle, churn or \
-                     fairness scenario"
+                    "--find-max measures windows; it does not apply to the idle, churn, \
+                     fairness or stall scenario"
                 )
             }
-            (Some(s @ (Fanout | Idle | Churn | Fairness)), _, true) => {
+            (Some(s @ (Fanout | Idle | Churn | Fairness | Stall)), _, true) => {
                 bail!(
                     "--soak runs one steady load; it does not apply to the {} scenario",
                     s.name()
@@ -227,6 +299,7 @@ impl Params {
             (Some(Idle), ..) => Mode::Idle,
             (Some(Churn), ..) => Mode::Churn,
             (Some(Fairness), ..) => Mode::Fairness,
+            (Some(Stall), ..) => Mode::Stall,
             (_, _, true) => Mode::Soak,
             (Some(Fanout), ..) | (_, true, _) => Mode::FindMax,
             _ => Mode::Window,
@@ -244,14 +317,21 @@ impl Params {
         };
         let sessions = args.sessions.unwrap_or(match scenario {
             Some(Rooms | Idle) => 10_000,
-            Some(Churn) => 2_000,
+            Some(Churn | Stall) => 2_000,
             Some(Fairness) => rooms.unwrap_or(FAIRNESS_MAX_ROOMS) * FAIRNESS_ROOM_SIZE,
             _ => 1_000,
         });
         if sessions == 0 {
             bail!("--sessions must be at least 1");
         }
+        if mode == Mode::Stall && (rooms.is_some() || args.senders.is_some()) {
+            bail!(
+                "stall: every stalled client has a room and a sender of its own; drop --rooms \
+                 and --senders"
+            );
+        }
         let rooms = rooms.unwrap_or(match scenario {
+            Some(Stall) => sessions,
             Some(Rooms) => sessions.div_ceil(10),
             Some(Idle | Churn) => sessions.div_ceil(20),
             _ => 1,
@@ -270,6 +350,7 @@ impl Params {
             }
             // Session r is the first member of room r (session i joins room i % rooms).
             (Mode::Fairness, _) => rooms,
+            (Mode::Stall, _) => sessions,
             (_, Some(s)) => s,
             (_, None) => match scenario {
                 Some(Rooms) => 1_000,
@@ -285,22 +366,50 @@ impl Params {
         if senders > 0 && !(rate > 0.0 && rate <= 1_000_000.0) {
             bail!("--rate must be above 0 and at most 1,000,000 CHATs/s per sender");
         }
-        if args.size < HEADER_LEN {
+        let size = args
+            .size
+            .unwrap_or(if mode == Mode::Stall { STALL_SIZE } else { 64 });
+        if size < HEADER_LEN {
             bail!(
-                "--size {} cannot hold the {HEADER_LEN}-byte timestamp header; use at least {HEADER_LEN}",
-                args.size
+                "--size {size} cannot hold the {HEADER_LEN}-byte timestamp header; use at least \
+                 {HEADER_LEN}"
             );
         }
+        let stall = if mode == Mode::Stall {
+            if args.stall_window < STALL_MIN_WINDOW {
+                bail!(
+                    "--stall-window must be at least {STALL_MIN_WINDOW} bytes, so JOINED gets \
+                     through"
+                );
+            }
+            if args.flood_messages == 0 {
+                bail!("--flood-messages must be at least 1");
+            }
+            let metrics = match args.metrics_url.trim() {
+                "" => None,
+                url => Some(loopback_url(url)?),
+            };
+            Some(StallParams {
+                mode: args.stall_mode,
+                window: args.stall_window,
+                flood_messages: args.flood_messages,
+                metrics,
+                sender_conns: stall_sender_conns(sessions),
+            })
+        } else {
+            None
+        };
         if !(args.step_factor > 1.0 && args.step_factor <= 100.0) {
             bail!("--step-factor must be above 1 (and at most 100)");
         }
 
         let conns = connections(mode, scenario, args.conns, sessions, rooms, servers.len())?;
-        // A churn group may dial its next connection before the old socket is gone.
-        let sockets = if mode == Mode::Churn {
-            2 * conns
-        } else {
-            conns
+        let sockets = match &stall {
+            // A churn group may dial its next connection before the old socket is gone.
+            _ if mode == Mode::Churn => 2 * conns,
+            // The senders' connections, the observer's, the fresh client's and a metrics scrape.
+            Some(stall) => conns + stall.sender_conns + 3,
+            None => conns,
         };
         let limit = open_files_limit(MAX_OPEN_FILES);
         if sockets + RESERVED_FILES > limit {
@@ -334,6 +443,7 @@ impl Params {
                 match scenario {
                     Some(Fanout | Idle) => 5.0,
                     Some(Churn) => 60.0,
+                    Some(Stall) => 30.0,
                     _ => 10.0,
                 },
                 false,
@@ -342,7 +452,12 @@ impl Params {
         let settle = seconds_or(
             "--settle",
             args.settle,
-            if mode == Mode::Churn { 35.0 } else { 2.0 },
+            match mode {
+                Mode::Churn => 35.0,
+                // The issue's target reads the RSS 5 s after the flood.
+                Mode::Stall => 5.0,
+                _ => 2.0,
+            },
             true,
         )?;
         let join_timeout = seconds("--join-timeout", args.join_timeout, false)?;
@@ -353,6 +468,8 @@ impl Params {
             Mode::Fairness => join_timeout + window * 2,
             Mode::Idle => join_timeout + duration,
             Mode::Churn => duration + CHURN_CYCLE_SLACK + settle,
+            // Senders and stalled clients each join within the join timeout.
+            Mode::Stall => join_timeout * 2 + duration + settle + STALL_CHECKS,
         };
         let deadline = match args.deadline {
             Some(d) => seconds("--deadline", d, false)?,
@@ -376,7 +493,7 @@ impl Params {
             rooms,
             senders,
             rate,
-            size: args.size,
+            size,
             warmup,
             duration,
             settle,
@@ -390,6 +507,7 @@ impl Params {
             probe: args
                 .probe
                 .map(|probe| (probe, args.probe_count.unwrap_or(probe.default_count()))),
+            stall,
         })
     }
 
@@ -412,12 +530,14 @@ impl Params {
         }
     }
 
-    /// The server-side name of room `room`: `bench-<room>`, or `bench-a` … `bench-z` for fairness.
+    /// The server-side name of room `room`: `bench-<room>`, `bench-a` … `bench-z` for fairness,
+    /// `bench-stall-<room>` for stall.
     /// Both match the shipped configuration's `bench-*` override, which lifts the rate limit.
     pub fn room_name(&self, room: usize) -> String {
         match self.mode {
             // Fairness has at most 26 rooms (checked in from_args), so the letter stays in a..=z.
             Mode::Fairness => format!("bench-{}", char::from(b'a' + room as u8)),
+            Mode::Stall => format!("bench-stall-{room}"),
             _ => format!("bench-{room}"),
         }
     }
@@ -449,6 +569,7 @@ fn connections(
     }
     let mut conns = conns.unwrap_or(match scenario {
         Some(Scenario::Idle) => sessions,
+        Some(Scenario::Stall) => sessions.div_ceil(STALL_STREAMS_PER_CONN),
         _ => sessions.div_ceil(STREAMS_PER_CONN),
     });
     if conns == 0 {
@@ -490,6 +611,19 @@ fn parse_span(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?}: a duration above 0 and at most 24h"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `url` (`http://host:port/path`) as `(host:port, /path)`, refusing anything not loopback.
+fn loopback_url(url: &str) -> anyhow::Result<(String, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url:?}: expected http://host:port/path"))?;
+    let (host_port, path) = match rest.find('/') {
+        Some(cut) => rest.split_at(cut),
+        None => (rest, "/"),
+    };
+    loopback_uri(host_port)?;
+    Ok((host_port.to_owned(), path.to_owned()))
 }
 
 /// `address` (`host:port` or `http://host:port`) as the URI tonic dials, refusing anything that
@@ -696,6 +830,52 @@ mod tests {
         assert!(params(&["--soak", "1m", "--duration", "5"]).is_err());
         assert!(params(&["--soak", "1m", "--scenario", "churn"]).is_err());
         assert!(params(&["--soak", "1m", "--soak-interval", "0s"]).is_err());
+    }
+
+    #[test]
+    fn stall_gives_each_stalled_client_a_room_and_a_sender() {
+        let p = params(&["--scenario", "stall"]).unwrap();
+        assert_eq!(p.mode, Mode::Stall);
+        assert_eq!(
+            (p.sessions, p.rooms, p.senders, p.conns, p.size),
+            (2000, 2000, 2000, 200, 4000)
+        );
+        assert_eq!(p.settle, Duration::from_secs(5));
+        assert_eq!(p.room_name(7), "bench-stall-7");
+        let stall = p.stall.unwrap();
+        assert_eq!((stall.mode, stall.window), (StallMode::Window, 65_535));
+        assert_eq!(stall.sender_conns, 80);
+        assert_eq!(
+            stall.metrics,
+            Some(("127.0.0.1:9464".into(), "/metrics".into()))
+        );
+
+        let p = params(&[
+            "--scenario",
+            "stall",
+            "--sessions",
+            "10",
+            "--stall-mode",
+            "socket",
+            "--metrics-url",
+            "",
+        ])
+        .unwrap();
+        assert_eq!(
+            (p.conns, p.stall.as_ref().unwrap().mode),
+            (1, StallMode::Socket)
+        );
+        assert!(p.stall.unwrap().metrics.is_none());
+        assert!(params(&["--scenario", "stall", "--rooms", "3"]).is_err());
+        assert!(params(&["--scenario", "stall", "--stall-window", "100"]).is_err());
+        let remote = params(&[
+            "--scenario",
+            "stall",
+            "--metrics-url",
+            "http://10.0.0.1:9464/metrics",
+        ])
+        .unwrap_err();
+        assert!(remote.to_string().contains("loopback"), "{remote}");
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! Modes: one measured window (default), `--find-max` (raise R until delivery or p99 breaks),
 //! `--soak` (the same load for minutes or hours, a line per interval with the server's RSS), and
 //! the suite's `--scenario` presets `fanout`, `rooms`, `idle` (server RSS per joined session),
-//! `churn` (sessions come and go; does the server's RSS come back?) and `fairness` (does a flooder
-//! in one room slow the others?). It shows a progress bar on stderr and prints a summary table, or
+//! `churn` (sessions come and go; does the server's RSS come back?), `fairness` (does a flooder
+//! in one room slow the others?) and `stall` (clients that stop reading under a flood: is their
+//! memory given back, their stream reset, the rest served?). It shows a progress bar on stderr and prints a summary table, or
 //! with `--json` exactly one JSON line (soak: one per interval, then the report), on stdout. It
 //! always ends on its own: a watchdog thread prints what it has and exits 3 at the hard deadline.
 //!
@@ -16,7 +17,8 @@
 //! - `cli`: arguments, presets, validation → `Params`; `proc`: /proc readings;
 //! - `wire`: requests and the CHAT timestamp marker; `shared`: state of sessions and the run;
 //! - `client`: connections, streams, reader tasks; `window`: senders and measured windows,
-//!   `--find-max`; `idle`, `churn`, `soak`, `fairness`: one module per mode;
+//!   `--find-max`; `idle`, `churn`, `soak`, `fairness`, `stall`: one module per mode (`stall` with
+//!   `stalled`, its raw HTTP/2 clients, and `probe`: observer, fresh client, metrics scrape);
 //! - `stats`: histograms, counts, per-window results; `report`: progress, report, watchdog;
 //! - `hostile`: `--probe`, hostile clients against the server's abuse limits.
 
@@ -26,10 +28,13 @@ mod client;
 mod fairness;
 mod hostile;
 mod idle;
+mod probe;
 mod proc;
 mod report;
 mod shared;
 mod soak;
+mod stall;
+mod stalled;
 mod stats;
 mod window;
 mod wire;
@@ -55,8 +60,10 @@ pub const EXIT_DEADLINE: u8 = 3;
 
 async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     let p = &shared.params;
-    if p.mode == Mode::Churn {
-        return churn::churn(&shared).await;
+    match p.mode {
+        Mode::Churn => return churn::churn(&shared).await,
+        Mode::Stall => return stall::stall(&shared).await,
+        _ => {}
     }
     let rss_start_kb = total_rss_kb(&p.server_pids);
     // Declared before `requests` so the connections outlive the request side (locals drop in
@@ -69,14 +76,19 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
         Mode::FindMax => window::find_max(&shared, &requests).await,
         Mode::Soak => soak::soak(&shared, &requests).await,
         Mode::Fairness => fairness::fairness(&shared, &requests).await,
-        // Churn returned above; it runs its own short-lived sessions.
-        Mode::Window | Mode::Churn => window::run_window(&shared, &requests, 0, p.rate, None)
-            .await
-            .map(drop),
+        // Churn and stall returned above; they run their own sessions.
+        Mode::Window | Mode::Churn | Mode::Stall => {
+            window::run_window(&shared, &requests, 0, p.rate, None)
+                .await
+                .map(drop)
+        }
     }
 }
 
 fn main() {
+    // Thousands of connections (idle, stall) need more than a default soft limit of 1,024; the
+    // hard limit is what the plan is then checked against.
+    chatrooms::transport::accept::raise_descriptor_limit();
     let params = match Params::from_args(Args::parse()) {
         Ok(params) => params,
         Err(error) => {

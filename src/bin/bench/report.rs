@@ -90,7 +90,7 @@ pub fn build_report(shared: &Shared) -> Value {
                 partial: false,
             })
         }
-        Mode::Idle => StepResult::empty(0.0),
+        Mode::Idle | Mode::Stall => StepResult::empty(0.0),
         Mode::Window | Mode::FindMax => best
             .or(outcome.steps.last())
             .cloned()
@@ -221,6 +221,20 @@ fn render_table(report: &Value, mode: Mode) -> String {
     );
     match mode {
         Mode::Idle => {}
+        Mode::Stall => line(
+            "stall",
+            format!(
+                "{} stalled clients ({} mode, stream window {} B) over {} connections, one \
+                 flooding sender each over {} connections, up to {} CHATs of {} B per room",
+                r("sessions"),
+                r("stall_mode"),
+                r("stall_window"),
+                r("conns"),
+                r("sender_conns"),
+                r("flood_messages"),
+                r("size")
+            ),
+        ),
         Mode::Churn => line(
             "churn",
             format!(
@@ -255,7 +269,10 @@ fn render_table(report: &Value, mode: Mode) -> String {
             "the figures below are those of rooms B..Z in the flood run".into(),
         );
     }
-    if mode != Mode::Idle {
+    if mode == Mode::Stall {
+        render_stall(report, &mut line);
+    }
+    if !matches!(mode, Mode::Idle | Mode::Stall) {
         line("sent", r("sent"));
         line(
             "delivered",
@@ -398,6 +415,144 @@ fn render_table(report: &Value, mode: Mode) -> String {
         writeln!(out, "note        {}", show(note)).ok();
     }
     out
+}
+
+/// The stall lines of the table.
+fn render_stall(report: &Value, line: &mut impl FnMut(&str, String)) {
+    let r = |key: &str| show(&report[key]);
+    let spread = |key: &str| {
+        let s = &report[key];
+        if s.is_null() {
+            return "-".to_owned();
+        }
+        format!(
+            "n {} · min {} · p50 {} · p99 {} · max {}",
+            show(&s["n"]),
+            show(&s["min"]),
+            show(&s["p50"]),
+            show(&s["p99"]),
+            show(&s["max"])
+        )
+    };
+    let target = |key: &str| match &report["targets"][key] {
+        Value::Bool(true) => "met",
+        Value::Bool(false) => "NOT met",
+        _ => "n/a",
+    };
+    line(
+        "streams",
+        format!(
+            "{} senders joined, {} stalled clients joined",
+            r("senders_joined"),
+            r("stalled_joined")
+        ),
+    );
+    line(
+        "flood",
+        format!(
+            "{} CHATs ({} MB) in {} s",
+            r("flood_posted"),
+            r("flood_mb"),
+            r("flood_s")
+        ),
+    );
+    line(
+        "server RSS",
+        format!(
+            "{} kB at start, {} kB before the flood, peak {} kB (≤ 1 GiB: {}), {} kB at its end, \
+             {} kB {} s after (limit {} kB: {})",
+            r("server_rss_start_kb"),
+            r("server_rss_before_flood_kb"),
+            r("server_rss_peak_kb"),
+            target("peak_rss_le_1gib"),
+            r("server_rss_flood_end_kb"),
+            r("server_rss_after_kb"),
+            show(&report["settle_s"]),
+            r("server_rss_back_limit_kb"),
+            target("rss_back_after_5s")
+        ),
+    );
+    line(
+        "evicted",
+        format!(
+            "{} LEAVEs seen by the senders; flood start → LEAVE ms: {}",
+            r("evicted_seen"),
+            spread("flood_to_eviction_ms")
+        ),
+    );
+    line(
+        "reset",
+        format!(
+            "{} RST_STREAM seen; {} within 1 s of the LEAVE ({})",
+            r("reset_seen"),
+            r("reset_within_1s"),
+            target("reset_within_1s_of_eviction")
+        ),
+    );
+    line(
+        "LEAVE→RST",
+        format!("ms: {}", spread("eviction_to_reset_ms")),
+    );
+    line("flood→RST", format!("ms: {}", spread("flood_to_reset_ms")));
+    if !report["resume_to_reset_ms"].is_null() {
+        line(
+            "resume→RST",
+            format!("ms after reading again: {}", spread("resume_to_reset_ms")),
+        );
+    }
+    line("stalled end", show_counts(&report["stalled_ends"]));
+    line("sender end", show_counts(&report["sender_ends"]));
+    let metrics = |key: &str| {
+        let m = &report[key];
+        if m.is_null() {
+            return "-".to_owned();
+        }
+        format!(
+            "open {}, slow_consumer {}",
+            show(&m["sessions_open"]),
+            show(&m["sessions_ended"]["slow_consumer"])
+        )
+    };
+    line(
+        "metrics",
+        format!(
+            "start: {}; before the flood: {}; after: {}; slow_consumer counted {} ({})",
+            metrics("metrics_start"),
+            metrics("metrics_before_flood"),
+            metrics("metrics_after"),
+            r("slow_consumer_counted"),
+            target("slow_consumer_counted_n")
+        ),
+    );
+    let o = &report["observer"];
+    line(
+        "observer",
+        format!(
+            "{} PINGs, {} PONGs within 1 s, {} missed ({}), {} late (> 100 ms); RTT p50 {} · \
+             p99 {} · max {} ms",
+            show(&o["pings"]),
+            show(&o["answered_in_1s"]),
+            show(&o["missed"]),
+            target("observer_missed_none"),
+            show(&o["late"]),
+            show(&o["p50_ms"]),
+            show(&o["p99_ms"]),
+            show(&o["max_ms"])
+        ),
+    );
+    let f = &report["fresh_client"];
+    line(
+        "fresh",
+        format!(
+            "served: {} in {} ms{}",
+            target("fresh_client_served"),
+            show(&f["ms"]),
+            match &f["error"] {
+                Value::String(e) => format!(" ({e})"),
+                _ => String::new(),
+            }
+        ),
+    );
 }
 
 /// The fairness lines of the table: rooms B..Z without and with the flood, and the flooder.

@@ -189,7 +189,8 @@ pub struct Shared {
 impl Shared {
     pub fn new(params: Params) -> Shared {
         let sessions = match params.mode {
-            Mode::Churn => Vec::new(),
+            // Both keep their own per-stream state.
+            Mode::Churn | Mode::Stall => Vec::new(),
             _ => (0..params.sessions)
                 .map(|i| Session {
                     room: params.room_of(i),

@@ -83,9 +83,14 @@ fn ascii_number(digits: &[u8]) -> Option<u64> {
 
 /// The first request of every stream: it names the session (`user`), as the server requires.
 pub fn join_request(index: usize, room: &str) -> Message {
+    join_as(&format!("u{index}"), room)
+}
+
+/// A stream's first request, naming the session `user`.
+pub fn join_as(user: &str, room: &str) -> Message {
     Message {
         kind: Kind::Join.into(),
-        user: format!("u{index}"),
+        user: user.to_owned(),
         room: room.to_owned(),
         r#ref: JOIN_REF.to_owned(),
         ..Message::default()
@@ -105,6 +110,14 @@ pub fn ping_request() -> Message {
     Message {
         kind: Kind::Ping.into(),
         ..Message::default()
+    }
+}
+
+/// A PING whose PONG echoes `r#ref`, so its round trip can be timed.
+pub fn ping_with_ref(r#ref: String) -> Message {
+    Message {
+        r#ref,
+        ..ping_request()
     }
 }
 
