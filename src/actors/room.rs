@@ -63,6 +63,8 @@ pub struct Room {
     departed: HashMap<SessionId, TokenBucket>,
     /// `Some` in cluster mode.
     cluster: Option<cluster::ClusterRoom>,
+    /// Last, so it is dropped after `history` has given its bytes back: a census without this
+    /// room means its bytes are back in the budget.
     _census: Counted,
 }
 
@@ -77,7 +79,11 @@ impl Room {
             let limits = hub.config().limits_for(name.as_str());
             let cluster = hub.cluster.clone().map(cluster::ClusterRoom::new);
             Room {
-                history: History::new(limits.history),
+                history: History::new(
+                    limits.history,
+                    limits.history_bytes,
+                    hub.history_budget.clone(),
+                ),
                 name,
                 hub,
                 limits,
@@ -423,7 +429,8 @@ impl Handler<Reconfigure> for Room {
         let limits = self.hub.config().limits_for(self.name.as_str());
         if *limits != *self.limits {
             info!(room = %self.name, "room limits reloaded");
-            self.history.set_capacity(limits.history);
+            self.history
+                .set_limits(limits.history, limits.history_bytes);
             self.limits = limits;
         }
     }
