@@ -74,6 +74,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A connection must finish TLS and send the HTTP/2 preface within this, or it is closed.
     pub handshake_timeout_ms: u64,
+    /// Rooms open at once (running room actors); a JOIN that would open one more gets
+    /// `server_rooms_full`.
+    pub max_rooms: usize,
     /// Encoded bytes all rooms' histories may hold together (memory engine); see
     /// [`crate::history::HistoryBudget`] for what happens when it is used up.
     pub history_bytes_total: usize,
@@ -110,6 +113,7 @@ impl Default for ServerConfig {
             tls: None,
             max_connections: 10_000,
             handshake_timeout_ms: 5_000,
+            max_rooms: 100_000,
             history_bytes_total: 256 * 1024 * 1024,
         }
     }
@@ -564,6 +568,9 @@ impl Config {
         if self.server.handshake_timeout_ms == 0 {
             return fail("server.handshake_timeout_ms", "must be at least 1".into());
         }
+        if self.server.max_rooms == 0 {
+            return fail("server.max_rooms", "must be at least 1".into());
+        }
         if self.session.max_rooms_per_session == 0 {
             return fail("session.max_rooms_per_session", "must be at least 1".into());
         }
@@ -877,6 +884,7 @@ mod tests {
             shipped.server.shutdown_grace_ms,
             defaults.server.shutdown_grace_ms
         );
+        assert_eq!(shipped.server.max_rooms, defaults.server.max_rooms);
         assert_eq!(
             shipped.server.history_bytes_total,
             defaults.server.history_bytes_total
@@ -921,6 +929,7 @@ mod tests {
             ("[session]\noutbound_queue = 50", "limits.history"),
             ("[server]\ndefault_room = \"a b\"", "server.default_room"),
             ("[server]\nmax_sessions = 0", "server.max_sessions"),
+            ("[server]\nmax_rooms = 0", "server.max_rooms"),
             ("[metrics]\nlisten = \"nowhere\"", "metrics.listen"),
             ("[log]\nformat = \"xml\"", "log.format"),
             (
@@ -1016,9 +1025,10 @@ mod tests {
         assert_eq!(effective.limits_for("y").max_members, 9);
         assert_eq!(effective.limits_for("x").burst, 3);
 
-        let new = parse("[server]\nhistory_bytes_total = 1024\n").unwrap();
+        let new = parse("[server]\nmax_rooms = 3\nhistory_bytes_total = 1024\n").unwrap();
         let (reloaded, restart) = running.reloaded(new);
         assert_eq!(restart, vec!["server.history_bytes_total"]);
+        assert_eq!(reloaded.server.max_rooms, 3, "max_rooms is live");
         assert_eq!(
             reloaded.server.history_bytes_total,
             running.server.history_bytes_total

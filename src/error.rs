@@ -20,6 +20,11 @@ pub enum ChatError {
     InvalidUser(&'static str),
     #[error("already in {max} rooms, the most one session may join")]
     TooManyRooms { max: usize },
+    /// Opening the room would exceed `server.max_rooms`; rooms already open are unaffected.
+    #[error(
+        "the server has {max} rooms open, the most it allows (max_rooms); join an open room or try again later"
+    )]
+    ServerRoomsFull { max: usize },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -39,6 +44,7 @@ impl ChatError {
             ChatError::InvalidRoom(_) => "invalid_room",
             ChatError::InvalidUser(_) => "invalid_user",
             ChatError::TooManyRooms { .. } => "too_many_rooms",
+            ChatError::ServerRoomsFull { .. } => "server_rooms_full",
             ChatError::BadRequest(_) => "bad_request",
             ChatError::Forbidden(_) => "forbidden",
             ChatError::Unavailable(_) => "unavailable",

@@ -61,7 +61,7 @@ impl Hub {
             verifier,
             cluster,
             arbiters,
-            rooms: RoomRegistry::default(),
+            rooms: RoomRegistry::new(config.server.max_rooms),
             history_budget: HistoryBudget::new(config.server.history_bytes_total),
             frame_limit: config.max_frame_bytes(),
             config: ArcSwap::from_pointee(config),
@@ -85,6 +85,7 @@ impl Hub {
         let (effective, restart) = self.config().reloaded(new);
         let restart: Vec<String> = restart.into_iter().map(String::from).collect();
         self.sessions.set_max(effective.server.max_sessions);
+        self.rooms.set_max(effective.server.max_rooms);
         self.config.store(Arc::new(effective));
         self.rooms.reconfigure_all();
         restart
