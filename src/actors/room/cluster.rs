@@ -103,6 +103,10 @@ pub(super) struct ClusterRoom {
     /// re-announcing a member) are not passed on, and after a reconnect the differences with
     /// Redis are announced instead of lost.
     roster: HashMap<(String, SessionId), String>,
+    /// LEAVEs of this node's members not yet published. An empty room stops only once they
+    /// are: a session that re-joins at once then reaches a fresh room after its LEAVE is in
+    /// Redis, so its new JOIN cannot be overtaken by its own older LEAVE.
+    leaves_in_flight: usize,
 }
 
 /// A number in [0, 1) from the random bits of a fresh UUIDv7 (jitter needs no better source).
@@ -125,6 +129,7 @@ impl ClusterRoom {
             retry_backoff: Backoff::new(),
             subscribing: false,
             roster: HashMap::new(),
+            leaves_in_flight: 0,
         }
     }
 }
@@ -440,8 +445,10 @@ impl Room {
 
     /// Removes the presence entry of a session that left this node's room; the LEAVE reaches
     /// every node's members through the channel. The room waits for it, so a quick re-JOIN of
-    /// the same session cannot be overtaken by its own older LEAVE. If Redis cannot be reached,
-    /// the entry expires after `presence_ttl_ms` and a sweep announces the LEAVE then.
+    /// the same session cannot be overtaken by its own older LEAVE, and an empty room stops
+    /// only after it (the room keeps nothing else: seq and history are in Redis). If Redis
+    /// cannot be reached, the entry expires after `presence_ttl_ms` and a sweep announces the
+    /// LEAVE then.
     pub(super) fn cluster_leave(&mut self, id: SessionId, user: UserName, ctx: &mut Context<Self>) {
         let engine = self.engine();
         let name = self.name.to_string();
@@ -457,7 +464,23 @@ impl Room {
                 warn!(room = %name, session = %id, %error, "LEAVE not published; presence expires by TTL");
             }
         });
-        ctx.wait(async move { drop(removal.await) }.into_actor(self));
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.leaves_in_flight += 1;
+        }
+        let removed = async move { drop(removal.await) }.into_actor(self);
+        ctx.wait(removed.map(|(), room, ctx| {
+            if let Some(cluster) = room.cluster.as_mut() {
+                cluster.leaves_in_flight -= 1;
+            }
+            room.expire_when_empty(ctx);
+        }));
+    }
+
+    /// Whether an empty room must wait for LEAVEs still on their way to Redis before stopping.
+    pub(super) fn cluster_leaves_in_flight(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| c.leaves_in_flight > 0)
     }
 
     fn refresh_presence(&mut self, ctx: &mut Context<Self>) {
