@@ -243,6 +243,39 @@ async fn a_room_without_local_members_stops_at_once_and_churn_leaves_none_behind
 }
 
 #[tokio::test]
+async fn a_replay_from_redis_is_cut_to_the_newest_chats_that_fit_history_bytes() {
+    const HISTORY_BYTES: usize = 2048;
+    let redis = RedisServer::start();
+    let config = node_config(&[redis.url()], "a") + &format!("history_bytes = {HISTORY_BYTES}\n");
+    let a = TestServer::start(&config).await;
+    wait_health(&a, ServingStatus::Serving).await;
+    let mut ada = a.client("ada").await;
+    ada.join("r").await;
+    for n in 1..=20 {
+        ada.chat("r", &format!("{n:<200}")).await;
+    }
+    assert_eq!(
+        seqs(&chats(&mut ada, 20).await),
+        (1..=20).collect::<Vec<_>>()
+    );
+
+    let mut bob = a.client("bob").await;
+    assert_eq!(bob.join_since("r", 1).await.seq, 20);
+    let mut replayed = Vec::new();
+    while replayed.last().map(|m: &Message| m.seq) != Some(20) {
+        let m = bob.expect(Kind::Chat).await;
+        assert!(m.replay);
+        replayed.push(m);
+    }
+    let first = replayed[0].seq;
+    assert_eq!(seqs(&replayed), (first..=20).collect::<Vec<_>>());
+    assert!(first > 2, "cut by bytes, not by count: from {first}");
+    let bytes: usize = replayed.iter().map(|m| m.content.len()).sum();
+    assert!(bytes < HISTORY_BYTES, "{bytes} bytes of content replayed");
+    a.shutdown().await;
+}
+
+#[tokio::test]
 async fn history_survives_a_node_restart() {
     let redis = RedisServer::start();
     let a = node(&[&redis], "a").await;

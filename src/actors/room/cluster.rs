@@ -156,6 +156,23 @@ async fn fetch_range(
     }
 }
 
+/// The newest entries of `replay` whose encodings fit in `max_bytes`, oldest first. Redis trims a
+/// room's stream by count only (`XADD … MAXLEN`), so the byte bound a memory room keeps in its
+/// ring is applied when the replay is read: a full replay still fits a fresh joiner's queue.
+fn newest_within(mut replay: Vec<(u64, Bytes)>, max_bytes: usize) -> Vec<(u64, Bytes)> {
+    let mut total = 0;
+    let keep = replay
+        .iter()
+        .rev()
+        .take_while(|(_, body)| {
+            total += body.len();
+            total <= max_bytes
+        })
+        .count();
+    replay.drain(..replay.len() - keep);
+    replay
+}
+
 fn unavailable(error: &Unavailable) -> ChatError {
     ChatError::Unavailable(error.to_string())
 }
@@ -364,7 +381,7 @@ impl Room {
                     let seq = if rejoin { room.seq } else { joined.seq };
                     let ack = room.joined_with(&join.user, r#ref, members, seq);
                     room.deliver(join.session, ack);
-                    for (seq, body) in replay {
+                    for (seq, body) in newest_within(replay, room.limits.history_bytes) {
                         room.deliver(join.session, proto::as_replay(&proto::with_seq(&body, seq)));
                     }
                 }
@@ -896,6 +913,18 @@ mod tests {
         assert_eq!(pauses, expected);
         backoff.reset();
         assert_eq!(backoff.pause(), RESYNC_RETRY_MIN);
+    }
+
+    #[test]
+    fn a_replay_keeps_the_newest_entries_that_fit_the_byte_bound() {
+        let entry = |seq: u64, len: usize| (seq, Bytes::from(vec![b'x'; len]));
+        let replay = vec![entry(1, 100), entry(2, 100), entry(3, 50), entry(4, 100)];
+        let seqs = |r: Vec<(u64, Bytes)>| r.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        assert_eq!(seqs(newest_within(replay.clone(), 249)), vec![3, 4]);
+        assert_eq!(seqs(newest_within(replay.clone(), 250)), vec![2, 3, 4]);
+        assert_eq!(seqs(newest_within(replay.clone(), 350)), vec![1, 2, 3, 4]);
+        assert_eq!(seqs(newest_within(replay.clone(), 99)), Vec::<u64>::new());
+        assert_eq!(seqs(newest_within(Vec::new(), 10)), Vec::<u64>::new());
     }
 
     #[test]
