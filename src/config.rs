@@ -77,6 +77,12 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// A connection must finish TLS and send the HTTP/2 preface within this, or it is closed.
     pub handshake_timeout_ms: u64,
+    /// Rooms open at once (running room actors); a JOIN that would open one more gets
+    /// `server_rooms_full`.
+    pub max_rooms: usize,
+    /// Encoded bytes all rooms' histories may hold together (memory engine); see
+    /// [`crate::history::HistoryBudget`] for what happens when it is used up.
+    pub history_bytes_total: usize,
 }
 
 /// PEM files for TLS; read at load so a missing or unreadable file stops the server at start.
@@ -111,6 +117,8 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_connections_per_ip: 2000,
             handshake_timeout_ms: 5_000,
+            max_rooms: 100_000,
+            history_bytes_total: 256 * 1024 * 1024,
         }
     }
 }
@@ -327,6 +335,9 @@ pub struct RoomLimits {
     pub max_message_bytes: usize,
     /// Accepted CHATs the room retains for replay.
     pub history: usize,
+    /// Encoded bytes the room retains for replay; the oldest go first, whichever of this and
+    /// `history` is reached first.
+    pub history_bytes: usize,
     /// Replayed to a JOIN with `since_seq = 0`.
     pub history_on_join: usize,
     /// Token bucket per member per room.
@@ -346,6 +357,7 @@ impl Default for RoomLimits {
             max_members: 10_000,
             max_message_bytes: 4096,
             history: 100,
+            history_bytes: 128 * 1024,
             history_on_join: 20,
             rate_per_sec: 20.0,
             burst: 40,
@@ -594,6 +606,9 @@ impl Config {
         if self.server.handshake_timeout_ms == 0 {
             return fail("server.handshake_timeout_ms", "must be at least 1".into());
         }
+        if self.server.max_rooms == 0 {
+            return fail("server.max_rooms", "must be at least 1".into());
+        }
         if self.session.max_rooms_per_session == 0 {
             return fail("session.max_rooms_per_session", "must be at least 1".into());
         }
@@ -704,6 +719,13 @@ impl Config {
             "server.handshake_timeout_ms",
             r,
         );
+        // Every open room holds its share of the budget it was started with.
+        keep(
+            &old.history_bytes_total,
+            &mut new.server.history_bytes_total,
+            "server.history_bytes_total",
+            r,
+        );
         keep(&self.metrics, &mut new.metrics, "metrics", r);
         keep(&self.log, &mut new.log, "log", r);
         // The token verifier is built once at start; `[admin] token` is live (rotation).
@@ -750,6 +772,17 @@ fn validate_limits(
             format!(
                 "must be below session.outbound_queue ({}) so a full replay fits the queue",
                 session.outbound_queue
+            ),
+        ));
+    }
+    // The same in bytes: a full replay must fit a fresh session's byte-bounded queue, with the
+    // other half left for the live traffic that arrives meanwhile.
+    if l.history_bytes > session.outbound_queue_bytes / 2 {
+        return Err((
+            key("history_bytes"),
+            format!(
+                "must be at most half of session.outbound_queue_bytes ({}) so a full replay fits the queue",
+                session.outbound_queue_bytes / 2
             ),
         ));
     }
@@ -917,6 +950,11 @@ mod tests {
             shipped.server.shutdown_grace_ms,
             defaults.server.shutdown_grace_ms
         );
+        assert_eq!(shipped.server.max_rooms, defaults.server.max_rooms);
+        assert_eq!(
+            shipped.server.history_bytes_total,
+            defaults.server.history_bytes_total
+        );
     }
 
     #[test]
@@ -957,6 +995,7 @@ mod tests {
             ("[session]\noutbound_queue = 50", "limits.history"),
             ("[server]\ndefault_room = \"a b\"", "server.default_room"),
             ("[server]\nmax_sessions = 0", "server.max_sessions"),
+            ("[server]\nmax_rooms = 0", "server.max_rooms"),
             ("[metrics]\nlisten = \"nowhere\"", "metrics.listen"),
             ("[log]\nformat = \"xml\"", "log.format"),
             (
@@ -978,6 +1017,34 @@ mod tests {
             let err = parse(text).unwrap_err();
             assert!(err.contains(key), "{text:?} gave {err}");
         }
+    }
+
+    #[test]
+    fn history_bytes_must_fit_half_the_outbound_queue() {
+        // Defaults: outbound_queue_bytes 262144, so at most 131072 (the default itself).
+        let cfg = parse("[limits]\nhistory_bytes = 131072\n").unwrap();
+        assert_eq!(cfg.limits_for("any").history_bytes, 131_072);
+        for (text, key) in [
+            ("[limits]\nhistory_bytes = 131073", "limits.history_bytes"),
+            (
+                "[rooms.\"big\"]\nhistory_bytes = 200000",
+                "rooms.\"big\".history_bytes",
+            ),
+            (
+                "[session]\noutbound_queue_bytes = 65536",
+                "limits.history_bytes",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(key), "{text:?} gave {err}");
+            assert!(err.contains("outbound_queue_bytes"), "{text:?} gave {err}");
+        }
+        // A larger queue makes room for a larger history.
+        let cfg = parse(
+            "[session]\noutbound_queue_bytes = 1048576\n[rooms.\"big\"]\nhistory_bytes = 524288\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.limits_for("big").history_bytes, 524_288);
     }
 
     #[test]
@@ -1026,6 +1093,15 @@ mod tests {
         assert_eq!(effective.admin.failed_auth_interval_ms, 60_000);
         assert_eq!(effective.limits_for("y").max_members, 9);
         assert_eq!(effective.limits_for("x").burst, 3);
+
+        let new = parse("[server]\nmax_rooms = 3\nhistory_bytes_total = 1024\n").unwrap();
+        let (reloaded, restart) = running.reloaded(new);
+        assert_eq!(restart, vec!["server.history_bytes_total"]);
+        assert_eq!(reloaded.server.max_rooms, 3, "max_rooms is live");
+        assert_eq!(
+            reloaded.server.history_bytes_total,
+            running.server.history_bytes_total
+        );
     }
 
     #[test]

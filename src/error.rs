@@ -20,6 +20,11 @@ pub enum ChatError {
     InvalidUser(&'static str),
     #[error("already in {max} rooms, the most one session may join")]
     TooManyRooms { max: usize },
+    /// Opening the room would exceed `server.max_rooms`; rooms already open are unaffected.
+    #[error(
+        "the server has {max} rooms open, the most it allows (max_rooms); join an open room or try again later"
+    )]
+    ServerRoomsFull { max: usize },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -43,6 +48,7 @@ impl ChatError {
         "bad_request",
         "forbidden",
         "unavailable",
+        "server_rooms_full",
     ];
 
     pub fn code(&self) -> &'static str {
@@ -54,6 +60,7 @@ impl ChatError {
             ChatError::InvalidRoom(_) => "invalid_room",
             ChatError::InvalidUser(_) => "invalid_user",
             ChatError::TooManyRooms { .. } => "too_many_rooms",
+            ChatError::ServerRoomsFull { .. } => "server_rooms_full",
             ChatError::BadRequest(_) => "bad_request",
             ChatError::Forbidden(_) => "forbidden",
             ChatError::Unavailable(_) => "unavailable",
@@ -157,6 +164,7 @@ mod tests {
             ChatError::BadRequest("x".into()),
             ChatError::Forbidden("x"),
             ChatError::Unavailable("x".into()),
+            ChatError::ServerRoomsFull { max: 1 },
         ];
         for error in &all {
             match error {
@@ -169,7 +177,8 @@ mod tests {
                 | ChatError::TooManyRooms { .. }
                 | ChatError::BadRequest(_)
                 | ChatError::Forbidden(_)
-                | ChatError::Unavailable(_) => {}
+                | ChatError::Unavailable(_)
+                | ChatError::ServerRoomsFull { .. } => {}
             }
         }
         all

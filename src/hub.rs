@@ -19,6 +19,7 @@ use crate::{
     cluster::RedisEngine,
     config::Config,
     error::Fatal,
+    history::HistoryBudget,
     metrics,
     names::{SessionId, UserName},
     outbound::{SessionTx, StreamEnder},
@@ -33,6 +34,8 @@ pub struct Hub {
     frame_limit: usize,
     pub arbiters: Arbiters,
     pub rooms: RoomRegistry,
+    /// The bytes every memory-engine room's history draws from (`server.history_bytes_total`).
+    pub history_budget: Arc<HistoryBudget>,
     pub sessions: Arc<SessionTable>,
     pub census: Arc<Census>,
     pub abuse: Arc<AbuseLimits>,
@@ -57,10 +60,11 @@ impl Hub {
         Hub {
             verifier,
             cluster,
+            arbiters,
+            rooms: RoomRegistry::new(config.server.max_rooms),
+            history_budget: HistoryBudget::new(config.server.history_bytes_total),
             frame_limit: config.max_frame_bytes(),
             config: ArcSwap::from_pointee(config),
-            arbiters,
-            rooms: RoomRegistry::default(),
             sessions: Arc::new(SessionTable::new(max_sessions, first_id)),
             census: Arc::new(Census::default()),
             abuse: Arc::new(AbuseLimits::default()),
@@ -81,6 +85,7 @@ impl Hub {
         let (effective, restart) = self.config().reloaded(new);
         let restart: Vec<String> = restart.into_iter().map(String::from).collect();
         self.sessions.set_max(effective.server.max_sessions);
+        self.rooms.set_max(effective.server.max_rooms);
         self.config.store(Arc::new(effective));
         self.rooms.reconfigure_all();
         restart

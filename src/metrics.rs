@@ -28,6 +28,7 @@ pub const REQUESTS_REFUSED: &str = "chat_requests_refused_total";
 pub const REQUESTS_THROTTLED: &str = "chat_requests_throttled_total";
 pub const SESSIONS_ENDED: &str = "chat_sessions_ended_total";
 pub const FANOUT_SECONDS: &str = "chat_fanout_seconds";
+pub const HISTORY_BYTES: &str = "chat_history_bytes";
 
 /// Fan-out time buckets: from a lone member (microseconds) to a 10,000-member room.
 const FANOUT_BUCKETS: &[f64] = &[
@@ -63,6 +64,11 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(SESSIONS_OPEN, "Open chat streams.");
     describe_gauge!(ROOMS_OPEN, "Rooms with a running actor.");
+    describe_gauge!(
+        HISTORY_BYTES,
+        metrics::Unit::Bytes,
+        "Encoded bytes the rooms retain as history (memory engine)."
+    );
     describe_counter!(MESSAGES_RECEIVED, "Requests read from client streams.");
     describe_counter!(
         MESSAGES_DELIVERED,
@@ -89,6 +95,7 @@ fn register_all() {
     // overwrite theirs.
     let _ = metrics::gauge!(SESSIONS_OPEN);
     let _ = metrics::gauge!(ROOMS_OPEN);
+    let _ = metrics::gauge!(HISTORY_BYTES);
     metrics::counter!(MESSAGES_RECEIVED).increment(0);
     metrics::counter!(MESSAGES_DELIVERED).increment(0);
     metrics::counter!(REQUESTS_THROTTLED).increment(0);
@@ -105,6 +112,8 @@ fn register_all() {
 pub struct Handles {
     pub sessions_open: Gauge,
     pub rooms_open: Gauge,
+    /// Moved by increments, not set: every room's ring adds and removes its own bytes.
+    pub history_bytes: Gauge,
     pub received: Counter,
     pub delivered: Counter,
     pub throttled: Counter,
@@ -114,6 +123,7 @@ pub struct Handles {
 static HANDLES: LazyLock<Handles> = LazyLock::new(|| Handles {
     sessions_open: metrics::gauge!(SESSIONS_OPEN),
     rooms_open: metrics::gauge!(ROOMS_OPEN),
+    history_bytes: metrics::gauge!(HISTORY_BYTES),
     received: metrics::counter!(MESSAGES_RECEIVED),
     delivered: metrics::counter!(MESSAGES_DELIVERED),
     throttled: metrics::counter!(REQUESTS_THROTTLED),

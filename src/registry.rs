@@ -1,13 +1,17 @@
 //! Finding rooms by name: a concurrent map from [`RoomName`] to the room actor's address. A room
 //! removes itself only while it is still the registered one (remove-if-same), so a JOIN that
-//! raced with its stop retries on a fresh room instead of being lost.
+//! raced with its stop retries on a fresh room instead of being lost. Opening a room takes one
+//! of `server.max_rooms` places first, so concurrent JOINs cannot open more rooms than that.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::Addr;
-use dashmap::DashMap;
+use dashmap::{DashMap, mapref::entry::Entry};
 use tokio::sync::watch;
 
 use crate::{
     actors::{Reconfigure, room::Room},
+    error::ChatError,
     metrics,
     names::RoomName,
 };
@@ -15,38 +19,51 @@ use crate::{
 #[derive(Debug)]
 pub struct RoomRegistry {
     rooms: DashMap<RoomName, Addr<Room>>,
+    /// Places taken, one per registered room, counted apart from `rooms` so that taking one is
+    /// a single atomic step across the map's shards.
+    places: AtomicUsize,
+    /// `server.max_rooms`; reloadable.
+    max: AtomicUsize,
     /// Number of registered rooms, for gauges and for tests that wait for a room to stop.
     count: watch::Sender<usize>,
 }
 
-impl Default for RoomRegistry {
-    fn default() -> Self {
+impl RoomRegistry {
+    pub fn new(max: usize) -> RoomRegistry {
         RoomRegistry {
             rooms: DashMap::new(),
+            places: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
             count: watch::Sender::new(0),
         }
     }
-}
 
-impl RoomRegistry {
-    /// The registered room called `name`, started with `start` if there is none.
-    pub fn get_or_create(&self, name: &RoomName, start: impl FnOnce() -> Addr<Room>) -> Addr<Room> {
+    /// The registered room called `name`, started with `start` if there is none and the
+    /// server has fewer than `max_rooms` open.
+    pub fn get_or_create(
+        &self,
+        name: &RoomName,
+        start: impl FnOnce() -> Addr<Room>,
+    ) -> Result<Addr<Room>, ChatError> {
         if let Some(addr) = self.rooms.get(name) {
-            return addr.clone();
+            return Ok(addr.clone());
         }
-        let mut created = false;
-        let addr = self
-            .rooms
-            .entry(name.clone())
-            .or_insert_with(|| {
-                created = true;
-                start()
-            })
-            .clone();
-        if created {
-            self.publish_count();
-        }
-        addr
+        let addr = match self.rooms.entry(name.clone()) {
+            Entry::Occupied(entry) => return Ok(entry.get().clone()),
+            Entry::Vacant(entry) => {
+                // Take a place first, then check: two racing creations cannot both take the
+                // last one. The entry's shard stays locked meanwhile, so a same-name creation
+                // waits and then finds this room.
+                let max = self.max.load(Ordering::Relaxed);
+                if self.places.fetch_add(1, Ordering::AcqRel) >= max {
+                    self.places.fetch_sub(1, Ordering::AcqRel);
+                    return Err(ChatError::ServerRoomsFull { max });
+                }
+                entry.insert(start()).clone()
+            }
+        };
+        self.publish_count();
+        Ok(addr)
     }
 
     /// Unregisters `name` if it still maps to `addr`; a newer room of the same name stays.
@@ -56,9 +73,15 @@ impl RoomRegistry {
             .remove_if(name, |_, current| current == addr)
             .is_some();
         if removed {
+            self.places.fetch_sub(1, Ordering::AcqRel);
             self.publish_count();
         }
         removed
+    }
+
+    /// Applies a reloaded `max_rooms`: rooms already open stay, new ones wait for places.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
     }
 
     pub fn get(&self, name: &RoomName) -> Option<Addr<Room>> {

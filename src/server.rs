@@ -52,6 +52,9 @@ impl Server {
     /// inside a tokio runtime.
     pub fn new(listener: TcpListener, config: Config) -> Result<Server, ServerError> {
         metrics::install();
+        // The unlabelled series (history bytes among them) exist at 0 from start-up, not from
+        // the first traffic that touches them.
+        let _ = metrics::get();
         let metrics_listener = match config.metrics.addr() {
             Some(addr) => {
                 let std_listener = std::net::TcpListener::bind(addr).map_err(|e| {

@@ -433,8 +433,13 @@ async fn kick_leave_by_session_id_removes_one_membership_and_keeps_the_stream() 
 async fn kick_leave_from_the_server_leaves_every_room() {
     let server = TestServer::start(WITH_TOKEN).await;
     let mut ada = server.client("ada").await;
-    ada.join("r1").await;
-    ada.join("r2").await;
+    for room in ["r1", "r2"] {
+        ada.join(room).await;
+        // A CHAT gives each room something to keep, so it stays open (empty) after the kick
+        // instead of stopping at once.
+        ada.chat(room, "hi").await;
+        ada.expect(Kind::Chat).await;
+    }
     let kicked = admin(&server, Some(TOKEN))
         .await
         .kick(KickRequest {

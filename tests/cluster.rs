@@ -202,6 +202,80 @@ async fn replay_is_served_by_a_node_that_never_saw_the_messages() {
 }
 
 #[tokio::test]
+async fn a_room_without_local_members_stops_at_once_and_churn_leaves_none_behind() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], "a").await, node(&[&redis], "b").await);
+    let mut ada = a.client("ada").await;
+    let mut bob = b.client("bob").await;
+    bob.join("shared").await;
+    ada.join("shared").await;
+    assert_eq!(bob.expect(Kind::Join).await.user, "ada");
+    ada.chat("shared", "kept in redis").await;
+    assert_eq!(chats(&mut ada, 1).await[0].seq, 1);
+    assert_eq!(chats(&mut bob, 1).await[0].seq, 1);
+
+    // Node a's room has nothing of its own to keep (seq and history are in Redis): it stops
+    // once ada's LEAVE is published, while the room goes on on node b.
+    ada.send_kind(Kind::Leave, "shared").await;
+    ada.expect(Kind::Left).await;
+    assert_eq!(bob.expect(Kind::Leave).await.user, "ada");
+    a.wait_rooms(0).await;
+    assert_eq!(b.hub.rooms.len(), 1);
+
+    // JOIN/LEAVE churn over many names leaves no room behind on the node.
+    for n in 0..200 {
+        let room = format!("churn-{n}");
+        ada.join(&room).await;
+        ada.send_kind(Kind::Leave, &room).await;
+        ada.expect(Kind::Left).await;
+    }
+    a.wait_rooms(0).await;
+
+    // A fresh room on node a picks the room up where Redis has it.
+    let joined = ada.join("shared").await;
+    assert_eq!(joined.seq, 1);
+    assert_eq!(ada.expect(Kind::Chat).await.content, "kept in redis");
+    assert_eq!(bob.expect(Kind::Join).await.user, "ada");
+    bob.chat("shared", "welcome back").await;
+    assert_eq!(chats(&mut ada, 1).await[0].seq, 2);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replay_from_redis_is_cut_to_the_newest_chats_that_fit_history_bytes() {
+    const HISTORY_BYTES: usize = 2048;
+    let redis = RedisServer::start();
+    let config = node_config(&[redis.url()], "a") + &format!("history_bytes = {HISTORY_BYTES}\n");
+    let a = TestServer::start(&config).await;
+    wait_health(&a, ServingStatus::Serving).await;
+    let mut ada = a.client("ada").await;
+    ada.join("r").await;
+    for n in 1..=20 {
+        ada.chat("r", &format!("{n:<200}")).await;
+    }
+    assert_eq!(
+        seqs(&chats(&mut ada, 20).await),
+        (1..=20).collect::<Vec<_>>()
+    );
+
+    let mut bob = a.client("bob").await;
+    assert_eq!(bob.join_since("r", 1).await.seq, 20);
+    let mut replayed = Vec::new();
+    while replayed.last().map(|m: &Message| m.seq) != Some(20) {
+        let m = bob.expect(Kind::Chat).await;
+        assert!(m.replay);
+        replayed.push(m);
+    }
+    let first = replayed[0].seq;
+    assert_eq!(seqs(&replayed), (first..=20).collect::<Vec<_>>());
+    assert!(first > 2, "cut by bytes, not by count: from {first}");
+    let bytes: usize = replayed.iter().map(|m| m.content.len()).sum();
+    assert!(bytes < HISTORY_BYTES, "{bytes} bytes of content replayed");
+    a.shutdown().await;
+}
+
+#[tokio::test]
 async fn history_survives_a_node_restart() {
     let redis = RedisServer::start();
     let a = node(&[&redis], "a").await;

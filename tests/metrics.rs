@@ -14,6 +14,7 @@ async fn a_fresh_server_exports_every_counter_and_gauge_at_zero() {
     let mut series = vec![
         "chat_sessions_open".to_string(),
         "chat_rooms_open".to_string(),
+        "chat_history_bytes".to_string(),
         "chat_messages_received_total".to_string(),
         "chat_messages_delivered_total".to_string(),
         "chat_requests_throttled_total".to_string(),

@@ -60,6 +60,10 @@ async fn operations_health_reflection_and_metrics() {
 
     // Metrics move by exactly the workload below.
     let before = scrape(&server).await;
+    assert!(
+        before.contains("\nchat_history_bytes 0\n"),
+        "present at 0 from start: {before}"
+    );
     let mut ada = server.client("ada").await;
     let mut bob = server.client("bob").await;
     ada.join("metrics-room").await; // 1 received; JOINED delivered
@@ -84,6 +88,9 @@ async fn operations_health_reflection_and_metrics() {
     );
     assert_eq!(sample(&during, "chat_sessions_open"), 2.0);
     assert_eq!(sample(&during, "chat_rooms_open"), 1.0);
+    let retained = server.hub.history_budget.used();
+    assert!(retained > 0);
+    assert_eq!(sample(&during, "chat_history_bytes"), retained as f64);
     assert_eq!(
         delta("chat_fanout_seconds_count"),
         3.0,

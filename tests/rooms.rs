@@ -314,7 +314,11 @@ async fn join_that_reaches_a_stopped_room_is_retried_on_a_fresh_one() {
     ada.send_kind(Kind::Leave, "phoenix").await;
     ada.expect(Kind::Left).await;
     server.wait_rooms(0).await;
-    server.hub.rooms.get_or_create(&name, || stale.clone());
+    server
+        .hub
+        .rooms
+        .get_or_create(&name, || stale.clone())
+        .expect("under max_rooms");
 
     let mut bob = server.client("bob").await;
     let joined = bob.join("phoenix").await;

@@ -15,7 +15,7 @@ use actix::{
     Actor, ActorContext, ActorResponse, Addr, AsyncContext, Context, Handler, Response, SpawnHandle,
 };
 use bytes::Bytes;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::{
     Announce, Close, Evicted, Inspect, Join, Leave, Post, Reconfigure, Removed, RoomSnapshot,
@@ -63,6 +63,8 @@ pub struct Room {
     departed: HashMap<SessionId, TokenBucket>,
     /// `Some` in cluster mode.
     cluster: Option<cluster::ClusterRoom>,
+    /// Last, so it is dropped after `history` has given its bytes back: a census without this
+    /// room means its bytes are back in the budget.
     _census: Counted,
 }
 
@@ -77,7 +79,11 @@ impl Room {
             let limits = hub.config().limits_for(name.as_str());
             let cluster = hub.cluster.clone().map(cluster::ClusterRoom::new);
             Room {
-                history: History::new(limits.history),
+                history: History::new(
+                    limits.history,
+                    limits.history_bytes,
+                    hub.history_budget.clone(),
+                ),
                 name,
                 hub,
                 limits,
@@ -144,9 +150,19 @@ impl Room {
         self.broadcast(&presence, None);
     }
 
+    /// An empty room stops: at once when it holds nothing a later JOIN could use, otherwise
+    /// after `empty_room_ttl_ms` unless someone joins meanwhile. Stopping at once is what keeps
+    /// JOIN/LEAVE churn over many names from leaving a room behind per name.
     fn expire_when_empty(&mut self, ctx: &mut Context<Self>) {
         if !self.members.is_empty() || self.expiry.is_some() {
             return;
+        }
+        if !self.keeps_anything() {
+            if self.cluster_leaves_in_flight() {
+                // Closed when the last LEAVE is published (see `cluster_leave`).
+                return;
+            }
+            return self.close(ctx);
         }
         let ttl = self.limits.empty_room_ttl();
         self.expiry = Some(ctx.run_later(ttl, |room, ctx| {
@@ -155,6 +171,15 @@ impl Room {
                 room.close(ctx);
             }
         }));
+    }
+
+    /// Whether the room holds something worth keeping for `empty_room_ttl_ms` once empty. In
+    /// memory mode that is its history and its seq, so a room that accepted a CHAT keeps
+    /// counting where it was even if its history has been trimmed away; a room that never
+    /// accepted one (JOIN/LEAVE only) has nothing. In cluster mode the seq and the history live
+    /// in Redis and a fresh room reads them back, so the actor keeps nothing.
+    fn keeps_anything(&self) -> bool {
+        self.cluster.is_none() && (self.seq > 0 || !self.history.is_empty())
     }
 
     /// Unregisters and stops. Runs inside the actor, so no JOIN is handled between the check for
@@ -269,14 +294,15 @@ impl Actor for Room {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        info!(room = %self.name, cluster = self.cluster.is_some(), "room started");
+        // debug, not info: JOIN/LEAVE churn starts and stops rooms as fast as a client asks.
+        debug!(room = %self.name, cluster = self.cluster.is_some(), "room started");
         if self.cluster.is_some() {
             self.cluster_started(ctx);
         }
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        info!(room = %self.name, last_seq = self.seq, "room stopped");
+        debug!(room = %self.name, last_seq = self.seq, "room stopped");
     }
 }
 
@@ -422,8 +448,10 @@ impl Handler<Reconfigure> for Room {
     fn handle(&mut self, _: Reconfigure, _ctx: &mut Context<Self>) {
         let limits = self.hub.config().limits_for(self.name.as_str());
         if *limits != *self.limits {
-            info!(room = %self.name, "room limits reloaded");
-            self.history.set_capacity(limits.history);
+            // debug: one line per open room on every reload that changes its limits.
+            debug!(room = %self.name, "room limits reloaded");
+            self.history
+                .set_limits(limits.history, limits.history_bytes);
             self.limits = limits;
         }
     }

@@ -447,7 +447,7 @@ async fn join_room(hub: Arc<Hub>, name: RoomName, join: Join) -> Result<Addr<Roo
     for _ in 0..JOIN_ATTEMPTS {
         let room = hub
             .rooms
-            .get_or_create(&name, || Room::start(&hub, name.clone()));
+            .get_or_create(&name, || Room::start(&hub, name.clone()))?;
         match room.send(join.clone()).await {
             Ok(Ok(())) => return Ok(room),
             Ok(Err(error)) => return Err(error),

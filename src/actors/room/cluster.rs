@@ -103,6 +103,10 @@ pub(super) struct ClusterRoom {
     /// re-announcing a member) are not passed on, and after a reconnect the differences with
     /// Redis are announced instead of lost.
     roster: HashMap<(String, SessionId), String>,
+    /// LEAVEs of this node's members not yet published. An empty room stops only once they
+    /// are: a session that re-joins at once then reaches a fresh room after its LEAVE is in
+    /// Redis, so its new JOIN cannot be overtaken by its own older LEAVE.
+    leaves_in_flight: usize,
 }
 
 /// A number in [0, 1) from the random bits of a fresh UUIDv7 (jitter needs no better source).
@@ -125,6 +129,7 @@ impl ClusterRoom {
             retry_backoff: Backoff::new(),
             subscribing: false,
             roster: HashMap::new(),
+            leaves_in_flight: 0,
         }
     }
 }
@@ -149,6 +154,23 @@ async fn fetch_range(
     } else {
         engine.replay(room, from, 0, to).await
     }
+}
+
+/// The newest entries of `replay` whose encodings fit in `max_bytes`, oldest first. Redis trims a
+/// room's stream by count only (`XADD … MAXLEN`), so the byte bound a memory room keeps in its
+/// ring is applied when the replay is read: a full replay still fits a fresh joiner's queue.
+fn newest_within(mut replay: Vec<(u64, Bytes)>, max_bytes: usize) -> Vec<(u64, Bytes)> {
+    let mut total = 0;
+    let keep = replay
+        .iter()
+        .rev()
+        .take_while(|(_, body)| {
+            total += body.len();
+            total <= max_bytes
+        })
+        .count();
+    replay.drain(..replay.len() - keep);
+    replay
 }
 
 fn unavailable(error: &Unavailable) -> ChatError {
@@ -359,7 +381,7 @@ impl Room {
                     let seq = if rejoin { room.seq } else { joined.seq };
                     let ack = room.joined_with(&join.user, r#ref, members, seq);
                     room.deliver(join.session, ack);
-                    for (seq, body) in replay {
+                    for (seq, body) in newest_within(replay, room.limits.history_bytes) {
                         room.deliver(join.session, proto::as_replay(&proto::with_seq(&body, seq)));
                     }
                 }
@@ -440,8 +462,10 @@ impl Room {
 
     /// Removes the presence entry of a session that left this node's room; the LEAVE reaches
     /// every node's members through the channel. The room waits for it, so a quick re-JOIN of
-    /// the same session cannot be overtaken by its own older LEAVE. If Redis cannot be reached,
-    /// the entry expires after `presence_ttl_ms` and a sweep announces the LEAVE then.
+    /// the same session cannot be overtaken by its own older LEAVE, and an empty room stops
+    /// only after it (the room keeps nothing else: seq and history are in Redis). If Redis
+    /// cannot be reached, the entry expires after `presence_ttl_ms` and a sweep announces the
+    /// LEAVE then.
     pub(super) fn cluster_leave(&mut self, id: SessionId, user: UserName, ctx: &mut Context<Self>) {
         let engine = self.engine();
         let name = self.name.to_string();
@@ -457,7 +481,23 @@ impl Room {
                 warn!(room = %name, session = %id, %error, "LEAVE not published; presence expires by TTL");
             }
         });
-        ctx.wait(async move { drop(removal.await) }.into_actor(self));
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.leaves_in_flight += 1;
+        }
+        let removed = async move { drop(removal.await) }.into_actor(self);
+        ctx.wait(removed.map(|(), room, ctx| {
+            if let Some(cluster) = room.cluster.as_mut() {
+                cluster.leaves_in_flight -= 1;
+            }
+            room.expire_when_empty(ctx);
+        }));
+    }
+
+    /// Whether an empty room must wait for LEAVEs still on their way to Redis before stopping.
+    pub(super) fn cluster_leaves_in_flight(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| c.leaves_in_flight > 0)
     }
 
     fn refresh_presence(&mut self, ctx: &mut Context<Self>) {
@@ -873,6 +913,18 @@ mod tests {
         assert_eq!(pauses, expected);
         backoff.reset();
         assert_eq!(backoff.pause(), RESYNC_RETRY_MIN);
+    }
+
+    #[test]
+    fn a_replay_keeps_the_newest_entries_that_fit_the_byte_bound() {
+        let entry = |seq: u64, len: usize| (seq, Bytes::from(vec![b'x'; len]));
+        let replay = vec![entry(1, 100), entry(2, 100), entry(3, 50), entry(4, 100)];
+        let seqs = |r: Vec<(u64, Bytes)>| r.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        assert_eq!(seqs(newest_within(replay.clone(), 249)), vec![3, 4]);
+        assert_eq!(seqs(newest_within(replay.clone(), 250)), vec![2, 3, 4]);
+        assert_eq!(seqs(newest_within(replay.clone(), 350)), vec![1, 2, 3, 4]);
+        assert_eq!(seqs(newest_within(replay.clone(), 99)), Vec::<u64>::new());
+        assert_eq!(seqs(newest_within(Vec::new(), 10)), Vec::<u64>::new());
     }
 
     #[test]
