@@ -14,7 +14,7 @@
 //! - [`admin`]: the operator API (`chat.v1.AdminService`), behind `[admin] token` and a
 //!   per-address throttle of failed authentication.
 //! - [`config`]: the TOML schema and per-room limits; [`server`]: assembly and shutdown.
-//! - [`trim`]: gives memory freed in bulk (ended sessions, dropped queues) back to the system.
+//! - [`trim`]: gives memory the allocator holds for nothing back to the system.
 //! - [`cluster`]: the Redis layer of cluster mode (shared seq, history, presence, pub/sub).
 
 pub mod abuse;

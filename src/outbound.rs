@@ -197,7 +197,6 @@ impl OutboundStream {
 impl Drop for OutboundStream {
     fn drop(&mut self) {
         self.flush_count();
-        crate::trim::released(crate::trim::SESSION_FOOTPRINT);
         if self.permit.is_some() {
             // A session ends, for the metrics, when the transport lets go of its stream.
             metrics::session_ended(
@@ -232,7 +231,7 @@ impl OutboundStream {
         self.rx.close();
         // What was queued goes now, not when the transport drops the stream.
         while self.rx.try_recv().is_ok() {}
-        crate::trim::released(self.shared.queued_bytes.swap(0, Ordering::AcqRel));
+        self.shared.queued_bytes.store(0, Ordering::Release);
         Poll::Ready(self.shared.fatal.get().map(|f| Err(Status::from(f))))
     }
 }
