@@ -92,12 +92,18 @@ mod tests {
     #[test]
     fn a_trim_is_due_when_slack_grows_past_what_the_last_trim_left() {
         let mut trigger = Trigger::default();
-        assert!(!trigger.due(100 * MB, 90 * MB), "10 MB of slack is not worth a trim");
+        assert!(
+            !trigger.due(100 * MB, 90 * MB),
+            "10 MB of slack is not worth a trim"
+        );
         assert!(trigger.due(500 * MB, 100 * MB));
         // The trim could not give everything back: 50 MB stayed and is the new floor.
         trigger.trimmed(150 * MB, 100 * MB);
         assert!(!trigger.due(160 * MB, 100 * MB));
-        assert!(trigger.due(200 * MB, 100 * MB), "grown by 32 MB or more since");
+        assert!(
+            trigger.due(200 * MB, 100 * MB),
+            "grown by 32 MB or more since"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tonic::{Status, transport::Channel};
 
 use crate::{
     cli::{CHURN_CYCLE_SLACK, Params},
-    client::{REQUEST_QUEUE, connect, error_code, truncate},
+    client::{REQUEST_QUEUE, connect_from, error_code, source_for, truncate},
     proc::total_rss_kb,
     shared::{Shared, lock},
     stats::{new_histogram, record_latency, round},
@@ -126,7 +126,8 @@ fn churn_cycle_length(p: &Params) -> Duration {
 
 async fn churn_group(shared: Arc<Shared>, members: Vec<usize>, uri: String, end: Instant) {
     while Instant::now() < end {
-        let channel = match connect(&uri).await {
+        let source = members.first().and_then(|first| source_for(&uri, *first));
+        let channel = match connect_from(&uri, source).await {
             Ok(channel) => channel,
             Err(error) => {
                 shared

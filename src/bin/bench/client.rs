@@ -5,6 +5,7 @@
 use std::{
     error::Error as _,
     fmt::Write as _,
+    net::{IpAddr, Ipv4Addr},
     sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
 };
@@ -44,10 +45,37 @@ pub const REQUEST_QUEUE: usize = 64;
 /// default), so long `--find-max`, idle and soak runs are not cut by it.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Loopback connections are spread over this many source addresses (127.0.0.2 and up), so the
+/// server's per-address limits (`max_connections_per_ip`, `max_streams_per_ip`) see the
+/// generator as the many clients it stands for rather than as one address.
+const SOURCE_ADDRESSES: usize = 64;
+
+/// The source address for connection `index` to `uri`: one of [`SOURCE_ADDRESSES`] when the
+/// server is on IPv4 loopback, else the system's choice.
+pub fn source_for(uri: &str, index: usize) -> Option<IpAddr> {
+    let host_port = uri.strip_prefix("http://").unwrap_or(uri);
+    let host: Ipv4Addr = host_port.rsplit_once(':')?.0.parse().ok()?;
+    // Every 127/8 address is local on Linux: no setup is needed to bind them.
+    host.is_loopback().then(|| {
+        IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            2 + (index % SOURCE_ADDRESSES) as u8,
+        ))
+    })
+}
+
 pub async fn connect(uri: &str) -> anyhow::Result<Channel> {
+    connect_from(uri, None).await
+}
+
+/// Dials `uri` from `source` (any address when `None`).
+pub async fn connect_from(uri: &str, source: Option<IpAddr>) -> anyhow::Result<Channel> {
     let endpoint = Endpoint::from_shared(uri.to_owned())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
+        .local_address(source)
         .initial_connection_window_size(CONNECTION_WINDOW);
     time::timeout(CONNECT_TIMEOUT, endpoint.connect())
         .await
@@ -66,7 +94,7 @@ pub async fn connect_all(shared: &Shared) -> anyhow::Result<Vec<Channel>> {
         let dialing = dialing.clone();
         dials.spawn(async move {
             let _turn = dialing.acquire().await;
-            (conn, connect(&uri).await)
+            (conn, connect_from(&uri, source_for(&uri, conn)).await)
         });
     }
     let mut channels = vec![None; p.conns];
@@ -285,4 +313,17 @@ pub fn truncate(mut text: String, chars: usize) -> String {
         text.truncate(cut);
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_connections_are_spread_over_source_addresses() {
+        let uri = "http://127.0.0.1:50051";
+        assert_eq!(source_for(uri, 0), Some([127, 0, 0, 2].into()));
+        assert_eq!(source_for(uri, 65), Some([127, 0, 0, 3].into()));
+        assert_eq!(source_for("http://[::1]:50051", 0), None);
+    }
 }
