@@ -32,6 +32,11 @@ pub enum ChatError {
     /// Cluster mode: the shared store (Redis) cannot be reached; the session stays open.
     #[error("cluster store unavailable, try again: {0}")]
     Unavailable(String),
+    /// A JOIN kept finding its room stopping (empty-room TTL) and gave up. The server's state,
+    /// not the request, is at fault, and the same JOIN succeeds a moment later: `unavailable`,
+    /// the code clients already retry on, not the client's `bad_request`.
+    #[error("room is restarting, try again")]
+    RoomRestarting,
 }
 
 impl ChatError {
@@ -63,7 +68,7 @@ impl ChatError {
             ChatError::ServerRoomsFull { .. } => "server_rooms_full",
             ChatError::BadRequest(_) => "bad_request",
             ChatError::Forbidden(_) => "forbidden",
-            ChatError::Unavailable(_) => "unavailable",
+            ChatError::Unavailable(_) | ChatError::RoomRestarting => "unavailable",
         }
     }
 }
@@ -164,6 +169,7 @@ mod tests {
             ChatError::BadRequest("x".into()),
             ChatError::Forbidden("x"),
             ChatError::Unavailable("x".into()),
+            ChatError::RoomRestarting,
             ChatError::ServerRoomsFull { max: 1 },
         ];
         for error in &all {
@@ -178,6 +184,7 @@ mod tests {
                 | ChatError::BadRequest(_)
                 | ChatError::Forbidden(_)
                 | ChatError::Unavailable(_)
+                | ChatError::RoomRestarting
                 | ChatError::ServerRoomsFull { .. } => {}
             }
         }
@@ -213,9 +220,18 @@ mod tests {
     fn codes_lists_every_error_code_once() {
         let mut codes: Vec<_> = every_error().iter().map(ChatError::code).collect();
         codes.sort_unstable();
+        // Several variants may share a code (both "try again" errors are `unavailable`).
+        codes.dedup();
         let mut listed = ChatError::CODES.to_vec();
         listed.sort_unstable();
         assert_eq!(codes, listed);
+    }
+
+    #[test]
+    fn a_room_restarting_is_unavailable_not_the_clients_bad_request() {
+        let error = ChatError::RoomRestarting;
+        assert_eq!(error.code(), "unavailable");
+        assert_eq!(error.to_string(), "room is restarting, try again");
     }
 
     #[test]

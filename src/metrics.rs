@@ -4,7 +4,6 @@
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
     sync::{Arc, LazyLock, OnceLock},
     time::Duration,
 };
@@ -199,14 +198,6 @@ async fn respond(
     };
     // unwrap: static header values and a plain body cannot fail to build.
     Ok(response.unwrap())
-}
-
-/// Binds the metrics endpoint of `config`, if it has one.
-pub async fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListener>> {
-    match addr {
-        Some(addr) => TcpListener::bind(addr).await.map(Some),
-        None => Ok(None),
-    }
 }
 
 #[cfg(test)]

@@ -459,9 +459,7 @@ async fn join_room(hub: Arc<Hub>, name: RoomName, join: Join) -> Result<Addr<Roo
         }
     }
     warn!(room = %name, "JOIN kept meeting stopping rooms");
-    Err(ChatError::BadRequest(
-        "room is restarting, try again".into(),
-    ))
+    Err(ChatError::RoomRestarting)
 }
 
 impl Actor for Session {

@@ -715,8 +715,10 @@ impl RedisEngine {
     /// the same room replaces the sink. Dropping the [`Subscription`] (or `sink`'s receiver)
     /// unsubscribes.
     ///
-    /// Delivery waits for room in `sink` (back-pressure), and while it waits the shard's other
-    /// rooms wait too: give each room's sink enough capacity and drain it promptly.
+    /// Delivery never waits for room in `sink`, so one slow room cannot hold up the shard's
+    /// others: a full sink drops the message and the room is sent `Published::Resubscribed` once
+    /// it has room again, to fetch what it missed from the stream. Give each sink enough
+    /// capacity for a burst so that re-sync stays rare.
     pub async fn subscribe(
         &self,
         room: &str,
