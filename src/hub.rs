@@ -79,8 +79,9 @@ impl Hub {
         self.frame_limit
     }
 
-    /// Applies a re-read configuration to the running server: new sessions and every room (open
-    /// ones included) use the new limits at once. Returns the changed keys that need a restart.
+    /// Applies a re-read configuration to the running server: every key `config::KEYS` marks
+    /// live takes effect at once (every room, open ones included, takes the new limits). Returns
+    /// the changed keys that need a restart; those keep their running value.
     pub fn reload(&self, new: Config) -> Vec<String> {
         let (effective, restart) = self.config().reloaded(new);
         let restart: Vec<String> = restart.into_iter().map(String::from).collect();

@@ -13,7 +13,8 @@
 //! - [`transport`]: accepting, handshake, HTTP/2 serving; resets streams the session ended.
 //! - [`admin`]: the operator API (`chat.v1.AdminService`), behind `[admin] token` and a
 //!   per-address throttle of failed authentication.
-//! - [`config`]: the TOML schema and per-room limits; [`server`]: assembly and shutdown.
+//! - [`config`]: the TOML schema, per-room limits and which keys reload; [`server`]: assembly
+//!   and shutdown.
 //! - [`trim`]: gives memory the allocator holds for nothing back to the system.
 //! - [`cluster`]: the Redis layer of cluster mode (shared seq, history, presence, pub/sub).
 

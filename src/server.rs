@@ -422,8 +422,19 @@ async fn reload_loop(hangups: &mut tokio::signal::unix::Signal, hub: &Hub, path:
     while hangups.recv().await.is_some() {
         match Config::load(path.as_deref()) {
             Ok(new) => {
+                // Compared before the swap: open sessions keep these, so operators are told.
+                let for_new_sessions: Vec<&str> = (hub.config().changed(&new).into_iter())
+                    .filter(|key| key.reload == crate::config::Reload::NewSessions)
+                    .map(|key| key.name)
+                    .collect();
                 let restart = hub.reload(new);
                 info!("config reloaded");
+                for key in for_new_sessions {
+                    info!(
+                        key,
+                        "config change applies to sessions opened from now on; open sessions keep theirs"
+                    );
+                }
                 for key in restart {
                     warn!(key = %key, "config change needs a restart to take effect; the running value stays");
                 }

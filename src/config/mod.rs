@@ -1,9 +1,10 @@
 //! Server configuration: the [`Config`] a TOML file loads into, with errors that name the file and
 //! the key. The pieces: `schema.rs` (the sections and their defaults), `rooms.rs` (per-room
-//! overrides and globs), `validate.rs` (impossible values) and `reload.rs` (what a SIGHUP may
-//! change). `config/default.toml` is parsed by a unit test so the shipped file can never drift
-//! from this code.
+//! overrides and globs), `validate.rs` (impossible values), `keys.rs` (every key and whether it
+//! reloads) and `reload.rs` (what a SIGHUP may change). `config/default.toml` is parsed by a unit
+//! test so the shipped file can never drift from this code.
 
+mod keys;
 mod reload;
 mod rooms;
 mod schema;
@@ -13,6 +14,7 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use serde::Deserialize;
 
+pub use keys::{KEYS, KeyInfo, Reload};
 pub use rooms::glob_match;
 pub use schema::{
     AdminConfig, AuthConfig, AuthMode, ClusterConfig, ClusterEngine, LogConfig, LogFormat,
@@ -32,6 +34,7 @@ pub const MAX_MESSAGE_BYTES_CEILING: usize = 4 * 1024 * 1024;
 pub const ENVELOPE_BYTES: usize = 2048;
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,

@@ -1,88 +1,21 @@
 //! What a SIGHUP may change: [`Config::reloaded`] merges a freshly loaded config into the running
-//! one, keeping the running value of every key that cannot change while the server runs.
-//! `Hub::reload` applies the result; the server's SIGHUP loop logs what was kept.
+//! one, keeping the running value of every restart-only key in [`KEYS`]. `Hub::reload` applies
+//! the result; the server's SIGHUP loop logs what was kept.
 
-use super::Config;
+use super::{Config, KEYS, KeyInfo, Reload};
 
 impl Config {
-    /// The configuration to run after a reload to `new`: everything that can change live comes
-    /// from `new` (room limits and overrides, session limits, max_sessions, shutdown grace); the
-    /// rest keeps its running value, and its key is returned as needing a restart.
+    /// The configuration to run after a reload to `new`: every key of [`KEYS`] that is not
+    /// [`Reload::Restart`] comes from `new`; the restart-only ones keep their running value, and
+    /// those that changed are returned as needing a restart.
     pub fn reloaded(&self, mut new: Config) -> (Config, Vec<&'static str>) {
-        fn keep<T: PartialEq + Clone>(
-            old: &T,
-            new: &mut T,
-            key: &'static str,
-            restart: &mut Vec<&'static str>,
-        ) {
-            if old != new {
-                *new = old.clone();
-                restart.push(key);
+        let mut restart = Vec::new();
+        for key in KEYS.iter().filter(|k| k.reload == Reload::Restart) {
+            if key.differs(self, &new) {
+                key.restore(self, &mut new);
+                restart.push(key.name);
             }
         }
-        let mut restart = Vec::new();
-        let (old, r) = (&self.server, &mut restart);
-        keep(&old.listen, &mut new.server.listen, "server.listen", r);
-        keep(
-            &old.default_room,
-            &mut new.server.default_room,
-            "server.default_room",
-            r,
-        );
-        keep(
-            &old.keepalive_interval_ms,
-            &mut new.server.keepalive_interval_ms,
-            "server.keepalive_interval_ms",
-            r,
-        );
-        keep(
-            &old.keepalive_timeout_ms,
-            &mut new.server.keepalive_timeout_ms,
-            "server.keepalive_timeout_ms",
-            r,
-        );
-        keep(
-            &old.max_concurrent_streams,
-            &mut new.server.max_concurrent_streams,
-            "server.max_concurrent_streams",
-            r,
-        );
-        keep(
-            &old.tcp_nodelay,
-            &mut new.server.tcp_nodelay,
-            "server.tcp_nodelay",
-            r,
-        );
-        keep(
-            &old.max_connections,
-            &mut new.server.max_connections,
-            "server.max_connections",
-            r,
-        );
-        keep(
-            &old.max_connections_per_ip,
-            &mut new.server.max_connections_per_ip,
-            "server.max_connections_per_ip",
-            r,
-        );
-        keep(
-            &old.handshake_timeout_ms,
-            &mut new.server.handshake_timeout_ms,
-            "server.handshake_timeout_ms",
-            r,
-        );
-        // Every open room holds its share of the budget it was started with.
-        keep(
-            &old.history_bytes_total,
-            &mut new.server.history_bytes_total,
-            "server.history_bytes_total",
-            r,
-        );
-        keep(&self.metrics, &mut new.metrics, "metrics", r);
-        keep(&self.log, &mut new.log, "log", r);
-        // The token verifier is built once at start; `[admin] token` is live (rotation).
-        keep(&self.auth, &mut new.auth, "auth", r);
-        keep(&self.cluster, &mut new.cluster, "cluster", r);
         // The gRPC decoder limit is fixed at start: room limits that would need a larger one
         // keep their running values as a whole.
         if new.max_frame_bytes() > self.max_frame_bytes() {
@@ -92,6 +25,11 @@ impl Config {
             restart.push("max_message_bytes above the running maximum (the gRPC decoder limit)");
         }
         (new, restart)
+    }
+
+    /// The keys whose value differs in `new`, in [`KEYS`] order.
+    pub fn changed(&self, new: &Config) -> Vec<&'static KeyInfo> {
+        KEYS.iter().filter(|k| k.differs(self, new)).collect()
     }
 }
 
@@ -125,5 +63,62 @@ mod tests {
             reloaded.server.history_bytes_total,
             running.server.history_bytes_total
         );
+    }
+
+    /// These three were neither kept nor reported: a reload silently claimed to run a value the
+    /// server was not running.
+    #[test]
+    fn threads_and_tls_are_kept_and_reported() {
+        let running = parse_str("").unwrap();
+        let mut new = parse_str("[server]\nactor_threads = 3\nio_threads = 5\n").unwrap();
+        new.server.tls = Some(super::super::TlsConfig {
+            cert_path: "cert.pem".into(),
+            key_path: "key.pem".into(),
+            client_ca_path: None,
+        });
+        let (effective, restart) = running.reloaded(new);
+        assert_eq!(
+            restart,
+            vec!["server.actor_threads", "server.io_threads", "server.tls"]
+        );
+        assert_eq!(effective.server.actor_threads, 0);
+        assert_eq!(effective.server.io_threads, 0);
+        assert_eq!(effective.server.tls, None);
+    }
+
+    /// Sessions opened after the reload get the new queue; the key is not a restart-only one.
+    #[test]
+    fn outbound_queue_and_idle_timeout_are_taken() {
+        let running = parse_str("").unwrap();
+        let new = parse_str(
+            "[session]\noutbound_queue = 2048\noutbound_queue_bytes = 524288\nidle_timeout_ms = 5000\n",
+        )
+        .unwrap();
+        let changed: Vec<_> = running.changed(&new).iter().map(|k| k.name).collect();
+        assert_eq!(
+            changed,
+            vec![
+                "session.outbound_queue",
+                "session.outbound_queue_bytes",
+                "session.idle_timeout_ms"
+            ]
+        );
+        let (effective, restart) = running.reloaded(new);
+        assert!(restart.is_empty(), "{restart:?}");
+        assert_eq!(effective.session.outbound_queue, 2048);
+        assert_eq!(effective.session.outbound_queue_bytes, 524_288);
+        assert_eq!(effective.session.idle_timeout_ms, 5000);
+    }
+
+    #[test]
+    fn room_limits_over_the_decoder_limit_keep_the_running_ones_whole() {
+        let running = parse_str("").unwrap();
+        let new = parse_str("[limits]\nburst = 3\n[rooms.\"big\"]\nmax_message_bytes = 100000\n")
+            .unwrap();
+        let (effective, restart) = running.reloaded(new);
+        assert_eq!(restart.len(), 1, "{restart:?}");
+        assert!(restart[0].starts_with("max_message_bytes"), "{restart:?}");
+        assert_eq!(effective.limits, running.limits);
+        assert_eq!(effective.limits_for("big").max_message_bytes, 4096);
     }
 }

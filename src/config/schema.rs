@@ -1,12 +1,15 @@
 //! The TOML schema: one struct per section, each with its defaults (`config/default.toml` spells
 //! out the same values, and a unit test keeps the two equal). Loading, validation and reload live
-//! beside this file.
+//! beside this file; which keys reload is in `keys.rs`.
+//!
+//! `Serialize` is derived for tests only: the key table's test walks a serialized default config.
 
 use std::{net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -53,6 +56,7 @@ pub struct ServerConfig {
 
 /// PEM files for TLS; read at load so a missing or unreadable file stops the server at start.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert_path: std::path::PathBuf,
@@ -105,6 +109,7 @@ impl ServerConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Prometheus exposition address (`/metrics`); empty turns the endpoint off.
@@ -127,6 +132,7 @@ impl MetricsConfig {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     #[default]
@@ -136,6 +142,7 @@ pub enum AuthMode {
 
 /// `[auth]`: how streams prove who they are.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub mode: AuthMode,
@@ -151,6 +158,7 @@ pub struct AuthConfig {
 
 /// Where rooms live: this process only, or shared by every node through Redis.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "lowercase")]
 pub enum ClusterEngine {
     #[default]
@@ -160,6 +168,7 @@ pub enum ClusterEngine {
 
 /// `[cluster]`: several nodes sharing rooms through Redis.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     pub engine: ClusterEngine,
@@ -192,6 +201,7 @@ pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
 /// `[admin]`: the operator API (`chat.v1.AdminService`).
 #[derive(Clone, PartialEq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Bearer token of operators; empty = the admin API is refused.
@@ -227,6 +237,7 @@ impl std::fmt::Debug for AdminConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -234,6 +245,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter (`info`, `chatrooms=debug,info`…); `RUST_LOG` overrides it.
@@ -251,6 +263,7 @@ impl Default for LogConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
     /// Messages that may wait for one slow reader before it is dropped as a slow consumer.
