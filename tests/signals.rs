@@ -1,6 +1,7 @@
 //! The real binary under signals: SIGHUP reloads limits into rooms that are already open without
-//! dropping anyone and ignores a broken file; SIGTERM refuses new streams and exits 0 within the
-//! grace period even when a client has stopped reading.
+//! dropping anyone, ignores a broken file and logs the changes it cannot apply at once; SIGTERM
+//! refuses new streams and exits 0 within the grace period even when a client has stopped
+//! reading.
 
 mod common;
 
@@ -47,6 +48,26 @@ async fn sighup_reload_changes_an_open_rooms_limits_and_ignores_a_broken_file() 
     );
     ada.chat("r", &"z".repeat(21)).await;
     ada.expect_error("message_too_large").await;
+
+    server.signal(libc::SIGTERM);
+    let status = timeout(WAIT, server.child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// The log says what a reload could not apply everywhere: keys open sessions keep (their queue)
+/// and keys only a restart changes (the thread pools), each by name.
+#[tokio::test]
+async fn sighup_logs_changes_that_wait_for_new_sessions_or_a_restart() {
+    let mut server = Process::start("reload-log", &room_config(10)).await;
+    let changed = "[server]\nlisten = \"127.0.0.1:0\"\nio_threads = 3\n[metrics]\nlisten = \"\"\n\
+                   [session]\noutbound_queue = 2048\n";
+    std::fs::write(&server.config, changed).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_log("config reloaded").await;
+    let line = server.wait_log("session.outbound_queue").await;
+    assert!(line.contains("sessions opened from now on"), "{line}");
+    let line = server.wait_log("server.io_threads").await;
+    assert!(line.contains("needs a restart"), "{line}");
 
     server.signal(libc::SIGTERM);
     let status = timeout(WAIT, server.child.wait()).await.unwrap().unwrap();
