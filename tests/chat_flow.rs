@@ -13,13 +13,13 @@ per_engine![
     broadcast_reaches_every_member_including_the_sender,
     order_is_identical_for_all_members_under_concurrent_senders,
     #[redis(
-        ignore = "redis engine: a CHAT's ack rides the channel echo, so the reply to a later request (ERROR, LEFT, end of stream) can overtake or drop it"
+        ignore = "redis engine: a CHAT's ack rides the channel echo; a later reply overtakes or drops it"
     )]
     seq_is_gapless_per_room_and_refusals_take_no_seq,
     ref_is_echoed_on_each_reply_kind,
     ping_gets_pong_with_server_time,
     #[redis(
-        ignore = "redis engine: a CHAT's ack rides the channel echo, so the reply to a later request (ERROR, LEFT, end of stream) can overtake or drop it"
+        ignore = "redis engine: a CHAT's ack rides the channel echo; a later reply overtakes or drops it"
     )]
     requests_are_handled_in_send_order,
     identity_is_stamped_by_the_server,

@@ -14,12 +14,12 @@ use tonic::Code;
 per_engine![
     room_full,
     #[redis(
-        ignore = "redis engine: a CHAT's ack rides the channel echo, so the reply to a later request (ERROR, LEFT, end of stream) can overtake or drop it"
+        ignore = "redis engine: a CHAT's ack rides the channel echo; a later reply overtakes or drops it"
     )]
     rate_limited_refuses_beyond_the_burst_and_takes_no_seq,
     rate_limit_is_per_member_per_room,
     #[redis(
-        ignore = "redis engine: a node's room stops when its last local member leaves, and its rate buckets go with it, so LEAVE then JOIN refills the bucket"
+        ignore = "redis engine: a room stops with its last local member, and its rate buckets with it"
     )]
     leaving_and_rejoining_does_not_reset_the_rate_limit,
     message_too_large_but_exactly_the_limit_is_accepted,

@@ -15,13 +15,13 @@ per_engine![
     replay_keeps_original_id_seq_timestamp_and_user,
     replay_with_since_seq_has_no_gap_or_duplicate_at_the_live_boundary,
     #[redis(
-        ignore = "redis engine: the stream is trimmed with MAXLEN ~ (approximate), so a since_seq replay returns more than `history` CHATs"
+        ignore = "redis engine: MAXLEN ~ trims approximately; a since_seq replay exceeds `history`"
     )]
     replay_since_seq_past_the_retained_window_starts_at_the_oldest_retained,
     leave_gets_left_and_the_others_see_leave,
     disconnect_leaves_every_room_with_presence,
     #[redis(
-        ignore = "redis engine: a CHAT's ack rides the channel echo, so the reply to a later request (ERROR, LEFT, end of stream) can overtake or drop it"
+        ignore = "redis engine: a CHAT's ack rides the channel echo; a later reply overtakes or drops it"
     )]
     half_close_delivers_everything_queued_then_ends_ok,
     empty_room_stops_after_its_ttl_and_its_history_lasts_as_long_as_the_engine_keeps_it,
