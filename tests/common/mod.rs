@@ -1,5 +1,6 @@
 //! Test harness: a real server in-process on 127.0.0.1:0 and real tonic clients. Every wait is
-//! bounded by [`WAIT`]; absence is asserted by waiting [`QUIET`] for nothing to arrive.
+//! bounded by [`WAIT`]; absence is asserted by waiting [`QUIET`] for nothing to arrive. The
+//! contract suites run each test on both room engines ([`Engine`], [`per_engine!`]).
 #![allow(dead_code)] // each test binary uses its own subset of the helpers
 
 pub mod admin;
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use chatrooms::{
     Config, Server,
     codec::ChatCodec,
+    config::ClusterEngine,
     hub::{CensusCounts, Hub},
     proto::{Kind, Message, chat_service_client::ChatServiceClient},
 };
@@ -26,11 +28,47 @@ use tonic::{
     Code, Status, Streaming,
     transport::{Channel, Endpoint},
 };
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// Upper bound for anything the server is expected to do.
 pub const WAIT: Duration = Duration::from_secs(10);
 /// How long "nothing arrives" is watched for.
 pub const QUIET: Duration = Duration::from_millis(200);
+
+/// Where a test server's rooms live: the two implementations of one contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// `[cluster] engine = "memory"`: rooms in this process.
+    Memory,
+    /// `[cluster] engine = "redis"`: seq, history and presence in a real `redis-server`, one
+    /// per test server, so no two tests share a room (Redis pub/sub channels ignore the
+    /// database number, so a database per test would not keep them apart).
+    Redis,
+}
+
+/// Turns each listed `async fn name(engine: Engine)` into two tests, `name::memory` and
+/// `name::redis`: one body proves its clause on both engines (`cargo test redis` runs one side).
+/// `#[redis(ignore = "why")]` before a name ignores its Redis test only: for a clause the Redis
+/// engine is known to break, so the failure stays on record (`cargo test -- --ignored`) instead
+/// of being asserted away.
+#[macro_export]
+macro_rules! per_engine {
+    ($($(#[redis($($redis:tt)*)])? $name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn memory() {
+                super::$name($crate::common::Engine::Memory).await
+            }
+            #[tokio::test]
+            $(#[$($redis)*])?
+            async fn redis() {
+                super::$name($crate::common::Engine::Redis).await
+            }
+        }
+    )*};
+}
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -38,18 +76,42 @@ pub struct TestServer {
     pub hub: Arc<Hub>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// The Redis of an [`Engine::Redis`] server; declared last so it is killed only after the
+    /// server has been told to stop.
+    redis: Option<self::redis::RedisServer>,
 }
 
 impl TestServer {
     /// Starts a server with `toml` (may be empty) as its configuration; the listener is bound
     /// before the server task is spawned, so clients can connect at once.
     pub async fn start(toml: &str) -> TestServer {
-        let mut config = Config::parse(toml, "test.toml").expect("test config is valid");
-        if !toml.contains("[metrics]") {
-            // Parallel test servers would all claim the default metrics port.
-            config.metrics.listen.clear();
+        TestServer::start_with(parse(toml)).await
+    }
+
+    /// [`TestServer::start`] on `engine`. For [`Engine::Redis`] a fresh `redis-server` is
+    /// started on a free loopback port, `[cluster]` is pointed at it, and this returns once the
+    /// node has reached Redis (until then it would answer `unavailable`).
+    pub async fn start_on(engine: Engine, toml: &str) -> TestServer {
+        assert!(
+            !toml.contains("[cluster]"),
+            "start_on sets [cluster] itself"
+        );
+        let mut config = parse(toml);
+        match engine {
+            Engine::Memory => {
+                config.cluster.engine = ClusterEngine::Memory;
+                TestServer::start_with(config).await
+            }
+            Engine::Redis => {
+                let redis = self::redis::RedisServer::start();
+                config.cluster.engine = ClusterEngine::Redis;
+                config.cluster.redis_urls = vec![redis.url()];
+                let mut server = TestServer::start_with(config).await;
+                server.redis = Some(redis);
+                server.wait_serving().await;
+                server
+            }
         }
-        TestServer::start_with(config).await
     }
 
     pub async fn start_with(config: Config) -> TestServer {
@@ -73,6 +135,7 @@ impl TestServer {
             hub,
             stop: Some(stop),
             task: Some(task),
+            redis: None,
         }
     }
 
@@ -100,6 +163,26 @@ impl TestServer {
                 .expect("server stops in time")
                 .unwrap();
         }
+    }
+
+    /// Waits until the health service reports SERVING (in cluster mode: once Redis answers),
+    /// following its Watch stream rather than polling.
+    pub async fn wait_serving(&self) {
+        let mut health = HealthClient::new(self.channel().await);
+        let serving = async {
+            let mut updates = health
+                .watch(HealthCheckRequest::default())
+                .await
+                .expect("health watch opens")
+                .into_inner();
+            while let Some(update) = updates.message().await.expect("health watch stays open") {
+                if update.status() == ServingStatus::Serving {
+                    return;
+                }
+            }
+            panic!("health watch ended before SERVING");
+        };
+        timeout(WAIT, serving).await.expect("SERVING in time");
     }
 
     /// Waits until the registry holds `n` rooms.
@@ -162,6 +245,16 @@ impl Drop for TestServer {
             let _ = stop.send(());
         }
     }
+}
+
+/// `toml` (may be empty) as a test configuration.
+fn parse(toml: &str) -> Config {
+    let mut config = Config::parse(toml, "test.toml").expect("test config is valid");
+    if !toml.contains("[metrics]") {
+        // Parallel test servers would all claim the default metrics port.
+        config.metrics.listen.clear();
+    }
+    config
 }
 
 /// An HTTP/2 endpoint with small flow-control windows, for a client that is going to stop
