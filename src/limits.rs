@@ -48,6 +48,16 @@ impl TokenBucket {
         }
     }
 
+    /// How long from `now` until the bucket is full again (zero if it is).
+    pub fn until_full(&self, now: Instant, rate_per_sec: f64, burst: u32) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        let missing = f64::from(burst) - (self.tokens + elapsed * rate_per_sec);
+        if missing <= 0.0 || rate_per_sec <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(missing / rate_per_sec)
+    }
+
     /// Whether the bucket would be full at `now`, i.e. no different from a fresh one.
     pub fn is_full(&self, now: Instant, rate_per_sec: f64, burst: u32) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -94,6 +104,19 @@ mod tests {
             Duration::ZERO
         );
         assert!(!b.try_take(t0 + Duration::from_secs(10), 4.0, 1));
+    }
+
+    #[test]
+    fn until_full_is_the_refill_time_of_what_is_missing() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(4, t0);
+        assert_eq!(b.until_full(t0, 2.0, 4), Duration::ZERO);
+        assert!(b.try_take(t0, 2.0, 4));
+        assert_eq!(b.until_full(t0, 2.0, 4), Duration::from_millis(500));
+        assert_eq!(
+            b.until_full(t0 + Duration::from_millis(200), 2.0, 4),
+            Duration::from_millis(300)
+        );
     }
 
     #[test]

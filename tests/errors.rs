@@ -18,9 +18,6 @@ per_engine![
     )]
     rate_limited_refuses_beyond_the_burst_and_takes_no_seq,
     rate_limit_is_per_member_per_room,
-    #[redis(
-        ignore = "redis engine: a room stops with its last local member, and its rate buckets with it"
-    )]
     leaving_and_rejoining_does_not_reset_the_rate_limit,
     message_too_large_but_exactly_the_limit_is_accepted,
     not_a_member_for_chat_and_leave,

@@ -59,10 +59,11 @@ async fn join_leave_churn_over_many_names_leaves_no_room_behind() {
         ada.join(&room).await;
         ada.send_kind(Kind::Leave, &room).await;
         ada.expect(Kind::Left).await;
-        // The session handles one request at a time, so the previous churn room had stopped
-        // before this JOIN; only this one may still be on its way out.
+        // A churn room lives on only until the JOIN's token is back in its bucket (50 ms at
+        // the default 20/s), so LEAVE then JOIN cannot reset the rate limit: the rooms open at
+        // once are those churned in the last moments, never one per name over the 30 s TTL.
         let open = server.hub.rooms.len();
-        assert!(open <= 2, "{open} rooms open after {n} cycles");
+        assert!(open <= 1_000, "{open} rooms open after {n} cycles");
     }
     server.wait_rooms(1).await;
     wait_room_actors(&server, 1).await;

@@ -9,7 +9,11 @@
 
 mod cluster;
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use actix::{
     Actor, ActorContext, ActorResponse, Addr, AsyncContext, Context, Handler, Response, SpawnHandle,
@@ -157,14 +161,22 @@ impl Room {
         if !self.members.is_empty() || self.expiry.is_some() {
             return;
         }
-        if !self.keeps_anything() {
-            if self.cluster_leaves_in_flight() {
-                // Closed when the last LEAVE is published (see `cluster_leave`).
-                return;
-            }
-            return self.close(ctx);
+        if self.cluster_requests_in_flight() {
+            // Decided again when the last JOIN or LEAVE is answered by Redis (`cluster_join`,
+            // `cluster_leave`).
+            return;
         }
-        let ttl = self.limits.empty_room_ttl();
+        let ttl = if self.keeps_anything() {
+            self.limits.empty_room_ttl()
+        } else {
+            // Nothing to keep but the rate buckets of members who just left: kept until they
+            // refill (at most burst / rate), so LEAVE then JOIN cannot reset a rate limit, and
+            // churn still leaves no room behind for longer than that.
+            match self.departed_refilled_in() {
+                Duration::ZERO => return self.close(ctx),
+                wait => wait.min(self.limits.empty_room_ttl()),
+            }
+        };
         self.expiry = Some(ctx.run_later(ttl, |room, ctx| {
             room.expiry = None;
             if room.members.is_empty() {
@@ -180,6 +192,17 @@ impl Room {
     /// in Redis and a fresh room reads them back, so the actor keeps nothing.
     fn keeps_anything(&self) -> bool {
         self.cluster.is_none() && (self.seq > 0 || !self.history.is_empty())
+    }
+
+    /// How long until every departed member's bucket is full again.
+    fn departed_refilled_in(&self) -> Duration {
+        let now = Instant::now();
+        let (rate, burst) = (self.limits.rate_per_sec, self.limits.burst);
+        self.departed
+            .values()
+            .map(|bucket| bucket.until_full(now, rate, burst))
+            .max()
+            .unwrap_or(Duration::ZERO)
     }
 
     /// Unregisters and stops. Runs inside the actor, so no JOIN is handled between the check for

@@ -107,6 +107,9 @@ pub(super) struct ClusterRoom {
     /// are: a session that re-joins at once then reaches a fresh room after its LEAVE is in
     /// Redis, so its new JOIN cannot be overtaken by its own older LEAVE.
     leaves_in_flight: usize,
+    /// JOINs Redis is answering. The room must not stop meanwhile (an echo handled during
+    /// the wait can find it empty): the joiner is not a member until the answer.
+    joins_in_flight: usize,
 }
 
 /// A number in [0, 1) from the random bits of a fresh UUIDv7 (jitter needs no better source).
@@ -130,6 +133,7 @@ impl ClusterRoom {
             subscribing: false,
             roster: HashMap::new(),
             leaves_in_flight: 0,
+            joins_in_flight: 0,
         }
     }
 }
@@ -265,6 +269,9 @@ impl Room {
         if let Some(expiry) = self.expiry.take() {
             ctx.cancel_future(expiry);
         }
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.joins_in_flight += 1;
+        }
         let engine = self.engine();
         let name = self.name.to_string();
         let (ttl, max_members) = (self.ttl(), self.limits.max_members);
@@ -342,8 +349,11 @@ impl Room {
         let joining = joining
             .into_actor(self)
             .map(move |(fresh, outcome), room, ctx| {
-                if resubscribing && let Some(cluster) = room.cluster.as_mut() {
-                    cluster.subscribing = false;
+                if let Some(cluster) = room.cluster.as_mut() {
+                    cluster.joins_in_flight -= 1;
+                    if resubscribing {
+                        cluster.subscribing = false;
+                    }
                 }
                 if let Some((subscription, seq)) = fresh {
                     room.seq = room.seq.max(seq);
@@ -493,11 +503,12 @@ impl Room {
         }));
     }
 
-    /// Whether an empty room must wait for LEAVEs still on their way to Redis before stopping.
-    pub(super) fn cluster_leaves_in_flight(&self) -> bool {
+    /// Whether an empty room must wait for JOINs or LEAVEs Redis is still answering before
+    /// stopping.
+    pub(super) fn cluster_requests_in_flight(&self) -> bool {
         self.cluster
             .as_ref()
-            .is_some_and(|c| c.leaves_in_flight > 0)
+            .is_some_and(|c| c.leaves_in_flight > 0 || c.joins_in_flight > 0)
     }
 
     fn refresh_presence(&mut self, ctx: &mut Context<Self>) {
