@@ -14,9 +14,6 @@ per_engine![
     replay_on_join_sends_the_default_backlog,
     replay_keeps_original_id_seq_timestamp_and_user,
     replay_with_since_seq_has_no_gap_or_duplicate_at_the_live_boundary,
-    #[redis(
-        ignore = "redis engine: MAXLEN ~ trims approximately; a since_seq replay exceeds `history`"
-    )]
     replay_since_seq_past_the_retained_window_starts_at_the_oldest_retained,
     leave_gets_left_and_the_others_see_leave,
     disconnect_leaves_every_room_with_presence,

@@ -160,14 +160,21 @@ async fn fetch_range(
     }
 }
 
-/// The newest entries of `replay` whose encodings fit in `max_bytes`, oldest first. Redis trims a
-/// room's stream by count only (`XADD … MAXLEN`), so the byte bound a memory room keeps in its
-/// ring is applied when the replay is read: a full replay still fits a fresh joiner's queue.
-fn newest_within(mut replay: Vec<(u64, Bytes)>, max_bytes: usize) -> Vec<(u64, Bytes)> {
+/// The newest entries of `replay`, at most `max_count` (`history`) whose encodings fit in
+/// `max_bytes`, oldest first. Redis trims a room's stream only approximately and by count only
+/// (`XADD … MAXLEN ~`), so the bounds a memory room keeps in its ring are applied when the
+/// replay is read: a full replay is never longer than `history` and still fits a fresh
+/// joiner's queue.
+fn newest_within(
+    mut replay: Vec<(u64, Bytes)>,
+    max_count: usize,
+    max_bytes: usize,
+) -> Vec<(u64, Bytes)> {
     let mut total = 0;
     let keep = replay
         .iter()
         .rev()
+        .take(max_count)
         .take_while(|(_, body)| {
             total += body.len();
             total <= max_bytes
@@ -391,7 +398,8 @@ impl Room {
                     let seq = if rejoin { room.seq } else { joined.seq };
                     let ack = room.joined_with(&join.user, r#ref, members, seq);
                     room.deliver(join.session, ack);
-                    for (seq, body) in newest_within(replay, room.limits.history_bytes) {
+                    let limits = &room.limits;
+                    for (seq, body) in newest_within(replay, limits.history, limits.history_bytes) {
                         room.deliver(join.session, proto::as_replay(&proto::with_seq(&body, seq)));
                     }
                 }
@@ -931,11 +939,22 @@ mod tests {
         let entry = |seq: u64, len: usize| (seq, Bytes::from(vec![b'x'; len]));
         let replay = vec![entry(1, 100), entry(2, 100), entry(3, 50), entry(4, 100)];
         let seqs = |r: Vec<(u64, Bytes)>| r.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
-        assert_eq!(seqs(newest_within(replay.clone(), 249)), vec![3, 4]);
-        assert_eq!(seqs(newest_within(replay.clone(), 250)), vec![2, 3, 4]);
-        assert_eq!(seqs(newest_within(replay.clone(), 350)), vec![1, 2, 3, 4]);
-        assert_eq!(seqs(newest_within(replay.clone(), 99)), Vec::<u64>::new());
-        assert_eq!(seqs(newest_within(Vec::new(), 10)), Vec::<u64>::new());
+        assert_eq!(seqs(newest_within(replay.clone(), 10, 249)), vec![3, 4]);
+        assert_eq!(seqs(newest_within(replay.clone(), 10, 250)), vec![2, 3, 4]);
+        assert_eq!(
+            seqs(newest_within(replay.clone(), 10, 350)),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(
+            seqs(newest_within(replay.clone(), 10, 99)),
+            Vec::<u64>::new()
+        );
+        assert_eq!(seqs(newest_within(Vec::new(), 10, 10)), Vec::<u64>::new());
+        assert_eq!(
+            seqs(newest_within(replay.clone(), 2, 350)),
+            vec![3, 4],
+            "history caps the count"
+        );
     }
 
     #[test]
