@@ -11,6 +11,7 @@
 
 pub mod accept;
 pub mod handshake;
+pub mod rechunk;
 pub mod reset;
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
@@ -29,6 +30,7 @@ use tracing::{debug, warn};
 use self::{
     accept::{Acceptor, PerIp},
     handshake::read_preface,
+    rechunk::Rechunked,
     reset::StreamExecutor,
 };
 
@@ -161,7 +163,7 @@ impl Connection {
                 if let Some(refusal) = refuse_non_grpc(&request) {
                     return Ok::<_, Infallible>(refusal);
                 }
-                let mut request = request.map(Body::new);
+                let mut request = request.map(|body| Body::new(Rechunked::new(body)));
                 request.extensions_mut().insert(info);
                 routes.call(request).await
             }
