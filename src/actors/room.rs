@@ -274,3 +274,6 @@ impl StreamHandler<Published> for Room {
         warn!(room = %self.name, "cluster channel closed");
     }
 }
+
+#[cfg(test)]
+mod tests;
