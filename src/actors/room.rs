@@ -44,6 +44,10 @@ pub struct Room {
     failed: Vec<(SessionId, Delivery)>,
     /// The pending empty-room stop, while the room is empty.
     expiry: Option<SpawnHandle>,
+    /// JOINs waiting on the log's answer. A room with one in flight is not empty: actix may
+    /// hand the room one item of its channel between a handler's `ctx.wait` and the wait
+    /// taking hold, and a presence event then must not stop the room under the joiner.
+    joins_in_flight: usize,
     /// Rate buckets of members who sent LEAVE, kept until they refill, so leaving and
     /// re-joining cannot reset a member's rate limit.
     departed: HashMap<SessionId, TokenBucket>,
@@ -88,6 +92,7 @@ impl Room {
             log,
             failed: Vec::new(),
             expiry: None,
+            joins_in_flight: 0,
             departed: HashMap::new(),
             _census: census,
         }
@@ -181,7 +186,7 @@ impl Room {
     /// otherwise after `empty_room_ttl_ms` unless someone joins meanwhile. Stopping at once is
     /// what keeps JOIN/LEAVE churn over many names from leaving a room behind per name.
     fn expire_when_empty(&mut self, ctx: &mut Context<Self>) {
-        if !self.members.is_empty() || self.expiry.is_some() {
+        if !self.members.is_empty() || self.expiry.is_some() || self.joins_in_flight > 0 {
             return;
         }
         if !self.log.keeps_anything() {

@@ -57,7 +57,9 @@ impl Handler<Join> for Room {
             Answer::Echo(reply) => {
                 // The room handles nothing else until the log has answered (`ctx.wait`).
                 let (done, answer) = oneshot::channel();
+                self.joins_in_flight += 1;
                 ctx.wait(reply.into_actor(self).map(move |reply, room, ctx| {
+                    room.joins_in_flight -= 1;
                     let _ = done.send(room.finish_join(join, &joining, bucket, reply, ctx));
                 }));
                 Response::fut(async move {
