@@ -221,7 +221,7 @@ impl Actor for Room {
         let cluster = matches!(self.log, RoomLog::Redis(_));
         // debug, not info: JOIN/LEAVE churn starts and stops rooms as fast as a client asks.
         debug!(room = %self.name, cluster, "room started");
-        log::redis::sync::start(self, ctx);
+        log::started(self, ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -271,7 +271,7 @@ impl LogHost for Room {
 
 impl StreamHandler<Published> for Room {
     fn handle(&mut self, published: Published, ctx: &mut Context<Self>) {
-        log::redis::sync::on_published(self, published, ctx);
+        log::on_published(self, published, ctx);
     }
 
     /// The sink closes only when the engine is gone; the room goes on without live traffic.

@@ -19,6 +19,7 @@ use actix::{Actor, Context};
 use bytes::Bytes;
 
 use crate::{
+    cluster::Published,
     config::RoomLimits,
     error::ChatError,
     names::{RoomName, SessionId, UserName},
@@ -169,6 +170,8 @@ impl RoomLog {
         match (self, reply.0) {
             (RoomLog::Memory(log), _) => Ok(log.admit(joining, limits)),
             (RoomLog::Redis(log), Reply::Redis(reply)) => log.admit(reply, joining, first, limits),
+            // unreachable: a room's log never changes engine, and only the memory log answers
+            // `Reply::Memory`.
             (RoomLog::Redis(_), Reply::Memory) => unreachable!("a Redis log answers with Redis"),
         }
     }
@@ -196,6 +199,7 @@ impl RoomLog {
     pub fn published(&mut self, publishing: Publishing) -> Result<(u64, String), ChatError> {
         match self {
             RoomLog::Redis(log) => log.published(publishing.0),
+            // unreachable: a `Publishing` comes only from a Redis log's append.
             RoomLog::Memory(_) => unreachable!("only the Redis log publishes"),
         }
     }
@@ -225,6 +229,16 @@ impl RoomLog {
             log.set_limits(limits.history, limits.history_bytes);
         }
     }
+}
+
+/// The room started: a Redis log subscribes and starts refreshing its presence.
+pub fn started<H: LogHost>(host: &mut H, ctx: &mut Context<H>) {
+    redis::sync::start(host, ctx);
+}
+
+/// One item of the room's Redis channel.
+pub fn on_published<H: LogHost>(host: &mut H, published: Published, ctx: &mut Context<H>) {
+    redis::sync::on_published(host, published, ctx);
 }
 
 /// A new CHAT of `room` with a fresh id; `seq` is 0 when Redis assigns it.

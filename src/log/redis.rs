@@ -12,7 +12,7 @@
 //! node's members ([`presence`]).
 
 mod presence;
-pub mod sync;
+pub(super) mod sync;
 
 use std::{
     collections::HashMap,

@@ -88,7 +88,7 @@ async fn fetch_range(
 
 /// The room started: subscribe, and keep this node's members alive (and other nodes' expired
 /// ones cleared) every third of the presence TTL.
-pub fn start<H: LogHost>(host: &mut H, ctx: &mut Context<H>) {
+pub(in crate::log) fn start<H: LogHost>(host: &mut H, ctx: &mut Context<H>) {
     if host.redis_log().is_none() {
         return;
     }
@@ -129,7 +129,11 @@ pub(super) fn ensure_subscribed<H: LogHost>(host: &mut H, ctx: &mut Context<H>) 
 }
 
 /// One item from the room's channel.
-pub fn on_published<H: LogHost>(host: &mut H, published: Published, ctx: &mut Context<H>) {
+pub(in crate::log) fn on_published<H: LogHost>(
+    host: &mut H,
+    published: Published,
+    ctx: &mut Context<H>,
+) {
     let Some(log) = host.redis_log() else {
         return;
     };
