@@ -4,11 +4,12 @@
 //! rate buckets, expiry, and the one join, post and fan-out that both engines share.
 //!
 //! [`RoomLog`] is an enum, not a trait object: there are exactly two engines, both known here,
-//! and the memory log sits on the hot path (a `match` costs nothing, a `dyn` call allocates its
-//! futures and hides which engine answered). Each operation answers [`Answer::Now`] (the memory
-//! log, inside the room's handler) or [`Answer::Echo`] (the Redis log: a future the room waits
-//! on; CHATs and presence then arrive on the room's channel and reach the room through
-//! [`LogHost`], the narrow interface the Redis log's actor-driven work sees the room through).
+//! and the memory log sits on the hot path, where a `match` costs nothing while a trait with
+//! async answers would box every answer, the memory log's too. Each operation answers
+//! [`Answer::Now`] (the memory log, inside the room's handler) or [`Answer::Echo`] (the Redis
+//! log: a future the room waits on). The Redis log's CHATs and presence then arrive on the
+//! room's channel and reach the room through [`LogHost`], the narrow view of the room that the
+//! log's channel work (subscribing, gap fills, re-syncs, presence refresh) is written against.
 
 pub mod memory;
 pub mod redis;
