@@ -179,3 +179,84 @@ pub(super) fn reconcile<H: LogHost>(host: &mut H, ctx: &mut Context<H>) {
         }
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cluster::{RedisEngine, Timeouts},
+        names::RoomName,
+    };
+
+    /// A log on node "me" whose engine never reaches a Redis (the roster needs none).
+    fn log() -> RedisLog {
+        let urls = ["redis://127.0.0.1:1".to_string()];
+        // unwrap: a valid URL and node id, inside a runtime.
+        let engine = RedisEngine::new(&urls, "me", Timeouts::default()).unwrap();
+        RedisLog::new(engine, RoomName::parse("r").unwrap()).0
+    }
+
+    fn member(node: &str, session: u64, user: &str) -> Member {
+        Member {
+            node: node.into(),
+            session: SessionId(session),
+            user: user.into(),
+        }
+    }
+
+    fn told(changes: &[Presence]) -> Vec<(Kind, &str, Option<u64>)> {
+        let mut told: Vec<_> = changes
+            .iter()
+            .map(|p| (p.kind, p.user.as_str(), p.except.map(|s| s.0)))
+            .collect();
+        told.sort_by_key(|(kind, user, _)| (*kind as i32, user.to_string()));
+        told
+    }
+
+    #[tokio::test]
+    async fn a_first_join_takes_the_snapshot_and_later_ones_tell_only_the_differences() {
+        let mut log = log();
+        let snapshot = [member("me", 1, "ada"), member("other", 7, "bob")];
+        assert!(
+            log.take_join_snapshot(&snapshot, SessionId(1), true)
+                .is_empty()
+        );
+        assert!(
+            !log.roster_add("other".into(), SessionId(7), "bob"),
+            "known"
+        );
+
+        // bob left and cy came meanwhile; dan (this node's joiner) is left to its own echo.
+        let truth = [
+            member("me", 1, "ada"),
+            member("other", 8, "cy"),
+            member("me", 2, "dan"),
+        ];
+        let changes = log.take_join_snapshot(&truth, SessionId(2), false);
+        assert_eq!(
+            told(&changes),
+            vec![(Kind::Join, "cy", None), (Kind::Leave, "bob", None)]
+        );
+        assert!(
+            log.roster_add("me".into(), SessionId(2), "dan"),
+            "dan's echo is news"
+        );
+        assert!(log.roster_remove("other".into(), SessionId(8)));
+        assert!(
+            !log.roster_remove("other".into(), SessionId(8)),
+            "told once"
+        );
+    }
+
+    #[tokio::test]
+    async fn this_nodes_members_are_never_told_about_themselves() {
+        let mut log = log();
+        log.roster_add("me".into(), SessionId(1), "ada");
+        let truth: Roster = [(("me".to_string(), SessionId(3)), "eve".to_string())].into();
+        let changes = log.settle_roster(truth, None);
+        assert_eq!(
+            told(&changes),
+            vec![(Kind::Join, "eve", Some(3)), (Kind::Leave, "ada", Some(1))]
+        );
+    }
+}
