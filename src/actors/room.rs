@@ -151,9 +151,16 @@ impl Room {
         self.broadcast(&message, presence.except);
     }
 
+    /// Removes the members whose delivery failed and tells the others they left, then stops
+    /// the room if that emptied it.
+    fn drop_failed(&mut self, ctx: &mut Context<Self>) {
+        self.remove_failed(ctx);
+        self.expire_when_empty(ctx);
+    }
+
     /// Removes the members whose delivery failed and tells the others they left. Telling them
     /// can fail further deliveries, hence the loop; it ends because members only go away.
-    fn drop_failed(&mut self, ctx: &mut Context<Self>) {
+    fn remove_failed(&mut self, ctx: &mut Context<Self>) {
         while let Some((id, failure)) = self.failed.pop() {
             let Some(member) = self.members.remove(&id) else {
                 continue;
@@ -163,7 +170,6 @@ impl Room {
             }
             self.depart(id, &member.user, ctx);
         }
-        self.expire_when_empty(ctx);
     }
 
     /// Records in the log that `user`'s session `id` left: the memory log tells the other

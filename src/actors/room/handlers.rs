@@ -97,6 +97,10 @@ impl Room {
         for presence in &admitted.presence {
             self.tell(presence);
         }
+        // Members found gone while being told are removed before the joiner is a member: its
+        // JOINED does not list them, so it must not hear them leave either. Not `drop_failed`:
+        // the room may have no member until the joiner is one, and must not stop meanwhile.
+        self.remove_failed(ctx);
         if let Some(bucket) = bucket {
             let member = Member {
                 user: join.user.clone(),
