@@ -184,6 +184,34 @@ async fn a_member_whose_queue_is_full_is_dropped_and_the_others_told() {
 }
 
 #[actix::test]
+async fn a_joiner_does_not_hear_of_a_member_found_gone_while_its_join_is_announced() {
+    let mut fx = Fixture::start(RoomLimits::default());
+    let mut ada = fx.join(1, "ada", 64, 0).await;
+    next(&mut ada).await;
+    // Its stream is gone, but its session has not left yet.
+    drop(fx.join(2, "gone", 64, 0).await);
+    let mut bob = fx.join(3, "bob", 64, 0).await;
+    let joined = next(&mut bob).await;
+    assert_eq!(joined.members, vec!["ada", "bob"], "not listed");
+    fx.post(3, "hi").await.unwrap();
+    assert_eq!(kind(&next(&mut bob).await), Kind::Chat, "no LEAVE first");
+    let told: Vec<(Kind, String)> = [
+        next(&mut ada).await,
+        next(&mut ada).await,
+        next(&mut ada).await,
+    ]
+    .iter()
+    .map(|m| (kind(m), m.user.clone()))
+    .collect();
+    let expected = [
+        (Kind::Join, "gone"),
+        (Kind::Join, "bob"),
+        (Kind::Leave, "gone"),
+    ];
+    assert_eq!(told, expected.map(|(k, u)| (k, u.to_string())));
+}
+
+#[actix::test]
 async fn an_empty_room_that_kept_nothing_stops_at_once() {
     let mut fx = Fixture::start(RoomLimits::default());
     let _ada = fx.join(1, "ada", 64, 0).await;
