@@ -7,7 +7,8 @@
 //! ```
 //!
 //! - [`service`]: the gRPC edge; starts a [`actors::session::Session`] per stream.
-//! - [`actors`]: Session (identity, joined rooms, idle) and Room (members, seq, history, fan-out).
+//! - [`actors`]: Session (identity, joined rooms, idle) and Room (members, rate buckets, expiry, fan-out).
+//! - [`log`]: a room's order, seq, history and presence: in memory, or through Redis.
 //! - [`registry`]: room name → room actor, with a race-free remove-if-still-empty.
 //! - [`outbound`]: the per-session bounded queue and the slow-consumer rule.
 //! - [`transport`]: accepting, handshake, HTTP/2 serving; resets streams the session ended.
@@ -29,6 +30,7 @@ pub mod error;
 pub mod history;
 pub mod hub;
 pub mod limits;
+pub mod log;
 pub mod metrics;
 pub mod names;
 pub mod outbound;

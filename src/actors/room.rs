@@ -1,13 +1,14 @@
-//! The Room actor: one per room, the single owner of its members, sequence counter and history.
-//! Because one actor serialises everything, every member sees the room's messages in one order
-//! and the replay on JOIN joins the live traffic with no gap and no duplicate. Fan-out encodes a
-//! message once and hands each member the same bytes; a member whose queue is full is dropped,
-//! never waited for.
+//! The Room actor: one per room, the single owner of its members, their rate buckets and the
+//! room's expiry. What an engine orders — seq, history, presence truth — is the room's
+//! [`RoomLog`]; the room has one join, one post and one fan-out over it. The memory log answers
+//! inside the handler; the Redis log answers once Redis has, and hands the room each CHAT it
+//! appended (in the channel's order, with the sender's ack re-attached) through [`LogHost`].
 //!
-//! In cluster mode (`[cluster] engine = "redis"`) the seq, the history and the presence live in
-//! Redis and the room's order is the order of its Redis channel; see [`cluster`].
+//! Fan-out encodes a message once and hands each member the same bytes; a member whose queue
+//! is full is dropped, never waited for.
 
-mod cluster;
+mod handlers;
+mod members;
 
 use std::{
     collections::HashMap,
@@ -15,60 +16,47 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix::{
-    Actor, ActorContext, ActorResponse, Addr, AsyncContext, Context, Handler, Response, SpawnHandle,
-};
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, SpawnHandle, StreamHandler};
 use bytes::Bytes;
-use tracing::{debug, info};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, warn};
 
-use super::{
-    Announce, Close, Evicted, Inspect, Join, Leave, Post, Reconfigure, Removed, RoomSnapshot,
-    session::Session,
-};
+use self::members::{Member, end_slow_consumer};
 use crate::{
+    cluster::Published,
     config::RoomLimits,
-    error::{ChatError, Fatal},
-    history::History,
     hub::{Counted, Hub, Living},
     limits::TokenBucket,
+    log::{self, Appended, LogHost, MemoryLog, Presence, RedisLog, RoomLog},
     metrics,
-    names::{RoomName, SYSTEM_USER, SessionId, UserName},
-    outbound::{Delivery, SessionTx},
-    proto::{self, Kind},
+    names::{RoomName, SessionId, UserName},
+    outbound::Delivery,
+    proto,
 };
 
 /// Mail that may wait for a room; senders beyond it wait (back-pressure), they are not dropped.
 const MAILBOX_CAPACITY: usize = 256;
-
-struct Member {
-    user: UserName,
-    tx: SessionTx,
-    session: Addr<Session>,
-    bucket: TokenBucket,
-    /// Cluster mode: the seq this member's JOINED and replay covered; live CHATs up to it that
-    /// were still on their way from Redis are not delivered again.
-    live_after: u64,
-}
 
 pub struct Room {
     name: RoomName,
     hub: Arc<Hub>,
     limits: Arc<RoomLimits>,
     members: HashMap<SessionId, Member>,
-    /// Sequence number of the last accepted CHAT.
-    seq: u64,
-    history: History,
+    /// The room's order, seq, history and presence truth.
+    log: RoomLog,
     /// Members whose delivery failed during the current handler; removed once it is done.
     failed: Vec<(SessionId, Delivery)>,
     /// The pending empty-room stop, while the room is empty.
     expiry: Option<SpawnHandle>,
+    /// JOINs waiting on the log's answer. A room with one in flight is not empty: actix may
+    /// hand the room one item of its channel between a handler's `ctx.wait` and the wait
+    /// taking hold, and a presence event then must not stop the room under the joiner.
+    joins_in_flight: usize,
     /// Rate buckets of members who sent LEAVE, kept until they refill, so leaving and
     /// re-joining cannot reset a member's rate limit.
     departed: HashMap<SessionId, TokenBucket>,
-    /// `Some` in cluster mode.
-    cluster: Option<cluster::ClusterRoom>,
-    /// Last, so it is dropped after `history` has given its bytes back: a census without this
-    /// room means its bytes are back in the budget.
+    /// Last, so it is dropped after the log's history has given its bytes back: a census
+    /// without this room means its bytes are back in the budget.
     _census: Counted,
 }
 
@@ -81,25 +69,37 @@ impl Room {
         Room::start_in_arbiter(&arbiter, move |ctx| {
             ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
             let limits = hub.config().limits_for(name.as_str());
-            let cluster = hub.cluster.clone().map(cluster::ClusterRoom::new);
-            Room {
-                history: History::new(
-                    limits.history,
-                    limits.history_bytes,
-                    hub.history_budget.clone(),
-                ),
-                name,
-                hub,
-                limits,
-                members: HashMap::new(),
-                seq: 0,
-                failed: Vec::new(),
-                expiry: None,
-                departed: HashMap::new(),
-                cluster,
-                _census: census,
-            }
+            let log = match hub.cluster.clone() {
+                Some(engine) => {
+                    let (log, published) = RedisLog::new(engine, name.clone());
+                    ctx.add_stream(ReceiverStream::new(published));
+                    RoomLog::Redis(log)
+                }
+                None => RoomLog::Memory(MemoryLog::new(&limits, hub.history_budget.clone())),
+            };
+            Room::new(name, hub, limits, log, census)
         })
+    }
+
+    fn new(
+        name: RoomName,
+        hub: Arc<Hub>,
+        limits: Arc<RoomLimits>,
+        log: RoomLog,
+        census: Counted,
+    ) -> Room {
+        Room {
+            name,
+            hub,
+            limits,
+            members: HashMap::new(),
+            log,
+            failed: Vec::new(),
+            expiry: None,
+            joins_in_flight: 0,
+            departed: HashMap::new(),
+            _census: census,
+        }
     }
 
     /// Pushes `message` to one member, remembering a failure for [`Room::drop_failed`].
@@ -125,9 +125,46 @@ impl Room {
         }
     }
 
+    /// The one fan-out of a CHAT, whichever log appended it: every member whose JOINED did not
+    /// cover it gets the same bytes, the sender its copy with its `ref`.
+    fn fan_out(&mut self, appended: &Appended) {
+        let started = std::time::Instant::now();
+        for (id, member) in &self.members {
+            if member.live_after >= appended.seq {
+                continue;
+            }
+            let message = match &appended.ack {
+                Some((sender, r#ref)) if sender == id => proto::with_ref(&appended.live, r#ref),
+                _ => appended.live.clone(),
+            };
+            match member.tx.try_deliver(message) {
+                Delivery::Sent => {}
+                failure => self.failed.push((*id, failure)),
+            }
+        }
+        metrics::get().fanout.record(started.elapsed());
+    }
+
+    /// Tells the members (but `except`) that a user joined or left.
+    fn tell(&mut self, presence: &Presence) {
+        let message = proto::encode(&proto::Message::event(
+            presence.kind,
+            self.name.as_str(),
+            &presence.user,
+        ));
+        self.broadcast(&message, presence.except);
+    }
+
+    /// Removes the members whose delivery failed and tells the others they left, then stops
+    /// the room if that emptied it.
+    fn drop_failed(&mut self, ctx: &mut Context<Self>) {
+        self.remove_failed(ctx);
+        self.expire_when_empty(ctx);
+    }
+
     /// Removes the members whose delivery failed and tells the others they left. Telling them
     /// can fail further deliveries, hence the loop; it ends because members only go away.
-    fn drop_failed(&mut self, ctx: &mut Context<Self>) {
+    fn remove_failed(&mut self, ctx: &mut Context<Self>) {
         while let Some((id, failure)) = self.failed.pop() {
             let Some(member) = self.members.remove(&id) else {
                 continue;
@@ -135,38 +172,39 @@ impl Room {
             if failure == Delivery::Full {
                 end_slow_consumer(&self.name, id, &member);
             }
-            self.announce_leave(id, &member.user, ctx);
+            self.depart(id, &member.user, ctx);
         }
-        self.expire_when_empty(ctx);
     }
 
-    /// Tells the other members that `user`'s session `id` left: directly, or in cluster mode
-    /// through Redis, whose echo reaches the members of every node in the room's one order.
-    fn announce_leave(&mut self, id: SessionId, user: &UserName, ctx: &mut Context<Self>) {
-        if self.cluster.is_some() {
-            return self.cluster_leave(id, user.clone(), ctx);
+    /// Records in the log that `user`'s session `id` left: the memory log tells the other
+    /// members at once; the Redis log publishes the LEAVE, whose echo reaches the members of
+    /// every node in the room's one order, and the room waits for it.
+    fn depart(&mut self, id: SessionId, user: &UserName, ctx: &mut Context<Self>) {
+        match self.log.leave(id, user) {
+            log::Answer::Now(presence) => self.tell(&presence),
+            log::Answer::Echo(removed) => {
+                use actix::{ActorFutureExt, WrapFuture};
+                ctx.wait(removed.into_actor(self).map(|(), room, ctx| {
+                    room.log.left();
+                    room.expire_when_empty(ctx);
+                }));
+            }
         }
-        let presence = proto::encode(&proto::Message::event(
-            Kind::Leave,
-            self.name.as_str(),
-            user.as_str(),
-        ));
-        self.broadcast(&presence, None);
     }
 
-    /// An empty room stops: at once when it holds nothing a later JOIN could use, otherwise
-    /// after `empty_room_ttl_ms` unless someone joins meanwhile. Stopping at once is what keeps
+    /// An empty room stops: when its log keeps nothing a later JOIN could use, as soon as its
+    /// departed members' rate buckets are full again (at once if they are), otherwise after
+    /// `empty_room_ttl_ms` unless someone joins meanwhile. Stopping early is what keeps
     /// JOIN/LEAVE churn over many names from leaving a room behind per name.
     fn expire_when_empty(&mut self, ctx: &mut Context<Self>) {
-        if !self.members.is_empty() || self.expiry.is_some() {
+        if !self.members.is_empty() || self.expiry.is_some() || self.joins_in_flight > 0 {
             return;
         }
-        if self.cluster_requests_in_flight() {
-            // Decided again when the last JOIN or LEAVE is answered by Redis (`cluster_join`,
-            // `cluster_leave`).
+        if self.log.leaves_in_flight() {
+            // Decided again when the last LEAVE is recorded (see `depart`).
             return;
         }
-        let ttl = if self.keeps_anything() {
+        let ttl = if self.log.keeps_anything() {
             self.limits.empty_room_ttl()
         } else {
             // Nothing to keep but the rate buckets of members who just left: kept until they
@@ -183,15 +221,6 @@ impl Room {
                 room.close(ctx);
             }
         }));
-    }
-
-    /// Whether the room holds something worth keeping for `empty_room_ttl_ms` once empty. In
-    /// memory mode that is its history and its seq, so a room that accepted a CHAT keeps
-    /// counting where it was even if its history has been trimmed away; a room that never
-    /// accepted one (JOIN/LEAVE only) has nothing. In cluster mode the seq and the history live
-    /// in Redis and a fresh room reads them back, so the actor keeps nothing.
-    fn keeps_anything(&self) -> bool {
-        self.cluster.is_none() && (self.seq > 0 || !self.history.is_empty())
     }
 
     /// How long until every departed member's bucket is full again.
@@ -212,352 +241,73 @@ impl Room {
         self.hub.rooms.remove_if_same(&self.name, &ctx.address());
         ctx.stop();
     }
-
-    /// A member's bucket, the one it left with if it left recently; a JOIN takes one token, so
-    /// join/leave cycles cannot flood the room with presence either.
-    fn bucket_for_join(
-        &mut self,
-        session: SessionId,
-        now: Instant,
-    ) -> Result<TokenBucket, ChatError> {
-        let (rate, burst) = (self.limits.rate_per_sec, self.limits.burst);
-        let mut bucket = self
-            .departed
-            .remove(&session)
-            .unwrap_or_else(|| TokenBucket::full(burst, now));
-        if bucket.try_take(now, rate, burst) {
-            Ok(bucket)
-        } else {
-            self.departed.insert(session, bucket);
-            Err(ChatError::RateLimited {
-                rate_per_sec: rate,
-                burst,
-            })
-        }
-    }
-
-    /// Remembers the bucket of a member that left, forgetting those that have refilled (they
-    /// are no different from a fresh one).
-    fn remember_departed(&mut self, session: SessionId, bucket: TokenBucket) {
-        let now = Instant::now();
-        let (rate, burst) = (self.limits.rate_per_sec, self.limits.burst);
-        if self.departed.len() >= 64 {
-            self.departed.retain(|_, b| !b.is_full(now, rate, burst));
-        }
-        if !bucket.is_full(now, rate, burst) {
-            self.departed.insert(session, bucket);
-        }
-    }
-
-    /// The JOINED of `joiner`, listing this room's members (all nodes' in cluster mode).
-    fn joined(&self, joiner: &UserName, r#ref: String) -> Bytes {
-        let members = self.members.values().map(|m| m.user.to_string()).collect();
-        self.joined_with(joiner, r#ref, members, self.seq)
-    }
-
-    fn joined_with(
-        &self,
-        joiner: &UserName,
-        r#ref: String,
-        mut members: Vec<String>,
-        seq: u64,
-    ) -> Bytes {
-        members.sort_unstable();
-        members.dedup();
-        let listed = self.limits.max_members_listed;
-        if members.len() > listed {
-            // The first names in order, and always the joiner itself.
-            members.retain(|m| m != joiner.as_str());
-            members.truncate(listed - 1);
-            members.push(joiner.to_string());
-            members.sort_unstable();
-        }
-        proto::encode(&proto::Message {
-            members,
-            seq,
-            r#ref,
-            ..proto::Message::event(Kind::Joined, self.name.as_str(), joiner.as_str())
-        })
-    }
-
-    /// A new CHAT of this room with a fresh id; `seq` is 0 when Redis assigns it (cluster mode).
-    fn chat_message(&self, user: &str, content: String, seq: u64) -> proto::Message {
-        proto::Message {
-            kind: Kind::Chat.into(),
-            user: user.to_string(),
-            content,
-            timestamp: proto::now_ms(),
-            room: self.name.to_string(),
-            id: uuid::Uuid::now_v7().to_string(),
-            seq,
-            ..proto::Message::default()
-        }
-    }
-
-    /// Accepts a CHAT: assigns the next seq, encodes it once and keeps it in the history.
-    fn accept_chat(&mut self, user: &str, content: String) -> (Bytes, String) {
-        self.seq += 1;
-        let message = self.chat_message(user, content, self.seq);
-        let live = proto::encode(&message);
-        self.history.push(self.seq, live.clone());
-        (live, message.id)
-    }
-
-    fn replay(&self, since_seq: u64) -> Vec<Bytes> {
-        let retained: Box<dyn Iterator<Item = &Bytes>> = if since_seq == 0 {
-            Box::new(self.history.last(self.limits.history_on_join))
-        } else {
-            Box::new(self.history.after(since_seq))
-        };
-        retained.map(proto::as_replay).collect()
-    }
 }
 
 impl Actor for Room {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let cluster = matches!(self.log, RoomLog::Redis(_));
         // debug, not info: JOIN/LEAVE churn starts and stops rooms as fast as a client asks.
-        debug!(room = %self.name, cluster = self.cluster.is_some(), "room started");
-        if self.cluster.is_some() {
-            self.cluster_started(ctx);
-        }
+        debug!(room = %self.name, cluster, "room started");
+        log::started(self, ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        debug!(room = %self.name, last_seq = self.seq, "room stopped");
+        debug!(room = %self.name, last_seq = self.log.last_seq(), "room stopped");
     }
 }
 
-impl Handler<Join> for Room {
-    type Result = Response<Result<(), ChatError>>;
-
-    fn handle(&mut self, join: Join, ctx: &mut Context<Self>) -> Self::Result {
-        if self.cluster.is_some() {
-            return self.cluster_join(join, ctx);
+impl LogHost for Room {
+    fn redis_log(&mut self) -> Option<&mut RedisLog> {
+        match &mut self.log {
+            RoomLog::Redis(log) => Some(log),
+            RoomLog::Memory(_) => None,
         }
-        Response::reply(self.join_here(join, ctx))
     }
-}
 
-impl Room {
-    fn join_here(&mut self, join: Join, ctx: &mut Context<Self>) -> Result<(), ChatError> {
-        let rejoin = self.members.contains_key(&join.session);
-        if !rejoin {
-            if self.members.len() >= self.limits.max_members {
-                return Err(ChatError::RoomFull {
-                    max: self.limits.max_members,
-                });
-            }
-            let bucket = self.bucket_for_join(join.session, Instant::now())?;
-            if let Some(expiry) = self.expiry.take() {
-                ctx.cancel_future(expiry);
-            }
-            self.members.insert(
-                join.session,
-                Member {
-                    user: join.user.clone(),
-                    tx: join.tx,
-                    session: join.addr,
-                    bucket,
-                    live_after: 0,
-                },
-            );
-        }
-        if let Some(r#ref) = join.ack {
-            let joined = self.joined(&join.user, r#ref);
-            self.deliver(join.session, joined);
-            // A repeated JOIN only gets its ack: the live traffic since the first one is
-            // already in the session's stream.
-            if !rejoin {
-                for message in self.replay(join.since_seq) {
-                    self.deliver(join.session, message);
-                }
-            }
-        }
-        if !rejoin {
-            let presence = proto::encode(&proto::Message::event(
-                Kind::Join,
-                self.name.as_str(),
-                join.user.as_str(),
-            ));
-            self.broadcast(&presence, Some(join.session));
-        }
+    fn room_name(&self) -> &RoomName {
+        &self.name
+    }
+
+    fn local_members(&self) -> Vec<(SessionId, UserName)> {
+        self.members
+            .iter()
+            .map(|(id, m)| (*id, m.user.clone()))
+            .collect()
+    }
+
+    fn presence_ttl(&self) -> Duration {
+        Duration::from_millis(self.hub.config().cluster.presence_ttl_ms)
+    }
+
+    fn appended(&mut self, appended: Appended, ctx: &mut Context<Self>) {
+        self.fan_out(&appended);
         self.drop_failed(ctx);
-        Ok(())
     }
-}
 
-impl Handler<Post> for Room {
-    type Result = ActorResponse<Self, Result<(), ChatError>>;
-
-    fn handle(&mut self, post: Post, ctx: &mut Context<Self>) -> Self::Result {
-        if let Err(error) = self.admit_post(&post) {
-            return ActorResponse::reply(Err(error));
-        }
-        if self.cluster.is_some() {
-            return self.cluster_post(post);
-        }
-        let user = self.members[&post.session].user.clone();
-        let (live, _) = self.accept_chat(user.as_str(), post.content);
-        let started = Instant::now();
-        self.broadcast(&live, Some(post.session));
-        self.deliver(post.session, proto::with_ref(&live, &post.r#ref));
-        metrics::get().fanout.record(started.elapsed());
+    fn announce(&mut self, presence: Presence, ctx: &mut Context<Self>) {
+        self.tell(&presence);
         self.drop_failed(ctx);
-        ActorResponse::reply(Ok(()))
     }
-}
 
-impl Room {
-    /// The checks a CHAT passes before it gets a seq: membership, write permission, size and
-    /// the member's rate (which takes a token).
-    fn admit_post(&mut self, post: &Post) -> Result<(), ChatError> {
-        let limits = &self.limits;
-        let member = self
-            .members
-            .get_mut(&post.session)
-            .ok_or(ChatError::NotAMember)?;
-        if limits.read_only && !limits.writers.iter().any(|w| w == member.user.as_str()) {
-            return Err(ChatError::Forbidden("this room is read-only for you"));
-        }
-        if post.content.len() > limits.max_message_bytes {
-            return Err(ChatError::MessageTooLarge {
-                len: post.content.len(),
-                max: limits.max_message_bytes,
-            });
-        }
-        if !member
-            .bucket
-            .try_take(Instant::now(), limits.rate_per_sec, limits.burst)
-        {
-            return Err(ChatError::RateLimited {
-                rate_per_sec: limits.rate_per_sec,
-                burst: limits.burst,
-            });
-        }
-        Ok(())
-    }
-}
-
-impl Handler<Leave> for Room {
-    type Result = Result<(), ChatError>;
-
-    fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) -> Self::Result {
-        let member = self
-            .members
-            .remove(&leave.session)
-            .ok_or(ChatError::NotAMember)?;
-        if let Some(r#ref) = leave.ack {
-            self.remember_departed(leave.session, member.bucket.clone());
-            let left = proto::Message {
-                r#ref,
-                content: leave.reason,
-                ..proto::Message::event(Kind::Left, self.name.as_str(), member.user.as_str())
-            };
-            if member.tx.try_deliver(proto::encode(&left)) == Delivery::Full {
-                end_slow_consumer(&self.name, leave.session, &member);
-            }
-        }
-        self.announce_leave(leave.session, &member.user, ctx);
-        self.drop_failed(ctx);
-        Ok(())
-    }
-}
-
-impl Handler<Reconfigure> for Room {
-    type Result = ();
-
-    fn handle(&mut self, _: Reconfigure, _ctx: &mut Context<Self>) {
-        let limits = self.hub.config().limits_for(self.name.as_str());
-        if *limits != *self.limits {
-            // debug: one line per open room on every reload that changes its limits.
-            debug!(room = %self.name, "room limits reloaded");
-            self.history
-                .set_limits(limits.history, limits.history_bytes);
-            self.limits = limits;
+    fn count_restarted(&mut self) {
+        for member in self.members.values_mut() {
+            member.live_after = 0;
         }
     }
 }
 
-impl Handler<Inspect> for Room {
-    type Result = actix::MessageResult<Inspect>;
+impl StreamHandler<Published> for Room {
+    fn handle(&mut self, published: Published, ctx: &mut Context<Self>) {
+        log::on_published(self, published, ctx);
+    }
 
-    fn handle(&mut self, inspect: Inspect, _ctx: &mut Context<Self>) -> Self::Result {
-        let members = if inspect.members {
-            self.members
-                .iter()
-                .map(|(id, m)| (*id, m.user.clone(), m.session.clone()))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        actix::MessageResult(RoomSnapshot {
-            last_seq: self.seq,
-            member_count: self.members.len(),
-            members,
-        })
+    /// The sink closes only when the engine is gone; the room goes on without live traffic.
+    fn finished(&mut self, _ctx: &mut Context<Self>) {
+        warn!(room = %self.name, "cluster channel closed");
     }
 }
 
-impl Handler<Announce> for Room {
-    type Result = ActorResponse<Self, Result<(u64, String), ChatError>>;
-
-    fn handle(&mut self, announce: Announce, ctx: &mut Context<Self>) -> Self::Result {
-        if announce.content.is_empty() {
-            let error = ChatError::BadRequest("an announcement needs `content`".into());
-            return ActorResponse::reply(Err(error));
-        }
-        if announce.content.len() > self.limits.max_message_bytes {
-            return ActorResponse::reply(Err(ChatError::MessageTooLarge {
-                len: announce.content.len(),
-                max: self.limits.max_message_bytes,
-            }));
-        }
-        if self.cluster.is_some() {
-            return self.cluster_announce(announce.content);
-        }
-        let (live, id) = self.accept_chat(SYSTEM_USER, announce.content);
-        self.broadcast(&live, None);
-        self.drop_failed(ctx);
-        ActorResponse::reply(Ok((self.seq, id)))
-    }
-}
-
-impl Handler<Close> for Room {
-    type Result = usize;
-
-    fn handle(&mut self, close: Close, ctx: &mut Context<Self>) -> usize {
-        let members = std::mem::take(&mut self.members);
-        let addr = ctx.address();
-        for (id, member) in &members {
-            let left = proto::Message {
-                content: close.reason.clone(),
-                ..proto::Message::event(Kind::Left, self.name.as_str(), member.user.as_str())
-            };
-            if member.tx.try_deliver(proto::encode(&left)) == Delivery::Full {
-                end_slow_consumer(&self.name, *id, member);
-            }
-            // do_send: one per member, once; the session must forget the room even when busy.
-            member.session.do_send(Removed {
-                room: self.name.clone(),
-                addr: addr.clone(),
-            });
-            if self.cluster.is_some() {
-                self.cluster_leave(*id, member.user.clone(), ctx);
-            }
-        }
-        // Stopping now: mail still queued (a JOIN, a CHAT) fails and the sender sees the room
-        // gone, as with an expired room.
-        self.close(ctx);
-        members.len()
-    }
-}
-
-fn end_slow_consumer(room: &RoomName, id: SessionId, member: &Member) {
-    info!(room = %room, session = %id, user = %member.user, "slow consumer dropped");
-    member.tx.end(Fatal::SlowConsumer);
-    // do_send: at most one per room the session is in, and the session must hear of it even
-    // when its mailbox is busy.
-    member.session.do_send(Evicted { room: room.clone() });
-}
+#[cfg(test)]
+mod tests;

@@ -30,7 +30,7 @@ use crate::{
     actors::{Announce, Close, Inspect, Kick},
     error::{ChatError, Fatal},
     hub::{Hub, SessionTarget},
-    names::{RoomName, SYSTEM_USER, SessionId, UserName},
+    names::{RoomName, SessionId, UserName},
     proto::admin::{
         AnnounceRequest, AnnounceResponse, CloseRoomRequest, CloseRoomResponse, GetRoomRequest,
         GetRoomResponse, KickMode, KickRequest, KickResponse, ListRoomsRequest, ListRoomsResponse,
@@ -317,8 +317,8 @@ impl AdminEdge {
         rooms
     }
 
-    /// Announce to a room that has members on other nodes only: published straight to its
-    /// channel, as its room actor would (the nodes holding it fan it out and keep it in history).
+    /// Announce to a room that has members on other nodes only: checked and published as the
+    /// room's Redis log would (the nodes holding it fan it out and keep it in history).
     async fn announce_elsewhere(
         &self,
         engine: &crate::cluster::RedisEngine,
@@ -333,39 +333,11 @@ impl AdminEdge {
             return Err(gone(room));
         }
         let limits = self.hub.config().limits_for(room.as_str());
-        if content.is_empty() {
-            return Err(Status::invalid_argument("an announcement needs `content`"));
-        }
-        if content.len() > limits.max_message_bytes {
-            return Err(Status::invalid_argument(
-                ChatError::MessageTooLarge {
-                    len: content.len(),
-                    max: limits.max_message_bytes,
-                }
-                .to_string(),
-            ));
-        }
-        let message = crate::proto::Message {
-            kind: crate::proto::Kind::Chat.into(),
-            user: SYSTEM_USER.to_string(),
-            content,
-            timestamp: crate::proto::now_ms(),
-            room: room.to_string(),
-            id: uuid::Uuid::now_v7().to_string(),
-            ..crate::proto::Message::default()
-        };
-        let body = crate::proto::encode(&message);
-        let seq = engine
-            .publish_chat(
-                room.as_str(),
-                limits.history,
-                &message.id,
-                SessionId(0),
-                body,
-            )
+        crate::log::check_announcement(&content, &limits)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        crate::log::redis::publish_announcement(engine, room, limits.history, content)
             .await
-            .map_err(|e| unavailable(&e))?;
-        Ok((seq, message.id))
+            .map_err(|e| unavailable(&e))
     }
 }
 

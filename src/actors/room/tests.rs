@@ -1,0 +1,231 @@
+//! A memory-log room driven directly: its members are plain [`SessionTx`] queues read back in
+//! the test, and their session addresses lead nowhere, so no network and no session is involved.
+
+use std::{sync::Arc, time::Duration};
+
+use actix::{Actor, Addr, dev::channel};
+use prost::Message as _;
+use tokio_stream::StreamExt;
+
+use super::Room;
+use crate::{
+    actors::{Announce, Inspect, Join, Leave, Post, session::Session},
+    config::{Config, RoomLimits},
+    error::ChatError,
+    hub::{Hub, Living},
+    log::{MemoryLog, RoomLog},
+    names::{RoomName, SessionId, UserName},
+    outbound::{OutboundStream, SessionTx},
+    proto::{self, Kind},
+    runtime::ActorRuntime,
+};
+
+/// How long a test waits for a message that must come.
+const WAIT: Duration = Duration::from_secs(2);
+
+struct Fixture {
+    room: Addr<Room>,
+    /// Kept for the hub's arbiters; the room under test runs on the test's own system.
+    _runtime: ActorRuntime,
+    /// Ends of the session addresses handed to the room, kept so its mail to them is accepted.
+    _mailboxes: Vec<channel::AddressReceiver<Session>>,
+}
+
+impl Fixture {
+    fn start(limits: RoomLimits) -> Fixture {
+        // unwrap: one arbiter thread starts on any test machine.
+        let runtime = ActorRuntime::start(1).unwrap();
+        let hub = Arc::new(Hub::new(Config::default(), runtime.arbiters(), None));
+        let census = hub.census.enter(Living::RoomActor);
+        let limits = Arc::new(limits);
+        let log = RoomLog::Memory(MemoryLog::new(&limits, hub.history_budget.clone()));
+        // unwrap: a valid name.
+        let name = RoomName::parse("lobby").unwrap();
+        let room = Room::new(name, hub, limits, log, census).start();
+        Fixture {
+            room,
+            _runtime: runtime,
+            _mailboxes: Vec::new(),
+        }
+    }
+
+    /// Joins `user` as session `id` with a queue of `capacity` messages; answers its stream.
+    async fn join(
+        &mut self,
+        id: u64,
+        user: &str,
+        capacity: usize,
+        since_seq: u64,
+    ) -> OutboundStream {
+        let (tx, stream) = SessionTx::channel(capacity, usize::MAX, None);
+        let (sender, mailbox) = channel::channel::<Session>(16);
+        self._mailboxes.push(mailbox);
+        let join = Join {
+            session: SessionId(id),
+            // unwrap: a valid name.
+            user: UserName::parse(user).unwrap(),
+            tx,
+            addr: Addr::new(sender),
+            since_seq,
+            ack: Some(format!("j{id}")),
+        };
+        // unwrap: the room is running.
+        self.room.send(join).await.unwrap().unwrap();
+        stream
+    }
+
+    async fn post(&self, id: u64, content: &str) -> Result<(), ChatError> {
+        let post = Post {
+            session: SessionId(id),
+            content: content.into(),
+            r#ref: format!("p-{content}"),
+        };
+        // unwrap: the room is running.
+        self.room.send(post).await.unwrap()
+    }
+}
+
+async fn next(stream: &mut OutboundStream) -> proto::Message {
+    let item = tokio::time::timeout(WAIT, stream.next()).await;
+    // unwrap: the test fails here if the message does not come.
+    let bytes = item.unwrap().unwrap().unwrap();
+    proto::Message::decode(bytes).unwrap()
+}
+
+async fn nothing_more(stream: &mut OutboundStream) {
+    let item = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+    assert!(item.is_err(), "unexpected {item:?}");
+}
+
+fn kind(message: &proto::Message) -> Kind {
+    Kind::try_from(message.kind).unwrap_or_default()
+}
+
+#[actix::test]
+async fn one_fan_out_gives_every_member_the_chat_and_the_sender_its_ref() {
+    let mut fx = Fixture::start(RoomLimits::default());
+    let mut ada = fx.join(1, "ada", 64, 0).await;
+    let joined = next(&mut ada).await;
+    assert_eq!(
+        (kind(&joined), joined.seq, joined.r#ref.as_str()),
+        (Kind::Joined, 0, "j1")
+    );
+    let mut bob = fx.join(2, "bob", 64, 0).await;
+    assert_eq!(next(&mut bob).await.members, vec!["ada", "bob"]);
+    let presence = next(&mut ada).await;
+    assert_eq!(
+        (kind(&presence), presence.user.as_str()),
+        (Kind::Join, "bob")
+    );
+
+    fx.post(1, "hello").await.unwrap();
+    let (mine, theirs) = (next(&mut ada).await, next(&mut bob).await);
+    assert_eq!((mine.seq, mine.r#ref.as_str()), (1, "p-hello"));
+    assert_eq!(
+        (theirs.seq, theirs.r#ref.as_str(), theirs.id),
+        (1, "", mine.id)
+    );
+
+    let (seq, _) = fx
+        .room
+        .send(Announce {
+            content: "hi".into(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seq, 2);
+    for stream in [&mut ada, &mut bob] {
+        let announced = next(stream).await;
+        assert_eq!((announced.seq, announced.user.as_str()), (2, "system"));
+        nothing_more(stream).await;
+    }
+    let snapshot = fx.room.send(Inspect { members: false }).await.unwrap();
+    assert_eq!((snapshot.last_seq, snapshot.member_count), (2, 2));
+}
+
+#[actix::test]
+async fn a_late_joiner_replays_after_its_since_seq_then_gets_live_traffic() {
+    let mut fx = Fixture::start(RoomLimits::default());
+    let _ada = fx.join(1, "ada", 64, 0).await;
+    for n in 1..=3 {
+        fx.post(1, &n.to_string()).await.unwrap();
+    }
+    let mut bob = fx.join(2, "bob", 64, 1).await;
+    assert_eq!(next(&mut bob).await.seq, 3, "JOINED carries the last seq");
+    for seq in [2, 3] {
+        let replayed = next(&mut bob).await;
+        assert!(replayed.replay, "{replayed:?}");
+        assert_eq!(replayed.seq, seq);
+    }
+    fx.post(1, "live").await.unwrap();
+    let live = next(&mut bob).await;
+    assert_eq!((live.seq, live.replay), (4, false));
+}
+
+#[actix::test]
+async fn a_member_whose_queue_is_full_is_dropped_and_the_others_told() {
+    let mut fx = Fixture::start(RoomLimits::default());
+    let mut ada = fx.join(1, "ada", 64, 0).await;
+    next(&mut ada).await;
+    // Room for its JOINED only: the first CHAT finds the queue full.
+    let mut slow = fx.join(2, "slow", 1, 0).await;
+    next(&mut ada).await;
+    fx.post(1, "x").await.unwrap();
+    assert_eq!(next(&mut ada).await.seq, 1);
+    let left = next(&mut ada).await;
+    assert_eq!((kind(&left), left.user.as_str()), (Kind::Leave, "slow"));
+    // unwrap: the stream ends with a status rather than going quiet.
+    let ended = tokio::time::timeout(WAIT, slow.next()).await.unwrap();
+    let status = ended.and_then(Result::err).expect("ended with a status");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    let snapshot = fx.room.send(Inspect { members: false }).await.unwrap();
+    assert_eq!(snapshot.member_count, 1);
+}
+
+#[actix::test]
+async fn a_joiner_does_not_hear_of_a_member_found_gone_while_its_join_is_announced() {
+    let mut fx = Fixture::start(RoomLimits::default());
+    let mut ada = fx.join(1, "ada", 64, 0).await;
+    next(&mut ada).await;
+    // Its stream is gone, but its session has not left yet.
+    drop(fx.join(2, "gone", 64, 0).await);
+    let mut bob = fx.join(3, "bob", 64, 0).await;
+    let joined = next(&mut bob).await;
+    assert_eq!(joined.members, vec!["ada", "bob"], "not listed");
+    fx.post(3, "hi").await.unwrap();
+    assert_eq!(kind(&next(&mut bob).await), Kind::Chat, "no LEAVE first");
+    let told: Vec<(Kind, String)> = [
+        next(&mut ada).await,
+        next(&mut ada).await,
+        next(&mut ada).await,
+    ]
+    .iter()
+    .map(|m| (kind(m), m.user.clone()))
+    .collect();
+    let expected = [
+        (Kind::Join, "gone"),
+        (Kind::Join, "bob"),
+        (Kind::Leave, "gone"),
+    ];
+    assert_eq!(told, expected.map(|(k, u)| (k, u.to_string())));
+}
+
+#[actix::test]
+async fn an_empty_room_that_kept_nothing_stops_at_once() {
+    let mut fx = Fixture::start(RoomLimits::default());
+    let _ada = fx.join(1, "ada", 64, 0).await;
+    let leave = Leave {
+        session: SessionId(1),
+        ack: None,
+        reason: String::new(),
+    };
+    fx.room.send(leave).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, async {
+        while fx.room.connected() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the room stopped");
+}
