@@ -212,7 +212,7 @@ async fn a_joiner_does_not_hear_of_a_member_found_gone_while_its_join_is_announc
 }
 
 #[actix::test]
-async fn an_empty_room_that_kept_nothing_stops_at_once() {
+async fn an_empty_room_that_kept_nothing_stops_once_its_leavers_buckets_refill() {
     let mut fx = Fixture::start(RoomLimits::default());
     let _ada = fx.join(1, "ada", 64, 0).await;
     let leave = Leave {
@@ -228,4 +228,58 @@ async fn an_empty_room_that_kept_nothing_stops_at_once() {
     })
     .await
     .expect("the room stopped");
+}
+
+fn leave(id: u64) -> Leave {
+    Leave {
+        session: SessionId(id),
+        ack: None,
+        reason: String::new(),
+    }
+}
+
+/// Lets the room handle what is due without moving the paused clock.
+async fn settle() {
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[actix::test]
+async fn an_empty_room_with_history_keeps_it_for_its_ttl_then_stops_on_a_paused_clock() {
+    let mut fx = Fixture::start(RoomLimits {
+        empty_room_ttl_ms: 30_000,
+        ..RoomLimits::default()
+    });
+    let _ada = fx.join(1, "ada", 64, 0).await;
+    fx.post(1, "kept").await.unwrap();
+    // From here the clock moves only when the test sleeps: 30 s take no real time.
+    tokio::time::pause();
+    fx.room.send(leave(1)).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(29_900)).await;
+    settle().await;
+    assert!(fx.room.connected(), "kept through its TTL");
+    let snapshot = fx.room.send(Inspect { members: false }).await.unwrap();
+    assert_eq!(snapshot.last_seq, 1, "with its history");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    settle().await;
+    assert!(!fx.room.connected(), "stopped once the TTL passed");
+}
+
+#[actix::test]
+async fn a_join_within_the_ttl_cancels_the_stop_on_a_paused_clock() {
+    let mut fx = Fixture::start(RoomLimits {
+        empty_room_ttl_ms: 30_000,
+        ..RoomLimits::default()
+    });
+    let _ada = fx.join(1, "ada", 64, 0).await;
+    fx.post(1, "kept").await.unwrap();
+    tokio::time::pause();
+    fx.room.send(leave(1)).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(20_000)).await;
+    let mut bob = fx.join(2, "bob", 64, 1).await;
+    assert_eq!(next(&mut bob).await.seq, 1);
+    tokio::time::sleep(Duration::from_millis(60_000)).await;
+    settle().await;
+    assert!(fx.room.connected(), "a member is in: no stop");
 }
