@@ -23,7 +23,11 @@ use tokio::{
 use tonic::{Code, Status};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{KickOrder, ROOM_ANSWER, check_reason, close_here, kick_here, unavailable};
+use super::{
+    actions::{KickOrder, check_reason, close_here, kick_here},
+    ask::ROOM_ANSWER,
+    unavailable,
+};
 use crate::{
     cluster::{
         OPERATOR_CHANNEL, Published, RECONNECT_MAX, RECONNECT_MIN, RedisEngine, Subscription,
