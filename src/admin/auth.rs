@@ -17,7 +17,7 @@ use crate::hub::Hub;
 
 /// Checks `authorization: Bearer <token>` against `[admin] token`, read at every call so a
 /// reloaded token applies at once. Failed authentication is throttled per client address
-/// ([`throttle`]), and so are its log lines.
+/// ([`super::throttle`]), and so are its log lines.
 #[derive(Clone)]
 pub struct AdminAuth {
     hub: Arc<Hub>,
