@@ -13,9 +13,9 @@
 //! - [`outbound`]: the per-session bounded queue and the slow-consumer rule.
 //! - [`transport`]: accepting, handshake, HTTP/2 serving; resets streams the session ended.
 //! - [`admin`]: the operator API (`chat.v1.AdminService`), behind `[admin] token` and a
-//!   per-address throttle of failed authentication.
-//! - [`config`]: the TOML schema, per-room limits and which keys reload; [`server`]: assembly
-//!   and shutdown.
+//!   per-address throttle of failed authentication; in cluster mode over an operator channel.
+//! - [`config`]: the TOML schema, per-room limits and which keys reload; [`server`]: assembly,
+//!   the shutdown drain order, TLS and the process signals (shutdown, SIGHUP reload).
 //! - [`trim`]: gives memory the allocator holds for nothing back to the system.
 //! - [`cluster`]: the Redis layer of cluster mode (shared seq, history, presence, pub/sub).
 

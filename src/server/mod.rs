@@ -1,14 +1,32 @@
 //! Assembling and running the server: the actor runtime, the shared [`Hub`], the gRPC services
-//! (chat, health, reflection, admin) on the [`transport`], the metrics endpoint, configuration
-//! reload, and the shutdown order: health goes NOT_SERVING and new streams are refused, every session ends after its queue
-//! drains, then the transport closes; all of it bounded by `shutdown_grace_ms`.
+//! (chat, health, reflection, admin) on the [`transport`], the metrics endpoint and the
+//! background tasks, and what is stopped in which order once serving ends.
+//!
+//! Layout: this file builds the [`Server`] and runs it ([`Server::serve`]); `shutdown` holds the
+//! drain order (health NOT_SERVING and new streams refused, every session ends after its queue
+//! drains, then the transport closes; all of it bounded by `shutdown_grace_ms`), `health` the
+//! health status and how it follows the cluster store, `tls` the acceptor of `[server.tls]`,
+//! and `signals` the process signals: [`shutdown_signal`] and the SIGHUP reload.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+mod health;
+mod shutdown;
+mod signals;
+mod tls;
 
-use tokio::{net::TcpListener, sync::oneshot, time::Instant};
-use tonic_health::{ServingStatus, server::HealthReporter};
-use tracing::{error, info, warn};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use tokio::{net::TcpListener, sync::oneshot};
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+#[cfg(unix)]
+pub use self::signals::reload_on_hangup;
+pub use self::signals::shutdown_signal;
+use self::{
+    health::{follow_cluster, set_health},
+    shutdown::{flush_rooms, shut_down},
+    tls::tls_acceptor,
+};
 use crate::{
     admin::{AdminAuth, AdminEdge, cluster::Operators},
     cluster::{RedisEngine, Timeouts},
@@ -27,6 +45,7 @@ use crate::{
 /// The name health checks use for the chat service.
 pub const CHAT_SERVICE: &str = "chat.v1.ChatService";
 
+/// Why the server could not start: a listener, the TLS files, reflection or the cluster settings.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("{0}")]
@@ -246,200 +265,4 @@ fn connection_cap(configured: usize) -> usize {
         return fits as usize;
     }
     configured
-}
-
-/// The shutdown order. `serve` keeps being polled throughout, so the transport goes on accepting
-/// while sessions drain and a new stream gets a clear UNAVAILABLE instead of a hung connect.
-async fn shut_down<F>(
-    hub: &Hub,
-    health: &HealthReporter,
-    mut serve: std::pin::Pin<&mut F>,
-    stop_transport: oneshot::Sender<()>,
-) -> std::io::Result<()>
-where
-    F: Future<Output = std::io::Result<()>>,
-{
-    let grace_ms = hub.config().server.shutdown_grace_ms;
-    let deadline = Instant::now() + Duration::from_millis(grace_ms);
-    info!(
-        sessions = hub.sessions.len(),
-        grace_ms, "shutdown: health NOT_SERVING, refusing new streams, ending sessions"
-    );
-    set_health(health, ServingStatus::NotServing).await;
-    hub.sessions.shut_down();
-    // A session counts until the transport drops its response stream, i.e. until its queue
-    // has been written out.
-    let mut open = hub.sessions.watch_count();
-    let drained = tokio::time::timeout_at(deadline, open.wait_for(|n| *n == 0));
-    tokio::select! {
-        result = &mut serve => return result,
-        drained = drained => if drained.is_err() {
-            warn!(sessions = hub.sessions.len(), "shutdown: streams still draining at the end of the grace period");
-        },
-    }
-    info!("shutdown: closing the transport");
-    let _ = stop_transport.send(());
-    match tokio::time::timeout_at(deadline, serve).await {
-        Ok(result) => result,
-        Err(_) => {
-            warn!(
-                grace_ms,
-                "shutdown: grace period over, cutting the remaining streams"
-            );
-            Ok(())
-        }
-    }
-}
-
-/// The TLS acceptor of `[server.tls]`: certificate chain and key, the CA that client
-/// certificates must chain to when mutual TLS is on, and ALPN `h2`.
-fn tls_acceptor(tls: &crate::config::TlsConfig) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
-    use tokio_rustls::rustls::{
-        RootCertStore, ServerConfig,
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-        server::WebPkiClientVerifier,
-    };
-    let invalid = |what: &str, e: &dyn std::fmt::Display| ServerError::Tls(format!("{what}: {e}"));
-    let certs = CertificateDer::pem_file_iter(&tls.cert_path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| invalid(&tls.cert_path.display().to_string(), &e))?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key_path)
-        .map_err(|e| invalid(&tls.key_path.display().to_string(), &e))?;
-    let builder = ServerConfig::builder();
-    let builder = match &tls.client_ca_path {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            let ca_certs = CertificateDer::pem_file_iter(ca)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| invalid(&ca.display().to_string(), &e))?;
-            roots.add_parsable_certificates(ca_certs);
-            let verifier = WebPkiClientVerifier::builder(roots.into())
-                .build()
-                .map_err(|e| invalid("client_ca_path", &e))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| invalid("certificate and key", &e))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Cluster mode, at shutdown: every session has ended; each room is asked a question that it
-/// answers only after the LEAVEs queued before it have reached Redis (a room holds its mail
-/// while one is in flight), so the other nodes see this node's members go now, not after the
-/// presence TTL. Bounded: a Redis that does not answer leaves it to the TTL.
-async fn flush_rooms(hub: &Hub) {
-    const FLUSH: Duration = Duration::from_secs(3);
-    let mut census = hub.census.watch();
-    let _ = tokio::time::timeout(FLUSH, census.wait_for(|c| c.session_actors == 0)).await;
-    let asked: Vec<_> = hub
-        .rooms
-        .snapshot("")
-        .into_iter()
-        .map(|(_, room)| room.send(crate::actors::Inspect { members: false }))
-        .collect();
-    let deadline = Instant::now() + FLUSH;
-    for answer in asked {
-        let _ = tokio::time::timeout_at(deadline, answer).await;
-    }
-}
-
-/// Cluster mode: NOT_SERVING while Redis cannot be reached (a node without Redis cannot serve
-/// its rooms), SERVING again once it can.
-async fn follow_cluster(mut connected: tokio::sync::watch::Receiver<bool>, health: HealthReporter) {
-    loop {
-        let up = *connected.borrow_and_update();
-        if up {
-            info!("cluster store reachable: health SERVING");
-        } else {
-            warn!("cluster store unreachable: health NOT_SERVING");
-        }
-        let status = if up {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        set_health(&health, status).await;
-        if connected.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    health.set_service_status(CHAT_SERVICE, status).await;
-}
-
-/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
-/// future is first polled, so a signal that arrives while the server starts is not lost.
-pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
-    #[cfg(unix)]
-    let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-    async move {
-        let ctrl_c = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        #[cfg(unix)]
-        let terminate = async {
-            match sigterm {
-                Ok(mut sigterm) => {
-                    sigterm.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
-        tokio::select! {
-            () = ctrl_c => info!("SIGINT received"),
-            () = terminate => info!("SIGTERM received"),
-        }
-    }
-}
-
-/// Re-reads the configuration on every SIGHUP and applies it to `hub`. A file that does not load
-/// is logged and ignored: the running configuration stays. The handler is installed when this is
-/// called (before serving), so an early SIGHUP does not terminate the process.
-#[cfg(unix)]
-pub fn reload_on_hangup(hub: Arc<Hub>, path: Option<PathBuf>) -> impl Future<Output = ()> + Send {
-    use tokio::signal::unix::{SignalKind, signal};
-    let hangups = signal(SignalKind::hangup());
-    async move {
-        let Ok(mut hangups) = hangups else {
-            warn!("cannot listen for SIGHUP; configuration reload is off");
-            return;
-        };
-        reload_loop(&mut hangups, &hub, path).await;
-    }
-}
-
-#[cfg(unix)]
-async fn reload_loop(hangups: &mut tokio::signal::unix::Signal, hub: &Hub, path: Option<PathBuf>) {
-    while hangups.recv().await.is_some() {
-        match Config::load(path.as_deref()) {
-            Ok(new) => {
-                // Compared before the swap: open sessions keep these, so operators are told.
-                let for_new_sessions: Vec<&str> = (hub.config().changed(&new).into_iter())
-                    .filter(|key| key.reload == crate::config::Reload::NewSessions)
-                    .map(|key| key.name)
-                    .collect();
-                let restart = hub.reload(new);
-                info!("config reloaded");
-                for key in for_new_sessions {
-                    info!(
-                        key,
-                        "config change applies to sessions opened from now on; open sessions keep theirs"
-                    );
-                }
-                for key in restart {
-                    warn!(key = %key, "config change needs a restart to take effect; the running value stays");
-                }
-            }
-            Err(e) => error!(error = %e, "config reload failed; keeping the running configuration"),
-        }
-    }
 }
