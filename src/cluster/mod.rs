@@ -12,7 +12,8 @@
 //! - [`payload`]: the pub/sub payload format and [`Published`], what room sinks receive.
 //! - `engine/`: [`RedisEngine`], by noun: connections and their health flag, room seq and
 //!   history, presence, user places, subscriptions, operator channels, room listing.
-//! - `subscriber`: per-shard pub/sub tasks, reconnect with backoff, [`Subscription`].
+//! - `subscriber/`: per-shard pub/sub tasks (connection loop with backoff, routing table),
+//!   [`Subscription`].
 
 mod engine;
 pub mod keys;

@@ -97,7 +97,8 @@ impl RedisEngine {
         .await
     }
 
-    /// Swaps in a fresh command connection for the shard (see [`Shard::commands`]).
+    /// Swaps in a fresh command connection for the shard (see
+    /// [`Shard::commands`](super::connections::Shard::commands)).
     fn renew_commands(&self, shard: usize) {
         let shard = &self.inner.shards[shard];
         let _runtime = self.inner.runtime.enter();

@@ -12,10 +12,10 @@
 //! node's members ([`presence`]).
 //!
 //! - this file: [`RedisLog`]'s state and construction, and the helpers its parts share.
-//! - [`join`]: a JOIN through Redis and its replay.
-//! - [`chat`]: a CHAT's publish, and its sender's ack waiting for the echo.
-//! - [`presence`]: the roster, LEAVEs, and the refresh of this node's entries.
-//! - [`sync`]: keeping in step with the channel (subscribing, gap fills, re-syncs).
+//! - `join`: a JOIN through Redis and its replay.
+//! - `chat`: a CHAT's publish, and its sender's ack waiting for the echo.
+//! - `presence`: the roster, LEAVEs, and the refresh of this node's entries.
+//! - `sync`: keeping in step with the channel (subscribing, gap fills, re-syncs).
 
 mod chat;
 mod join;
