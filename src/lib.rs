@@ -17,7 +17,8 @@
 //! - [`config`]: the TOML schema, per-room limits and which keys reload; [`server`]: assembly,
 //!   the shutdown drain order, TLS and the process signals (shutdown, SIGHUP reload).
 //! - [`trim`]: gives memory the allocator holds for nothing back to the system.
-//! - [`cluster`]: the Redis layer of cluster mode (shared seq, history, presence, pub/sub).
+//! - [`cluster`]: the Redis client of cluster mode: `RedisEngine` (connections, health, room
+//!   scripts, user places, operator channels, listing) and the per-shard pub/sub subscriber.
 
 pub mod abuse;
 pub mod actors;

@@ -10,8 +10,10 @@
 //! - [`keys`]: key names per room and the stable room → shard mapping (FNV-1a 64).
 //! - `scripts`: the atomic Lua scripts (seq + log + publish; presence with expiry sweeps).
 //! - [`payload`]: the pub/sub payload format and [`Published`], what room sinks receive.
-//! - `engine`: [`RedisEngine`], the calls, timeouts and health flag.
-//! - `subscriber`: per-shard pub/sub tasks, reconnect with backoff, [`Subscription`].
+//! - `engine/`: [`RedisEngine`], by noun: connections and their health flag, room seq and
+//!   history, presence, user places, subscriptions, operator channels, room listing.
+//! - `subscriber/`: per-shard pub/sub tasks (connection loop with backoff, routing table),
+//!   [`Subscription`].
 
 mod engine;
 pub mod keys;

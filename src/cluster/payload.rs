@@ -1,5 +1,5 @@
 //! The pub/sub payload format shared by the Lua scripts (writers, `scripts.rs`) and the shard
-//! subscribers (reader, `subscriber.rs`), and [`Published`], what a room's sink receives.
+//! subscribers (reader, `subscriber/routing.rs`), and [`Published`], what a room's sink receives.
 //!
 //! A payload is a sequence of fields, each written as `<byte length in decimal>:<bytes>` with
 //! nothing between fields (netstrings without the trailing comma). It is binary-safe, trivial to

@@ -2,24 +2,53 @@
 //! node's members: an event that changes nothing in it is not passed on, each JOIN's member list
 //! (the truth at that moment) settles it for the members already here, and after a lost
 //! connection the differences with Redis are announced. This node's entries are refreshed every
-//! third of `presence_ttl_ms`.
+//! third of `presence_ttl_ms`, and a member who leaves has its entry removed (its LEAVE then
+//! reaches every node on the channel).
 
 use std::collections::HashMap;
 
 use actix::{ActorFutureExt, AsyncContext, Context, WrapFuture};
 use tracing::warn;
 
-use super::{Link, RedisLog, sync};
+use super::{Link, RedisLog, event, sync};
 use crate::{
     cluster::{LocalPresence, Member},
-    log::{LogHost, Presence},
-    names::SessionId,
+    log::{Echo, LogHost, Presence},
+    names::{SessionId, UserName},
     proto::{self, Kind},
 };
 
 type Roster = HashMap<(String, SessionId), String>;
 
 impl RedisLog {
+    pub fn leaves_in_flight(&self) -> bool {
+        self.leaves_in_flight > 0
+    }
+
+    /// Removes the presence entry of a session that left this node's room; the LEAVE reaches
+    /// every node's members through the channel. The room waits for it, so a quick re-JOIN of
+    /// the same session cannot be overtaken by its own older LEAVE. If Redis cannot be reached,
+    /// the entry expires after `presence_ttl_ms` and a sweep announces the LEAVE then.
+    pub fn leave(&mut self, session: SessionId, user: &UserName) -> Echo<()> {
+        let (engine, name) = (self.engine.clone(), self.name.to_string());
+        let user = user.to_string();
+        let body = event(&name, Kind::Leave, &user);
+        // Runs on the engine's runtime, so it completes even if the room or its arbiter stops
+        // meanwhile (shutdown).
+        let removal = self.engine.spawn(async move {
+            if let Err(error) = engine.leave(&name, session, &user, body).await {
+                warn!(room = %name, session = %session, %error, "LEAVE not published; presence expires by TTL");
+            }
+        });
+        self.leaves_in_flight += 1;
+        Box::pin(async move { drop(removal.await) })
+    }
+
+    /// A LEAVE from [`RedisLog::leave`] is published (or given up on).
+    pub fn left(&mut self) {
+        self.leaves_in_flight -= 1;
+    }
+
     /// Records a member; false if it was known already.
     pub(super) fn roster_add(&mut self, node: String, session: SessionId, user: &str) -> bool {
         self.roster

@@ -1,0 +1,113 @@
+//! A CHAT through Redis: published with a fresh id and no seq (the script assigns it), and
+//! fanned out only when it comes back on the channel. A member's ack waits here for that echo,
+//! found by the message id, so the sender hears of its CHAT in the room's one order.
+
+use std::time::{Duration, Instant};
+
+use super::{RedisLog, unavailable};
+use crate::{
+    cluster::{RedisEngine, Unavailable},
+    error::ChatError,
+    log,
+    names::{RoomName, SYSTEM_USER, SessionId},
+    proto,
+};
+
+/// An ack whose echo has not come back in this long is forgotten (its publish timed out and
+/// may never have happened).
+const PENDING_ACK_TTL: Duration = Duration::from_secs(30);
+
+/// A CHAT of this node on its way through Redis: its sender and the sender's `ref`.
+pub(super) type PendingAck = (SessionId, String, Instant);
+
+/// A publish's outcome (see [`RedisLog::append`]).
+pub struct Publishing {
+    id: String,
+    /// A member's CHAT, whose ack waits for the echo.
+    acked: bool,
+    result: Result<u64, Unavailable>,
+}
+
+impl RedisLog {
+    pub fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Publishes a CHAT (with a fresh id, no seq: Redis assigns it). A member's ack waits in
+    /// `pending` for the echo, which finds it by message id (UUIDs only this node makes).
+    pub fn append(
+        &mut self,
+        user: &str,
+        content: String,
+        ack: Option<(SessionId, String)>,
+        history: usize,
+    ) -> impl Future<Output = Publishing> + 'static {
+        let message = log::chat(&self.name, user, content, 0);
+        let body = proto::encode(&message);
+        let id = message.id;
+        let acked = ack.is_some();
+        let origin = match ack {
+            Some((session, r#ref)) => {
+                let entry = (session, r#ref, Instant::now());
+                self.pending.insert(id.clone(), entry);
+                session
+            }
+            None => SessionId(0),
+        };
+        let (engine, name) = (self.engine.clone(), self.name.to_string());
+        async move {
+            let result = engine.publish_chat(&name, history, &id, origin, body).await;
+            Publishing { id, acked, result }
+        }
+    }
+
+    pub fn published(&mut self, publishing: Publishing) -> Result<(u64, String), ChatError> {
+        let Publishing { id, acked, result } = publishing;
+        match result {
+            Ok(seq) => Ok((seq, id)),
+            Err(error @ Unavailable::TimedOut { .. }) if acked => {
+                // Redis may still run the script it was sent: the pending ack stays (for
+                // PENDING_ACK_TTL), so if the CHAT does come through, the sender gets it
+                // with its ref, after this ERROR.
+                Err(ChatError::Unavailable(format!(
+                    "{error}; the CHAT may still be delivered (with this ref)"
+                )))
+            }
+            Err(error) => {
+                self.pending.remove(&id);
+                Err(unavailable(&error))
+            }
+        }
+    }
+
+    /// Takes the ack of CHAT `id` (if this node sent it) and records it as the last delivered.
+    pub(super) fn delivered(&mut self, seq: u64, id: &str) -> Option<(SessionId, String)> {
+        self.seq = seq;
+        self.last_id = Some(id.to_string());
+        self.pending
+            .remove(id)
+            .map(|(session, r#ref, _)| (session, r#ref))
+    }
+
+    /// Forgets acks whose publish timed out long ago.
+    pub(super) fn forget_stale_acks(&mut self) {
+        self.pending
+            .retain(|_, (_, _, at)| at.elapsed() < PENDING_ACK_TTL);
+    }
+}
+
+/// An announcement to a room that is not open on this node: published straight to its channel,
+/// as its room's log would (the nodes holding it fan it out and keep it in history).
+pub async fn publish_announcement(
+    engine: &RedisEngine,
+    room: &RoomName,
+    history: usize,
+    content: String,
+) -> Result<(u64, String), Unavailable> {
+    let message = log::chat(room, SYSTEM_USER, content, 0);
+    let body = proto::encode(&message);
+    let seq = engine
+        .publish_chat(room.as_str(), history, &message.id, SessionId(0), body)
+        .await?;
+    Ok((seq, message.id))
+}
