@@ -19,6 +19,7 @@
 //! Rooms never wait on sessions: everything a room sends a member goes through the member's
 //! [`SessionTx`] with `try_deliver`.
 
+pub mod request;
 pub mod room;
 pub mod session;
 

@@ -17,7 +17,11 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{End, Evicted, Inbound, InboundEnded, Join, Kick, Leave, Post, Removed, room::Room};
+use super::{
+    End, Evicted, Inbound, InboundEnded, Join, Kick, Leave, Post, Removed,
+    request::{self, Caller, Parsed, Request},
+    room::Room,
+};
 use crate::{
     abuse::{ClusterUserSlot, UserSlot},
     auth::Authorized,
@@ -33,8 +37,6 @@ use crate::{
 /// A JOIN that meets a stopping room retries on a fresh one; more than a couple of rounds means
 /// something else is wrong.
 const JOIN_ATTEMPTS: usize = 8;
-/// Longest `ref` a client may attach; it is echoed back, so it is bounded.
-pub const MAX_REF_BYTES: usize = 128;
 /// Longest single wait of the token-expiry timer: a far `exp` is reached in steps, each
 /// measured again on the wall clock (the one `exp` is in), which may also be set meanwhile.
 const EXPIRY_STEP: Duration = Duration::from_secs(3600);
@@ -174,57 +176,36 @@ impl Session {
                 Err(status) => return self.end(Fatal::Refused(status), ctx),
             }
         }
-        if msg.r#ref.len() > MAX_REF_BYTES {
-            let error = ChatError::BadRequest(format!("ref is longer than {MAX_REF_BYTES} bytes"));
-            return self.refuse(error, &msg.room, String::new(), ctx);
-        }
-        let kind = match Kind::try_from(msg.kind) {
-            Ok(Kind::Ping) => return self.pong(&msg.room, msg.r#ref, ctx),
-            Ok(Kind::Unspecified | Kind::Chat) => Kind::Chat,
-            Ok(kind @ (Kind::Join | Kind::Leave)) => kind,
-            _ => {
-                let error = ChatError::BadRequest(format!(
-                    "kind {} is not something a client may send (CHAT, JOIN, LEAVE, PING)",
-                    msg.kind
-                ));
-                return self.refuse(error, &msg.room, msg.r#ref, ctx);
-            }
-        };
-        let user = match &self.identity {
-            Identity::Named(user) => user.clone(),
-            Identity::Invalid(reason) => {
-                let error = ChatError::InvalidUser(reason);
-                return self.refuse(error, &msg.room, msg.r#ref, ctx);
-            }
+        let named = match &self.identity {
+            Identity::Named(_) => Ok(()),
+            Identity::Invalid(reason) => Err(ChatError::InvalidUser(reason)),
             Identity::Unset => unreachable!("claimed above"),
         };
-        let room = match self.target_room(kind, &msg.room) {
-            Ok(room) => room,
-            Err(error) => return self.refuse(error, &msg.room, msg.r#ref, ctx),
+        let may_use = |room: &RoomName| {
+            let allowed = self.allowed_rooms.as_ref();
+            allowed.is_none_or(|a| a.may_use(room.as_str()))
         };
-        if kind != Kind::Leave
-            && let Some(allowed) = &self.allowed_rooms
-            && !allowed.may_use(room.as_str())
-        {
-            let error =
-                ChatError::Forbidden("the token's `rooms` claim does not include this room");
-            return self.refuse(error, room.as_str(), msg.r#ref, ctx);
+        let caller = Caller {
+            named,
+            may_use: &may_use,
+        };
+        let Parsed { request, r#ref } = match request::parse(msg, &self.default_room, &caller) {
+            Ok(parsed) => parsed,
+            Err(refusal) => return self.refuse(refusal.error, &refusal.room, refusal.r#ref, ctx),
+        };
+        if let Request::Ping { room } = &request {
+            return self.pong(room, r#ref, ctx);
         }
-        match kind {
-            Kind::Join => self.join(user, room, msg.since_seq, msg.r#ref, ctx),
-            Kind::Leave => self.leave(room, msg.r#ref, String::new(), ctx),
-            _ => self.chat(user, room, msg.content, msg.r#ref, ctx),
+        let Identity::Named(user) = &self.identity else {
+            unreachable!("only a named caller's requests parse, PING aside")
+        };
+        let user = user.clone();
+        match request {
+            Request::Ping { .. } => {}
+            Request::Join { room, since_seq } => self.join(user, room, since_seq, r#ref, ctx),
+            Request::Leave { room } => self.leave(room, r#ref, String::new(), ctx),
+            Request::Chat { room, content } => self.chat(user, room, content, r#ref, ctx),
         }
-    }
-
-    fn target_room(&self, kind: Kind, room: &str) -> Result<RoomName, ChatError> {
-        if room.is_empty() {
-            if kind == Kind::Leave {
-                return Err(ChatError::BadRequest("LEAVE needs a `room`".into()));
-            }
-            return Ok(self.default_room.clone());
-        }
-        RoomName::parse(room)
     }
 
     fn has_room_for(&self, room: &RoomName) -> Result<(), ChatError> {
@@ -283,10 +264,6 @@ impl Session {
         r#ref: String,
         ctx: &mut Context<Self>,
     ) {
-        if content.is_empty() {
-            let error = ChatError::BadRequest("CHAT needs `content`".into());
-            return self.refuse(error, room.as_str(), r#ref, ctx);
-        }
         let post = Post {
             session: self.id,
             content,
