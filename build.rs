@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route_name("ChatStream")
         .input_type("crate::proto::Message")
         .output_type("bytes::Bytes")
-        .codec_path("crate::codec::ChatCodec")
+        .codec_path("crate::edge::codec::ChatCodec")
         .client_streaming()
         .server_streaming()
         .build();

@@ -19,13 +19,12 @@
 //! - [`trim`]: gives memory the allocator holds for nothing back to the system.
 //! - [`cluster`]: the Redis layer of cluster mode (shared seq, history, presence, pub/sub).
 
-pub mod abuse;
 pub mod actors;
 pub mod admin;
-pub mod auth;
+pub mod census;
 pub mod cluster;
-pub mod codec;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod history;
 pub mod hub;
@@ -33,12 +32,9 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod names;
-pub mod outbound;
 pub mod proto;
-pub mod registry;
 pub mod runtime;
 pub mod server;
-pub mod service;
 pub mod transport;
 pub mod trim;
 

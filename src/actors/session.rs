@@ -19,18 +19,21 @@ use tracing::{info, warn};
 
 use super::{
     End, Evicted, Inbound, InboundEnded, Join, Kick, Leave, Post, Removed,
+    env::{RoomEnv, SessionEnv},
     request::{self, Caller, Parsed, Request},
     room::Room,
 };
 use crate::{
-    abuse::{ClusterUserSlot, UserSlot},
-    auth::Authorized,
+    census::{Counted, Living},
     cluster::RedisEngine,
+    edge::{
+        abuse::{ClusterUserSlot, UserSlot},
+        auth::Authorized,
+        outbound::{Delivery, SessionTx},
+    },
     error::{ChatError, Fatal},
-    hub::{Counted, Hub, Living},
     metrics,
     names::{RoomName, SessionId, UserName},
-    outbound::{Delivery, SessionTx},
     proto::{self, Kind},
 };
 
@@ -64,7 +67,7 @@ impl Identity {
 
 pub struct Session {
     id: SessionId,
-    hub: Arc<Hub>,
+    env: Arc<SessionEnv>,
     tx: SessionTx,
     identity: Identity,
     /// The token's `rooms` claim, when it has one.
@@ -87,20 +90,20 @@ pub struct Session {
 impl Session {
     /// Starts the session of one stream on the next arbiter.
     pub fn start(
-        hub: Arc<Hub>,
+        env: Arc<SessionEnv>,
         id: SessionId,
         tx: SessionTx,
         stopped: oneshot::Sender<()>,
         authorized: Option<Authorized>,
     ) -> Addr<Session> {
-        let arbiter = hub.arbiters.next().clone();
+        let arbiter = env.rooms.arbiters.next().clone();
         // unwrap: the configuration was validated, default_room included.
-        let default_room = RoomName::parse(&hub.config().server.default_room).unwrap();
-        let census = hub.census.enter(Living::SessionActor);
+        let default_room = RoomName::parse(&env.rooms.config().server.default_room).unwrap();
+        let census = env.rooms.census.enter(Living::SessionActor);
         Session::start_in_arbiter(&arbiter, move |_| Session {
             id,
             default_room,
-            hub,
+            env,
             tx,
             // A verified token names the session; the `user` field of requests is then ignored.
             identity: authorized
@@ -129,7 +132,7 @@ impl Session {
         msg: proto::Message,
         ctx: &mut Context<Self>,
     ) {
-        let ttl = Duration::from_millis(self.hub.config().cluster.presence_ttl_ms);
+        let ttl = Duration::from_millis(self.env.rooms.config().cluster.presence_ttl_ms);
         let (id, claiming) = (self.id, engine.clone());
         let claim = {
             let user = user.clone();
@@ -148,7 +151,7 @@ impl Session {
                     warn!(session = %id, %user, %error, "user place not checked (redis unavailable); letting the session in");
                 }
             }
-            session.cluster_slot = Some(session.hub.abuse.hold_place(engine, user, id));
+            session.cluster_slot = Some(session.env.abuse.hold_place(engine, user, id));
             session.request(msg, ctx);
         }));
     }
@@ -164,14 +167,14 @@ impl Session {
             && let Identity::Named(user) = &self.identity
         {
             info!(session = %self.id, user = %user, "session named");
-            self.hub.sessions.name(self.id, user.clone());
-            let max = self.hub.config().server.max_sessions_per_user;
-            if let Some(engine) = &self.hub.cluster
+            self.env.names.name(self.id, user.clone());
+            let max = self.env.rooms.config().server.max_sessions_per_user;
+            if let Some(engine) = &self.env.rooms.cluster
                 && max > 0
             {
                 return self.claim_in_cluster(engine.clone(), user.clone(), max, msg, ctx);
             }
-            match self.hub.abuse.claim_user(user, max) {
+            match self.env.abuse.claim_user(user, max) {
                 Ok(slot) => self.user_slot = Some(slot),
                 Err(status) => return self.end(Fatal::Refused(status), ctx),
             }
@@ -209,7 +212,7 @@ impl Session {
     }
 
     fn has_room_for(&self, room: &RoomName) -> Result<(), ChatError> {
-        let max = self.hub.config().session.max_rooms_per_session;
+        let max = self.env.rooms.config().session.max_rooms_per_session;
         if !self.rooms.contains_key(room) && self.rooms.len() >= max {
             return Err(ChatError::TooManyRooms { max });
         }
@@ -245,7 +248,7 @@ impl Session {
             return self.refuse(error, room.as_str(), r#ref, ctx);
         }
         let join = self.join_mail(user, since_seq, Some(r#ref.clone()), ctx);
-        let joining = join_room(self.hub.clone(), room.clone(), join)
+        let joining = join_room(self.env.rooms.clone(), room.clone(), join)
             .into_actor(self)
             .map(move |joined, session, ctx| match joined {
                 Ok(addr) => {
@@ -282,12 +285,12 @@ impl Session {
             }
             None => return self.refuse(ChatError::NotAMember, room.as_str(), r#ref, ctx),
         };
-        let hub = self.hub.clone();
+        let rooms = self.env.rooms.clone();
         let target = room.clone();
         let posting = async move {
             let addr = match (member, auto_join) {
                 (Some(addr), _) => addr,
-                (None, Some(join)) => join_room(hub, target, join).await?,
+                (None, Some(join)) => join_room(rooms, target, join).await?,
                 (None, None) => return Err(ChatError::NotAMember),
             };
             let posted = addr.send(post).await;
@@ -406,7 +409,7 @@ impl Session {
     /// session, re-armed for the remaining time instead of being reset on every message.
     fn watch_idle(&self, ctx: &mut Context<Self>, after: Duration) {
         ctx.run_later(after, |session, ctx| {
-            let Some(limit) = session.hub.config().session.idle_timeout() else {
+            let Some(limit) = session.env.rooms.config().session.idle_timeout() else {
                 return;
             };
             let idle = session.last_seen.elapsed();
@@ -420,18 +423,18 @@ impl Session {
 }
 
 /// Joins `name`, retrying on a fresh room when the registered one is stopping or dead.
-async fn join_room(hub: Arc<Hub>, name: RoomName, join: Join) -> Result<Addr<Room>, ChatError> {
+async fn join_room(env: Arc<RoomEnv>, name: RoomName, join: Join) -> Result<Addr<Room>, ChatError> {
     for _ in 0..JOIN_ATTEMPTS {
-        let room = hub
+        let room = env
             .rooms
-            .get_or_create(&name, || Room::start(&hub, name.clone()))?;
+            .get_or_create(&name, || Room::start(&env, name.clone()))?;
         match room.send(join.clone()).await {
             Ok(Ok(())) => return Ok(room),
             Ok(Err(error)) => return Err(error),
             // The room stopped (empty-room TTL) with this JOIN still queued, or died: it is no
             // longer registered (or is removed now), so the next lookup starts a fresh one.
             Err(_) => {
-                hub.rooms.remove_if_same(&name, &room);
+                env.rooms.remove_if_same(&name, &room);
             }
         }
     }
@@ -444,7 +447,7 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(session = %self.id, "session started");
-        if let Some(limit) = self.hub.config().session.idle_timeout() {
+        if let Some(limit) = self.env.rooms.config().session.idle_timeout() {
             self.watch_idle(ctx, limit);
         }
         if let Some(expires_at) = self.expires_at {
@@ -491,7 +494,7 @@ impl Handler<InboundEnded> for Session {
             // has let go of this session's handle. A peer that never reads it is cut after the
             // idle timeout, so a half-closed stream cannot hold its queue forever.
             None => {
-                if let Some(limit) = self.hub.config().session.idle_timeout() {
+                if let Some(limit) = self.env.rooms.config().session.idle_timeout() {
                     actix_rt::spawn(self.tx.end_unless_drained(limit));
                 }
                 ctx.stop();

@@ -29,7 +29,8 @@ use crate::{
         OPERATOR_CHANNEL, Published, RECONNECT_MAX, RECONNECT_MIN, RedisEngine, Subscription,
         answer_channel, payload,
     },
-    hub::{Hub, SessionTarget},
+    edge::sessions::SessionTarget,
+    hub::Hub,
     names::{RoomName, SessionId, UserName},
 };
 

@@ -28,8 +28,9 @@ use self::{
 
 use crate::{
     actors::{Announce, Close, Inspect, Kick},
+    edge::sessions::SessionTarget,
     error::{ChatError, Fatal},
-    hub::{Hub, SessionTarget},
+    hub::Hub,
     names::{RoomName, SessionId, UserName},
     proto::admin::{
         AnnounceRequest, AnnounceResponse, CloseRoomRequest, CloseRoomResponse, GetRoomRequest,
@@ -98,7 +99,7 @@ impl Interceptor for AdminAuth {
                 "no [admin] token is configured",
             );
         }
-        let Ok(presented) = crate::auth::bearer(request.metadata()) else {
+        let Ok(presented) = crate::edge::auth::bearer(request.metadata()) else {
             return refuse(
                 Status::unauthenticated("admin calls need `authorization: Bearer <token>`"),
                 "no bearer token",

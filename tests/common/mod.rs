@@ -12,9 +12,10 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use bytes::Bytes;
 use chatrooms::{
     Config, Server,
-    codec::ChatCodec,
+    census::CensusCounts,
     config::ClusterEngine,
-    hub::{CensusCounts, Hub},
+    edge::codec::ChatCodec,
+    hub::Hub,
     proto::{Kind, Message, chat_service_client::ChatServiceClient},
 };
 use tokio::{
