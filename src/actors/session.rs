@@ -1,31 +1,36 @@
 //! The Session actor: one per `ChatStream` call. It owns the stream's identity, the rooms it has
-//! joined and the idle check, validates each request and turns it into mail for a room. Requests
-//! are handled strictly one at a time (`ctx.wait`), so a CHAT sent right after a JOIN finds the
-//! membership in place and acks come back in send order. Leaving every room on any exit lives in
-//! `stopping()`.
+//! joined and its replies; each request is parsed ([`super::request`]) and turned into mail for a
+//! room. Requests are handled strictly one at a time (`ctx.wait`), so a CHAT sent right after a
+//! JOIN finds the membership in place and acks come back in send order. Leaving every room on any
+//! exit lives in `stopping()`. Naming lives in `identity`, the idle and expiry timers in `timers`,
+//! the mail it handles in `handlers`.
 
 use std::{
     collections::HashMap,
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Instant, SystemTime},
 };
 
+mod handlers;
+mod identity;
+mod timers;
+
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Running, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Running, WrapFuture,
 };
 use bytes::Bytes;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use self::identity::Identity;
 use super::{
-    End, Evicted, Inbound, InboundEnded, Join, Kick, Leave, Post, Removed,
+    Join, Leave, Post,
     env::{RoomEnv, SessionEnv},
     request::{self, Caller, Parsed, Request},
     room::Room,
 };
 use crate::{
     census::{Counted, Living},
-    cluster::RedisEngine,
     edge::{
         abuse::{ClusterUserSlot, UserSlot},
         auth::Authorized,
@@ -40,30 +45,6 @@ use crate::{
 /// A JOIN that meets a stopping room retries on a fresh one; more than a couple of rounds means
 /// something else is wrong.
 const JOIN_ATTEMPTS: usize = 8;
-/// Longest single wait of the token-expiry timer: a far `exp` is reached in steps, each
-/// measured again on the wall clock (the one `exp` is in), which may also be set meanwhile.
-const EXPIRY_STEP: Duration = Duration::from_secs(3600);
-
-/// Who the session is. The first request decides, whatever its kind: a valid `user` names the
-/// session for good; an empty or invalid one leaves it unnamed, able to PING and nothing else.
-enum Identity {
-    Unset,
-    Named(UserName),
-    Invalid(&'static str),
-}
-
-impl Identity {
-    fn claim(user: &str) -> Identity {
-        if user.is_empty() {
-            return Identity::Invalid("the first request of a stream must name its `user`");
-        }
-        match UserName::parse(user) {
-            Ok(user) => Identity::Named(user),
-            Err(ChatError::InvalidUser(reason)) => Identity::Invalid(reason),
-            Err(_) => Identity::Invalid("invalid user name"),
-        }
-    }
-}
 
 pub struct Session {
     id: SessionId,
@@ -118,42 +99,6 @@ impl Session {
             user_slot: None,
             cluster_slot: None,
         })
-    }
-
-    /// Takes the session's place among its user's sessions over all nodes, then handles the
-    /// request that named it. The session waits for Redis (`ctx.wait`), so its later requests
-    /// keep their order behind this one. If Redis cannot answer, the session is let in without
-    /// a place (it is not counted), rather than refusing users for an outage of the store.
-    fn claim_in_cluster(
-        &mut self,
-        engine: RedisEngine,
-        user: UserName,
-        max: usize,
-        msg: proto::Message,
-        ctx: &mut Context<Self>,
-    ) {
-        let ttl = Duration::from_millis(self.env.rooms.config().cluster.presence_ttl_ms);
-        let (id, claiming) = (self.id, engine.clone());
-        let claim = {
-            let user = user.clone();
-            async move { claiming.claim_user(user.as_str(), id, ttl, max).await }
-        };
-        ctx.wait(claim.into_actor(self).map(move |claimed, session, ctx| {
-            match claimed {
-                Ok(false) => {
-                    let status = tonic::Status::resource_exhausted(format!(
-                        "user {user} already has max_sessions_per_user ({max}) sessions"
-                    ));
-                    return session.end(Fatal::Refused(status), ctx);
-                }
-                Ok(true) => {}
-                Err(error) => {
-                    warn!(session = %id, %user, %error, "user place not checked (redis unavailable); letting the session in");
-                }
-            }
-            session.cluster_slot = Some(session.env.abuse.hold_place(engine, user, id));
-            session.request(msg, ctx);
-        }));
     }
 
     fn request(&mut self, msg: proto::Message, ctx: &mut Context<Self>) {
@@ -389,37 +334,6 @@ impl Session {
             room
         }
     }
-
-    /// Ends the session with UNAUTHENTICATED "token expired" when its token's `exp` passes.
-    fn watch_expiry(&mut self, ctx: &mut Context<Self>, expires_at: SystemTime) {
-        let left = expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        if left.is_zero() {
-            info!(session = %self.id, user = self.user_name(), "token expired");
-            // Stopping from within `started` is fine: actix stops once started returns.
-            return self.end(Fatal::TokenExpired, ctx);
-        }
-        ctx.run_later(left.min(EXPIRY_STEP), move |session, ctx| {
-            session.watch_expiry(ctx, expires_at);
-        });
-    }
-
-    /// Ends the session once nothing has arrived for the configured idle timeout. One timer per
-    /// session, re-armed for the remaining time instead of being reset on every message.
-    fn watch_idle(&self, ctx: &mut Context<Self>, after: Duration) {
-        ctx.run_later(after, |session, ctx| {
-            let Some(limit) = session.env.rooms.config().session.idle_timeout() else {
-                return;
-            };
-            let idle = session.last_seen.elapsed();
-            if idle >= limit {
-                session.end(Fatal::IdleTimeout, ctx);
-            } else {
-                session.watch_idle(ctx, limit - idle);
-            }
-        });
-    }
 }
 
 /// Joins `name`, retrying on a fresh room when the registered one is stopping or dead.
@@ -471,90 +385,5 @@ impl Actor for Session {
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         let reason = self.tx.fatal().map_or("client_closed", Fatal::reason);
         info!(session = %self.id, user = self.user_name(), reason, "session ended");
-    }
-}
-
-impl Handler<Inbound> for Session {
-    type Result = ();
-
-    fn handle(&mut self, Inbound(msg): Inbound, ctx: &mut Context<Self>) {
-        self.last_seen = Instant::now();
-        metrics::get().received.increment(1);
-        self.request(msg, ctx);
-    }
-}
-
-impl Handler<InboundEnded> for Session {
-    type Result = ();
-
-    fn handle(&mut self, InboundEnded(failure): InboundEnded, ctx: &mut Context<Self>) {
-        match failure {
-            Some(fatal) => self.end(fatal, ctx),
-            // Half-close: what is queued is still delivered; the stream ends once every room
-            // has let go of this session's handle. A peer that never reads it is cut after the
-            // idle timeout, so a half-closed stream cannot hold its queue forever.
-            None => {
-                if let Some(limit) = self.env.rooms.config().session.idle_timeout() {
-                    actix_rt::spawn(self.tx.end_unless_drained(limit));
-                }
-                ctx.stop();
-            }
-        }
-    }
-}
-
-impl Handler<Evicted> for Session {
-    type Result = ();
-
-    fn handle(&mut self, evicted: Evicted, ctx: &mut Context<Self>) {
-        self.rooms.remove(&evicted.room);
-        self.end(Fatal::SlowConsumer, ctx);
-    }
-}
-
-impl Handler<End> for Session {
-    type Result = ();
-
-    fn handle(&mut self, End(fatal): End, ctx: &mut Context<Self>) {
-        self.end(fatal, ctx);
-    }
-}
-
-impl Handler<Kick> for Session {
-    type Result = ();
-
-    fn handle(&mut self, kick: Kick, ctx: &mut Context<Self>) {
-        let room = kick.room.as_ref().map_or("", RoomName::as_str);
-        info!(
-            session = %self.id,
-            user = self.user_name(),
-            room,
-            disconnect = kick.disconnect,
-            reason = %kick.reason,
-            "kicked by an operator"
-        );
-        if kick.disconnect {
-            return self.end(Fatal::Kicked(kick.reason), ctx);
-        }
-        let rooms: Vec<RoomName> = match kick.room {
-            // Left meanwhile: nothing to do, and no error for a request the client never made.
-            Some(room) if !self.rooms.contains_key(&room) => Vec::new(),
-            Some(room) => vec![room],
-            None => self.rooms.keys().cloned().collect(),
-        };
-        for room in rooms {
-            self.leave(room, String::new(), kick.reason.clone(), ctx);
-        }
-    }
-}
-
-impl Handler<Removed> for Session {
-    type Result = ();
-
-    fn handle(&mut self, removed: Removed, _ctx: &mut Context<Self>) {
-        // Only that room: the session may already be in a newer room of the same name.
-        if self.rooms.get(&removed.room) == Some(&removed.addr) {
-            self.rooms.remove(&removed.room);
-        }
     }
 }
