@@ -1,6 +1,6 @@
 //! Build script: compiles `proto/chat.proto` and `proto/admin.proto` with a vendored `protoc`
 //! (nothing to install), and generates the server side of `ChatService` by hand-description so
-//! that its responses can be pre-encoded bytes (see `src/codec.rs`) while clients keep the plain
+//! that its responses can be pre-encoded bytes (see `src/edge/codec.rs`) while clients keep the plain
 //! prost types.
 
 use std::{env, path::PathBuf};

@@ -1,6 +1,6 @@
 //! The census of live actors and tasks: the Session and Room actors and the edge's reader tasks
-//! each hold a [`Counted`] guard for their lifetime, so leak checks (tests, the admin API) can
-//! see that everything a session or room started has ended.
+//! each hold a [`Counted`] guard for their lifetime, so leak checks (tests) and the shutdown
+//! (which waits for every session actor to end) can see that what was started has ended.
 
 use std::sync::Arc;
 

@@ -496,7 +496,7 @@ pub async fn raw_stream(channel: Channel) -> (mpsc::Sender<Bytes>, Streaming<Mes
         .streaming(
             tonic::Request::new(ReceiverStream::new(rx)),
             path,
-            ChatCodec,
+            ChatCodec::default(),
         )
         .await
         .expect("stream opens");
