@@ -1,6 +1,7 @@
-//! The server's shared state, without logic of its own: the configuration, the arbiters, the
-//! room registry, the session table, the census, the abuse limits, the token verifier and the
-//! Redis engine, each a handle built once here. Actors never see the hub: they get the narrow
+//! The server's shared state: the configuration, the arbiters, the room registry, the session
+//! table, the census, the abuse limits, the token verifier and the Redis engine, each a handle
+//! built once here. Its only logic is applying a reloaded configuration to them and, in cluster
+//! mode, renewing this node's user places. Actors never see the hub: they get the narrow
 //! [`RoomEnv`] and [`SessionEnv`] built from it. The gRPC handler, the admin API and the server's
 //! assembly read it.
 

@@ -14,7 +14,7 @@
 //! - [`log`]: a room's order, seq, history and presence: in memory, or through Redis.
 //! - [`history`]: a memory log's retained CHATs and the server-wide byte budget they draw from.
 //! - [`cluster`]: the Redis layer of cluster mode (shared seq, history, presence, pub/sub).
-//! - [`hub`]: the server's shared state, without logic: config, arbiters, registry, sessions, limits.
+//! - [`hub`]: the server's shared state: config, arbiters, registry, sessions, limits; applies reloads.
 //! - [`census`]: counts of live actors and reader tasks, for leak checks.
 //! - [`admin`]: the operator API (`chat.v1.AdminService`), behind `[admin] token` and a
 //!   per-address throttle of failed authentication.
@@ -31,6 +31,7 @@
 //! generated service names the codec, which is generic over the request type so as not to
 //! import `proto` back). Inside `actors` the mail, the two actors and the registry name each
 //! other's addresses (actix's `Addr<Room>`, `Addr<Session>`); that knot stays in the folder.
+//! `tests/layout.rs` fails on any other import cycle.
 
 pub mod actors;
 pub mod admin;
