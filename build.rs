@@ -1,6 +1,6 @@
 //! Build script: compiles `proto/chat.proto` and `proto/admin.proto` with a vendored `protoc`
 //! (nothing to install), and generates the server side of `ChatService` by hand-description so
-//! that its responses can be pre-encoded bytes (see `src/codec.rs`) while clients keep the plain
+//! that its responses can be pre-encoded bytes (see `src/edge/codec.rs`) while clients keep the plain
 //! prost types.
 
 use std::{env, path::PathBuf};
@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route_name("ChatStream")
         .input_type("crate::proto::Message")
         .output_type("bytes::Bytes")
-        .codec_path("crate::codec::ChatCodec")
+        .codec_path("crate::edge::codec::ChatCodec")
         .client_streaming()
         .server_streaming()
         .build();

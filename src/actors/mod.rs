@@ -19,15 +19,18 @@
 //! Rooms never wait on sessions: everything a room sends a member goes through the member's
 //! [`SessionTx`] with `try_deliver`.
 
+pub mod env;
+pub mod registry;
+pub mod request;
 pub mod room;
 pub mod session;
 
 use actix::{Addr, Message};
 
 use crate::{
+    edge::outbound::SessionTx,
     error::{ChatError, Fatal},
     names::{RoomName, SessionId, UserName},
-    outbound::SessionTx,
     proto,
 };
 

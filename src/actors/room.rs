@@ -22,15 +22,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
 use self::members::{Member, end_slow_consumer};
+use super::env::RoomEnv;
 use crate::{
+    census::{Counted, Living},
     cluster::Published,
     config::RoomLimits,
-    hub::{Counted, Hub, Living},
+    edge::outbound::Delivery,
     limits::TokenBucket,
     log::{self, Appended, LogHost, MemoryLog, Presence, RedisLog, RoomLog},
     metrics,
     names::{RoomName, SessionId, UserName},
-    outbound::Delivery,
     proto,
 };
 
@@ -39,7 +40,7 @@ const MAILBOX_CAPACITY: usize = 256;
 
 pub struct Room {
     name: RoomName,
-    hub: Arc<Hub>,
+    env: Arc<RoomEnv>,
     limits: Arc<RoomLimits>,
     members: HashMap<SessionId, Member>,
     /// The room's order, seq, history and presence truth.
@@ -62,35 +63,35 @@ pub struct Room {
 
 impl Room {
     /// Starts room `name` on the next arbiter with the limits the configuration gives it.
-    pub fn start(hub: &Arc<Hub>, name: RoomName) -> Addr<Room> {
-        let hub = hub.clone();
-        let arbiter = hub.arbiters.next().clone();
-        let census = hub.census.enter(Living::RoomActor);
+    pub fn start(env: &Arc<RoomEnv>, name: RoomName) -> Addr<Room> {
+        let env = env.clone();
+        let arbiter = env.arbiters.next().clone();
+        let census = env.census.enter(Living::RoomActor);
         Room::start_in_arbiter(&arbiter, move |ctx| {
             ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-            let limits = hub.config().limits_for(name.as_str());
-            let log = match hub.cluster.clone() {
+            let limits = env.config().limits_for(name.as_str());
+            let log = match env.cluster.clone() {
                 Some(engine) => {
                     let (log, published) = RedisLog::new(engine, name.clone());
                     ctx.add_stream(ReceiverStream::new(published));
                     RoomLog::Redis(log)
                 }
-                None => RoomLog::Memory(MemoryLog::new(&limits, hub.history_budget.clone())),
+                None => RoomLog::Memory(MemoryLog::new(&limits, env.history_budget.clone())),
             };
-            Room::new(name, hub, limits, log, census)
+            Room::new(name, env, limits, log, census)
         })
     }
 
     fn new(
         name: RoomName,
-        hub: Arc<Hub>,
+        env: Arc<RoomEnv>,
         limits: Arc<RoomLimits>,
         log: RoomLog,
         census: Counted,
     ) -> Room {
         Room {
             name,
-            hub,
+            env,
             limits,
             members: HashMap::new(),
             log,
@@ -238,7 +239,7 @@ impl Room {
     /// emptiness and the removal. Once stopped, actix handles no more mail: a JOIN still queued
     /// fails with a mailbox error and the session retries on a fresh room from the registry.
     fn close(&mut self, ctx: &mut Context<Self>) {
-        self.hub.rooms.remove_if_same(&self.name, &ctx.address());
+        self.env.rooms.remove_if_same(&self.name, &ctx.address());
         ctx.stop();
     }
 }
@@ -278,7 +279,7 @@ impl LogHost for Room {
     }
 
     fn presence_ttl(&self) -> Duration {
-        Duration::from_millis(self.hub.config().cluster.presence_ttl_ms)
+        Duration::from_millis(self.env.config().cluster.presence_ttl_ms)
     }
 
     fn appended(&mut self, appended: Appended, ctx: &mut Context<Self>) {

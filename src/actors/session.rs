@@ -1,68 +1,54 @@
 //! The Session actor: one per `ChatStream` call. It owns the stream's identity, the rooms it has
-//! joined and the idle check, validates each request and turns it into mail for a room. Requests
-//! are handled strictly one at a time (`ctx.wait`), so a CHAT sent right after a JOIN finds the
-//! membership in place and acks come back in send order. Leaving every room on any exit lives in
-//! `stopping()`.
+//! joined and its replies; each request is parsed ([`super::request`]) and turned into mail for a
+//! room. Requests are handled strictly one at a time (`ctx.wait`), so a CHAT sent right after a
+//! JOIN finds the membership in place and acks come back in send order. Leaving every room on any
+//! exit lives in `stopping()`. Naming lives in `identity`, the idle and expiry timers in `timers`,
+//! the mail it handles in `handlers`.
 
 use std::{
     collections::HashMap,
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Instant, SystemTime},
 };
 
+mod handlers;
+mod identity;
+mod timers;
+
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Running, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Running, WrapFuture,
 };
 use bytes::Bytes;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{End, Evicted, Inbound, InboundEnded, Join, Kick, Leave, Post, Removed, room::Room};
+use self::identity::Identity;
+use super::{
+    Join, Leave, Post,
+    env::{RoomEnv, SessionEnv},
+    request::{self, Caller, Parsed, Request},
+    room::Room,
+};
 use crate::{
-    abuse::{ClusterUserSlot, UserSlot},
-    auth::Authorized,
-    cluster::RedisEngine,
+    census::{Counted, Living},
+    edge::{
+        abuse::{ClusterUserSlot, UserSlot},
+        auth::Authorized,
+        outbound::{Delivery, SessionTx},
+    },
     error::{ChatError, Fatal},
-    hub::{Counted, Hub, Living},
     metrics,
     names::{RoomName, SessionId, UserName},
-    outbound::{Delivery, SessionTx},
     proto::{self, Kind},
 };
 
 /// A JOIN that meets a stopping room retries on a fresh one; more than a couple of rounds means
 /// something else is wrong.
 const JOIN_ATTEMPTS: usize = 8;
-/// Longest `ref` a client may attach; it is echoed back, so it is bounded.
-pub const MAX_REF_BYTES: usize = 128;
-/// Longest single wait of the token-expiry timer: a far `exp` is reached in steps, each
-/// measured again on the wall clock (the one `exp` is in), which may also be set meanwhile.
-const EXPIRY_STEP: Duration = Duration::from_secs(3600);
-
-/// Who the session is. The first request decides, whatever its kind: a valid `user` names the
-/// session for good; an empty or invalid one leaves it unnamed, able to PING and nothing else.
-enum Identity {
-    Unset,
-    Named(UserName),
-    Invalid(&'static str),
-}
-
-impl Identity {
-    fn claim(user: &str) -> Identity {
-        if user.is_empty() {
-            return Identity::Invalid("the first request of a stream must name its `user`");
-        }
-        match UserName::parse(user) {
-            Ok(user) => Identity::Named(user),
-            Err(ChatError::InvalidUser(reason)) => Identity::Invalid(reason),
-            Err(_) => Identity::Invalid("invalid user name"),
-        }
-    }
-}
 
 pub struct Session {
     id: SessionId,
-    hub: Arc<Hub>,
+    env: Arc<SessionEnv>,
     tx: SessionTx,
     identity: Identity,
     /// The token's `rooms` claim, when it has one.
@@ -85,20 +71,20 @@ pub struct Session {
 impl Session {
     /// Starts the session of one stream on the next arbiter.
     pub fn start(
-        hub: Arc<Hub>,
+        env: Arc<SessionEnv>,
         id: SessionId,
         tx: SessionTx,
         stopped: oneshot::Sender<()>,
         authorized: Option<Authorized>,
     ) -> Addr<Session> {
-        let arbiter = hub.arbiters.next().clone();
+        let arbiter = env.rooms.arbiters.next().clone();
         // unwrap: the configuration was validated, default_room included.
-        let default_room = RoomName::parse(&hub.config().server.default_room).unwrap();
-        let census = hub.census.enter(Living::SessionActor);
+        let default_room = RoomName::parse(&env.rooms.config().server.default_room).unwrap();
+        let census = env.rooms.census.enter(Living::SessionActor);
         Session::start_in_arbiter(&arbiter, move |_| Session {
             id,
             default_room,
-            hub,
+            env,
             tx,
             // A verified token names the session; the `user` field of requests is then ignored.
             identity: authorized
@@ -115,42 +101,6 @@ impl Session {
         })
     }
 
-    /// Takes the session's place among its user's sessions over all nodes, then handles the
-    /// request that named it. The session waits for Redis (`ctx.wait`), so its later requests
-    /// keep their order behind this one. If Redis cannot answer, the session is let in without
-    /// a place (it is not counted), rather than refusing users for an outage of the store.
-    fn claim_in_cluster(
-        &mut self,
-        engine: RedisEngine,
-        user: UserName,
-        max: usize,
-        msg: proto::Message,
-        ctx: &mut Context<Self>,
-    ) {
-        let ttl = Duration::from_millis(self.hub.config().cluster.presence_ttl_ms);
-        let (id, claiming) = (self.id, engine.clone());
-        let claim = {
-            let user = user.clone();
-            async move { claiming.claim_user(user.as_str(), id, ttl, max).await }
-        };
-        ctx.wait(claim.into_actor(self).map(move |claimed, session, ctx| {
-            match claimed {
-                Ok(false) => {
-                    let status = tonic::Status::resource_exhausted(format!(
-                        "user {user} already has max_sessions_per_user ({max}) sessions"
-                    ));
-                    return session.end(Fatal::Refused(status), ctx);
-                }
-                Ok(true) => {}
-                Err(error) => {
-                    warn!(session = %id, %user, %error, "user place not checked (redis unavailable); letting the session in");
-                }
-            }
-            session.cluster_slot = Some(session.hub.abuse.hold_place(engine, user, id));
-            session.request(msg, ctx);
-        }));
-    }
-
     fn request(&mut self, msg: proto::Message, ctx: &mut Context<Self>) {
         if matches!(self.identity, Identity::Unset) {
             self.identity = Identity::claim(&msg.user);
@@ -162,73 +112,52 @@ impl Session {
             && let Identity::Named(user) = &self.identity
         {
             info!(session = %self.id, user = %user, "session named");
-            self.hub.sessions.name(self.id, user.clone());
-            let max = self.hub.config().server.max_sessions_per_user;
-            if let Some(engine) = &self.hub.cluster
+            self.env.names.name(self.id, user.clone());
+            let max = self.env.rooms.config().server.max_sessions_per_user;
+            if let Some(engine) = &self.env.rooms.cluster
                 && max > 0
             {
                 return self.claim_in_cluster(engine.clone(), user.clone(), max, msg, ctx);
             }
-            match self.hub.abuse.claim_user(user, max) {
+            match self.env.abuse.claim_user(user, max) {
                 Ok(slot) => self.user_slot = Some(slot),
                 Err(status) => return self.end(Fatal::Refused(status), ctx),
             }
         }
-        if msg.r#ref.len() > MAX_REF_BYTES {
-            let error = ChatError::BadRequest(format!("ref is longer than {MAX_REF_BYTES} bytes"));
-            return self.refuse(error, &msg.room, String::new(), ctx);
-        }
-        let kind = match Kind::try_from(msg.kind) {
-            Ok(Kind::Ping) => return self.pong(&msg.room, msg.r#ref, ctx),
-            Ok(Kind::Unspecified | Kind::Chat) => Kind::Chat,
-            Ok(kind @ (Kind::Join | Kind::Leave)) => kind,
-            _ => {
-                let error = ChatError::BadRequest(format!(
-                    "kind {} is not something a client may send (CHAT, JOIN, LEAVE, PING)",
-                    msg.kind
-                ));
-                return self.refuse(error, &msg.room, msg.r#ref, ctx);
-            }
-        };
-        let user = match &self.identity {
-            Identity::Named(user) => user.clone(),
-            Identity::Invalid(reason) => {
-                let error = ChatError::InvalidUser(reason);
-                return self.refuse(error, &msg.room, msg.r#ref, ctx);
-            }
+        let named = match &self.identity {
+            Identity::Named(_) => Ok(()),
+            Identity::Invalid(reason) => Err(ChatError::InvalidUser(reason)),
             Identity::Unset => unreachable!("claimed above"),
         };
-        let room = match self.target_room(kind, &msg.room) {
-            Ok(room) => room,
-            Err(error) => return self.refuse(error, &msg.room, msg.r#ref, ctx),
+        let may_use = |room: &RoomName| {
+            let allowed = self.allowed_rooms.as_ref();
+            allowed.is_none_or(|a| a.may_use(room.as_str()))
         };
-        if kind != Kind::Leave
-            && let Some(allowed) = &self.allowed_rooms
-            && !allowed.may_use(room.as_str())
-        {
-            let error =
-                ChatError::Forbidden("the token's `rooms` claim does not include this room");
-            return self.refuse(error, room.as_str(), msg.r#ref, ctx);
+        let caller = Caller {
+            named,
+            may_use: &may_use,
+        };
+        let Parsed { request, r#ref } = match request::parse(msg, &self.default_room, &caller) {
+            Ok(parsed) => parsed,
+            Err(refusal) => return self.refuse(refusal.error, &refusal.room, refusal.r#ref, ctx),
+        };
+        if let Request::Ping { room } = &request {
+            return self.pong(room, r#ref, ctx);
         }
-        match kind {
-            Kind::Join => self.join(user, room, msg.since_seq, msg.r#ref, ctx),
-            Kind::Leave => self.leave(room, msg.r#ref, String::new(), ctx),
-            _ => self.chat(user, room, msg.content, msg.r#ref, ctx),
+        let Identity::Named(user) = &self.identity else {
+            unreachable!("only a named caller's requests parse, PING aside")
+        };
+        let user = user.clone();
+        match request {
+            Request::Ping { .. } => {}
+            Request::Join { room, since_seq } => self.join(user, room, since_seq, r#ref, ctx),
+            Request::Leave { room } => self.leave(room, r#ref, String::new(), ctx),
+            Request::Chat { room, content } => self.chat(user, room, content, r#ref, ctx),
         }
-    }
-
-    fn target_room(&self, kind: Kind, room: &str) -> Result<RoomName, ChatError> {
-        if room.is_empty() {
-            if kind == Kind::Leave {
-                return Err(ChatError::BadRequest("LEAVE needs a `room`".into()));
-            }
-            return Ok(self.default_room.clone());
-        }
-        RoomName::parse(room)
     }
 
     fn has_room_for(&self, room: &RoomName) -> Result<(), ChatError> {
-        let max = self.hub.config().session.max_rooms_per_session;
+        let max = self.env.rooms.config().session.max_rooms_per_session;
         if !self.rooms.contains_key(room) && self.rooms.len() >= max {
             return Err(ChatError::TooManyRooms { max });
         }
@@ -264,7 +193,7 @@ impl Session {
             return self.refuse(error, room.as_str(), r#ref, ctx);
         }
         let join = self.join_mail(user, since_seq, Some(r#ref.clone()), ctx);
-        let joining = join_room(self.hub.clone(), room.clone(), join)
+        let joining = join_room(self.env.rooms.clone(), room.clone(), join)
             .into_actor(self)
             .map(move |joined, session, ctx| match joined {
                 Ok(addr) => {
@@ -283,10 +212,6 @@ impl Session {
         r#ref: String,
         ctx: &mut Context<Self>,
     ) {
-        if content.is_empty() {
-            let error = ChatError::BadRequest("CHAT needs `content`".into());
-            return self.refuse(error, room.as_str(), r#ref, ctx);
-        }
         let post = Post {
             session: self.id,
             content,
@@ -305,12 +230,12 @@ impl Session {
             }
             None => return self.refuse(ChatError::NotAMember, room.as_str(), r#ref, ctx),
         };
-        let hub = self.hub.clone();
+        let rooms = self.env.rooms.clone();
         let target = room.clone();
         let posting = async move {
             let addr = match (member, auto_join) {
                 (Some(addr), _) => addr,
-                (None, Some(join)) => join_room(hub, target, join).await?,
+                (None, Some(join)) => join_room(rooms, target, join).await?,
                 (None, None) => return Err(ChatError::NotAMember),
             };
             let posted = addr.send(post).await;
@@ -409,52 +334,21 @@ impl Session {
             room
         }
     }
-
-    /// Ends the session with UNAUTHENTICATED "token expired" when its token's `exp` passes.
-    fn watch_expiry(&mut self, ctx: &mut Context<Self>, expires_at: SystemTime) {
-        let left = expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        if left.is_zero() {
-            info!(session = %self.id, user = self.user_name(), "token expired");
-            // Stopping from within `started` is fine: actix stops once started returns.
-            return self.end(Fatal::TokenExpired, ctx);
-        }
-        ctx.run_later(left.min(EXPIRY_STEP), move |session, ctx| {
-            session.watch_expiry(ctx, expires_at);
-        });
-    }
-
-    /// Ends the session once nothing has arrived for the configured idle timeout. One timer per
-    /// session, re-armed for the remaining time instead of being reset on every message.
-    fn watch_idle(&self, ctx: &mut Context<Self>, after: Duration) {
-        ctx.run_later(after, |session, ctx| {
-            let Some(limit) = session.hub.config().session.idle_timeout() else {
-                return;
-            };
-            let idle = session.last_seen.elapsed();
-            if idle >= limit {
-                session.end(Fatal::IdleTimeout, ctx);
-            } else {
-                session.watch_idle(ctx, limit - idle);
-            }
-        });
-    }
 }
 
 /// Joins `name`, retrying on a fresh room when the registered one is stopping or dead.
-async fn join_room(hub: Arc<Hub>, name: RoomName, join: Join) -> Result<Addr<Room>, ChatError> {
+async fn join_room(env: Arc<RoomEnv>, name: RoomName, join: Join) -> Result<Addr<Room>, ChatError> {
     for _ in 0..JOIN_ATTEMPTS {
-        let room = hub
+        let room = env
             .rooms
-            .get_or_create(&name, || Room::start(&hub, name.clone()))?;
+            .get_or_create(&name, || Room::start(&env, name.clone()))?;
         match room.send(join.clone()).await {
             Ok(Ok(())) => return Ok(room),
             Ok(Err(error)) => return Err(error),
             // The room stopped (empty-room TTL) with this JOIN still queued, or died: it is no
             // longer registered (or is removed now), so the next lookup starts a fresh one.
             Err(_) => {
-                hub.rooms.remove_if_same(&name, &room);
+                env.rooms.remove_if_same(&name, &room);
             }
         }
     }
@@ -467,7 +361,7 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(session = %self.id, "session started");
-        if let Some(limit) = self.hub.config().session.idle_timeout() {
+        if let Some(limit) = self.env.rooms.config().session.idle_timeout() {
             self.watch_idle(ctx, limit);
         }
         if let Some(expires_at) = self.expires_at {
@@ -491,90 +385,5 @@ impl Actor for Session {
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         let reason = self.tx.fatal().map_or("client_closed", Fatal::reason);
         info!(session = %self.id, user = self.user_name(), reason, "session ended");
-    }
-}
-
-impl Handler<Inbound> for Session {
-    type Result = ();
-
-    fn handle(&mut self, Inbound(msg): Inbound, ctx: &mut Context<Self>) {
-        self.last_seen = Instant::now();
-        metrics::get().received.increment(1);
-        self.request(msg, ctx);
-    }
-}
-
-impl Handler<InboundEnded> for Session {
-    type Result = ();
-
-    fn handle(&mut self, InboundEnded(failure): InboundEnded, ctx: &mut Context<Self>) {
-        match failure {
-            Some(fatal) => self.end(fatal, ctx),
-            // Half-close: what is queued is still delivered; the stream ends once every room
-            // has let go of this session's handle. A peer that never reads it is cut after the
-            // idle timeout, so a half-closed stream cannot hold its queue forever.
-            None => {
-                if let Some(limit) = self.hub.config().session.idle_timeout() {
-                    actix_rt::spawn(self.tx.end_unless_drained(limit));
-                }
-                ctx.stop();
-            }
-        }
-    }
-}
-
-impl Handler<Evicted> for Session {
-    type Result = ();
-
-    fn handle(&mut self, evicted: Evicted, ctx: &mut Context<Self>) {
-        self.rooms.remove(&evicted.room);
-        self.end(Fatal::SlowConsumer, ctx);
-    }
-}
-
-impl Handler<End> for Session {
-    type Result = ();
-
-    fn handle(&mut self, End(fatal): End, ctx: &mut Context<Self>) {
-        self.end(fatal, ctx);
-    }
-}
-
-impl Handler<Kick> for Session {
-    type Result = ();
-
-    fn handle(&mut self, kick: Kick, ctx: &mut Context<Self>) {
-        let room = kick.room.as_ref().map_or("", RoomName::as_str);
-        info!(
-            session = %self.id,
-            user = self.user_name(),
-            room,
-            disconnect = kick.disconnect,
-            reason = %kick.reason,
-            "kicked by an operator"
-        );
-        if kick.disconnect {
-            return self.end(Fatal::Kicked(kick.reason), ctx);
-        }
-        let rooms: Vec<RoomName> = match kick.room {
-            // Left meanwhile: nothing to do, and no error for a request the client never made.
-            Some(room) if !self.rooms.contains_key(&room) => Vec::new(),
-            Some(room) => vec![room],
-            None => self.rooms.keys().cloned().collect(),
-        };
-        for room in rooms {
-            self.leave(room, String::new(), kick.reason.clone(), ctx);
-        }
-    }
-}
-
-impl Handler<Removed> for Session {
-    type Result = ();
-
-    fn handle(&mut self, removed: Removed, _ctx: &mut Context<Self>) {
-        // Only that room: the session may already be in a newer room of the same name.
-        if self.rooms.get(&removed.room) == Some(&removed.addr) {
-            self.rooms.remove(&removed.room);
-        }
     }
 }

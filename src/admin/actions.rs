@@ -13,8 +13,9 @@ use super::{
 };
 use crate::{
     actors::{Close, Inspect, Kick},
+    edge::sessions::SessionTarget,
     error::Fatal,
-    hub::{Hub, SessionTarget},
+    hub::Hub,
     names::{RoomName, SessionId, UserName},
     proto::admin::{
         CloseRoomRequest, CloseRoomResponse, KickMode, KickRequest, KickResponse,

@@ -70,7 +70,7 @@ impl Interceptor for AdminAuth {
                 "no [admin] token is configured",
             );
         }
-        let Ok(presented) = crate::auth::bearer(request.metadata()) else {
+        let Ok(presented) = crate::edge::auth::bearer(request.metadata()) else {
             return refuse(
                 Status::unauthenticated("admin calls need `authorization: Bearer <token>`"),
                 "no bearer token",

@@ -4,6 +4,7 @@
 //! reloads) and `reload.rs` (what a SIGHUP may change). `config/default.toml` is parsed by a unit
 //! test so the shipped file can never drift from this code.
 
+mod auth_key;
 mod keys;
 mod reload;
 mod rooms;
@@ -12,8 +13,10 @@ mod validate;
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
+use arc_swap::ArcSwap;
 use serde::Deserialize;
 
+pub use auth_key::decoding_key;
 pub use keys::{KEYS, KeyInfo, Reload};
 pub use rooms::glob_match;
 pub use schema::{
@@ -22,6 +25,9 @@ pub use schema::{
 };
 
 use rooms::Overrides;
+
+/// The running configuration, swapped whole on reload; shared by the hub and the actors.
+pub type LiveConfig = Arc<ArcSwap<Config>>;
 
 /// Where `cargo run` looks when no `--config` is given; the built-in defaults apply if it is absent.
 pub const DEFAULT_PATH: &str = "config/default.toml";

@@ -2,11 +2,12 @@
 //! numbers, histories that would not fit a joiner's queue, unreadable TLS files. Called by
 //! `Config::resolve`, so a config that exists has passed here (the server never panics on one).
 
+use super::decoding_key;
 use super::{
     ClusterEngine, Config, MAX_MESSAGE_BYTES_CEILING, MIN_ADMIN_TOKEN_CHARS, RoomLimits,
     SessionConfig,
 };
-use crate::{auth::Verifier, names::RoomName};
+use crate::names::RoomName;
 
 /// Checks what a section's types cannot: ranges, and keys that depend on each other. An error
 /// names the key and says why.
@@ -37,7 +38,7 @@ pub(super) fn config(cfg: &Config) -> Result<(), (String, String)> {
             "must be at least 1".into(),
         );
     }
-    if let Err(e) = Verifier::from_config(&cfg.auth) {
+    if let Err(e) = decoding_key(&cfg.auth) {
         return fail("auth", e);
     }
     if cfg.cluster.engine == ClusterEngine::Redis {

@@ -31,6 +31,7 @@ use crate::{
     admin::{AdminAuth, AdminEdge, cluster::Operators},
     cluster::{RedisEngine, Timeouts},
     config::{ClusterEngine, Config},
+    edge::service::ChatEdge,
     hub::Hub,
     metrics,
     proto::{
@@ -38,7 +39,6 @@ use crate::{
         chat_service_server::ChatServiceServer,
     },
     runtime::ActorRuntime,
-    service::ChatEdge,
     transport,
 };
 
@@ -210,7 +210,7 @@ impl Server {
         let user_places = hub
             .cluster
             .clone()
-            .map(|engine| tokio::spawn(crate::abuse::keep_user_places(hub.clone(), engine)));
+            .map(|engine| tokio::spawn(crate::hub::keep_user_places(hub.clone(), engine)));
 
         let result = tokio::select! {
             result = &mut serve => result,

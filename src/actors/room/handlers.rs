@@ -13,11 +13,11 @@ use tracing::debug;
 use super::{Member, Room, end_slow_consumer};
 use crate::{
     actors::{Announce, Close, Inspect, Join, Leave, Post, Reconfigure, Removed, RoomSnapshot},
+    edge::outbound::Delivery,
     error::ChatError,
     limits::TokenBucket,
     log::{self, Answer, JoinReply, Joining, LogHost},
     names::SYSTEM_USER,
-    outbound::Delivery,
     proto::{self, Kind},
 };
 
@@ -212,7 +212,7 @@ impl Handler<Reconfigure> for Room {
     type Result = ();
 
     fn handle(&mut self, _: Reconfigure, _ctx: &mut Context<Self>) {
-        let limits = self.hub.config().limits_for(self.name.as_str());
+        let limits = self.env.config().limits_for(self.name.as_str());
         if *limits != *self.limits {
             // debug: one line per open room on every reload that changes its limits.
             debug!(room = %self.name, "room limits reloaded");

@@ -10,10 +10,10 @@ use tracing::info;
 use super::Room;
 use crate::{
     actors::{Evicted, session::Session},
+    edge::outbound::SessionTx,
     error::{ChatError, Fatal},
     limits::TokenBucket,
     names::{RoomName, SessionId, UserName},
-    outbound::SessionTx,
     proto::{self, Kind},
 };
 

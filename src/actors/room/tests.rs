@@ -4,18 +4,23 @@
 use std::{sync::Arc, time::Duration};
 
 use actix::{Actor, Addr, dev::channel};
+use arc_swap::ArcSwap;
 use prost::Message as _;
 use tokio_stream::StreamExt;
 
 use super::Room;
 use crate::{
-    actors::{Announce, Inspect, Join, Leave, Post, session::Session},
+    actors::{
+        Announce, Inspect, Join, Leave, Post, env::RoomEnv, registry::RoomRegistry,
+        session::Session,
+    },
+    census::{Census, Living},
     config::{Config, RoomLimits},
+    edge::outbound::{OutboundStream, SessionTx},
     error::ChatError,
-    hub::{Hub, Living},
+    history::HistoryBudget,
     log::{MemoryLog, RoomLog},
     names::{RoomName, SessionId, UserName},
-    outbound::{OutboundStream, SessionTx},
     proto::{self, Kind},
     runtime::ActorRuntime,
 };
@@ -25,7 +30,7 @@ const WAIT: Duration = Duration::from_secs(2);
 
 struct Fixture {
     room: Addr<Room>,
-    /// Kept for the hub's arbiters; the room under test runs on the test's own system.
+    /// Kept for the environment's arbiters; the room under test runs on the test's own system.
     _runtime: ActorRuntime,
     /// Ends of the session addresses handed to the room, kept so its mail to them is accepted.
     _mailboxes: Vec<channel::AddressReceiver<Session>>,
@@ -35,13 +40,22 @@ impl Fixture {
     fn start(limits: RoomLimits) -> Fixture {
         // unwrap: one arbiter thread starts on any test machine.
         let runtime = ActorRuntime::start(1).unwrap();
-        let hub = Arc::new(Hub::new(Config::default(), runtime.arbiters(), None));
-        let census = hub.census.enter(Living::RoomActor);
+        let config = Config::default();
+        // The narrow handle a room gets: no session table, no hub.
+        let env = Arc::new(RoomEnv {
+            rooms: Arc::new(RoomRegistry::new(config.server.max_rooms)),
+            history_budget: HistoryBudget::new(config.server.history_bytes_total),
+            config: Arc::new(ArcSwap::from_pointee(config)),
+            arbiters: runtime.arbiters(),
+            census: Arc::new(Census::default()),
+            cluster: None,
+        });
+        let census = env.census.enter(Living::RoomActor);
         let limits = Arc::new(limits);
-        let log = RoomLog::Memory(MemoryLog::new(&limits, hub.history_budget.clone()));
+        let log = RoomLog::Memory(MemoryLog::new(&limits, env.history_budget.clone()));
         // unwrap: a valid name.
         let name = RoomName::parse("lobby").unwrap();
-        let room = Room::new(name, hub, limits, log, census).start();
+        let room = Room::new(name, env, limits, log, census).start();
         Fixture {
             room,
             _runtime: runtime,

@@ -7,7 +7,8 @@ use tonic::Status;
 
 use crate::{
     admin::actions::{KickOrder, check_reason, close_here, kick_here},
-    hub::{Hub, SessionTarget},
+    edge::sessions::SessionTarget,
+    hub::Hub,
     names::{RoomName, SessionId, UserName},
 };
 

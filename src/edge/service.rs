@@ -12,13 +12,14 @@ use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::outbound::{OutboundStream, SessionTx};
 use crate::{
-    actors::{Inbound, InboundEnded, session::Session},
+    actors::{Inbound, InboundEnded, env::SessionNames, session::Session},
+    census::Living,
     error::Fatal,
-    hub::{Hub, Living},
+    hub::Hub,
     limits::TokenBucket,
     metrics,
-    outbound::{OutboundStream, SessionTx},
     proto::{self, chat_service_server::ChatService},
     transport::reset::StreamReset,
 };
@@ -70,7 +71,7 @@ impl ChatService for ChatEdge {
         if let Some(authorized) = &authorized {
             self.hub.sessions.name(id, authorized.user.clone());
         }
-        let session = Session::start(self.hub.clone(), id, tx, stopped_tx, authorized);
+        let session = Session::start(self.hub.session_env.clone(), id, tx, stopped_tx, authorized);
         self.hub.sessions.attach(id, session.clone());
         let census = self.hub.census.enter(Living::ReaderTask);
         let hub = self.hub.clone();

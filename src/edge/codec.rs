@@ -1,15 +1,16 @@
-//! The server's gRPC codec: requests are decoded with prost into [`Message`], responses are
-//! [`Bytes`] already encoded by the room that produced them, written out as they are. An
-//! undecodable request ends the stream with INVALID_ARGUMENT.
+//! The server's gRPC codec: requests are decoded with prost (into `proto::Message`, named by the
+//! generated service), responses are [`Bytes`] already encoded by the room that produced them,
+//! written out as they are. An undecodable request ends the stream with INVALID_ARGUMENT. Generic
+//! over the request type so that this module does not import `proto`, which imports it.
+
+use std::{fmt, marker::PhantomData};
 
 use bytes::{Buf, BufMut, Bytes};
-use prost::Message as _;
+use prost::Message;
 use tonic::{
     Status,
     codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
 };
-
-use crate::proto::Message;
 
 /// Initial per-stream codec buffers. Chat messages are small and most sessions are idle, so start
 /// small (tonic's default is 8 KiB each way); buffers grow for larger frames. Measured with
@@ -23,21 +24,33 @@ const BUFFER_BYTES: usize = 128;
 /// to 173–198 MB. Fan-out of 64-byte messages still writes up to ~120 of them at once.
 const YIELD_THRESHOLD: usize = 8 * 1024;
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ChatCodec;
+/// Encodes pre-encoded [`Bytes`], decodes `T` (the chat service's request message).
+pub struct ChatCodec<T>(PhantomData<fn() -> T>);
 
-impl Codec for ChatCodec {
+impl<T> Default for ChatCodec<T> {
+    fn default() -> Self {
+        ChatCodec(PhantomData)
+    }
+}
+
+impl<T> fmt::Debug for ChatCodec<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChatCodec")
+    }
+}
+
+impl<T: Message + Default + Send + 'static> Codec for ChatCodec<T> {
     type Encode = Bytes;
-    type Decode = Message;
+    type Decode = T;
     type Encoder = PreEncoded;
-    type Decoder = RequestDecoder;
+    type Decoder = RequestDecoder<T>;
 
     fn encoder(&mut self) -> PreEncoded {
         PreEncoded
     }
 
-    fn decoder(&mut self) -> RequestDecoder {
-        RequestDecoder
+    fn decoder(&mut self) -> RequestDecoder<T> {
+        RequestDecoder(PhantomData)
     }
 }
 
@@ -58,16 +71,21 @@ impl Encoder for PreEncoded {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct RequestDecoder;
+pub struct RequestDecoder<T>(PhantomData<fn() -> T>);
 
-impl Decoder for RequestDecoder {
-    type Item = Message;
+impl<T> fmt::Debug for RequestDecoder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RequestDecoder")
+    }
+}
+
+impl<T: Message + Default> Decoder for RequestDecoder<T> {
+    type Item = T;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Message>, Status> {
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<T>, Status> {
         let len = src.remaining();
-        Message::decode(src)
+        T::decode(src)
             .map(Some)
             .map_err(|e| Status::invalid_argument(format!("undecodable frame of {len} bytes: {e}")))
     }

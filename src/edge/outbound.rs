@@ -25,7 +25,7 @@ use tokio::sync::{
 use tokio_stream::Stream;
 use tonic::Status;
 
-use crate::{error::Fatal, hub::SessionPermit, metrics, transport::reset::StreamReset};
+use crate::{error::Fatal, metrics, transport::reset::StreamReset};
 
 /// What became of one delivery attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,15 +181,20 @@ pub struct OutboundStream {
     rx: mpsc::Receiver<Bytes>,
     shared: Arc<Shared>,
     done: bool,
-    /// The session's place in the session table, given back with the stream.
-    permit: Option<SessionPermit>,
+    /// The session's place in the session table, given back with the stream. Held as any
+    /// value so this queue, which the actors use, does not depend on the table, which uses them.
+    permit: Option<Box<dyn std::fmt::Debug + Send + Sync>>,
     /// Deliveries not yet added to the metrics counter (see [`COUNT_BATCH`]).
     uncounted: u64,
 }
 
 impl OutboundStream {
-    pub fn holding(mut self, permit: SessionPermit) -> OutboundStream {
-        self.permit = Some(permit);
+    /// Keeps `permit` (the session's place) until the transport drops this stream.
+    pub fn holding(
+        mut self,
+        permit: impl std::fmt::Debug + Send + Sync + 'static,
+    ) -> OutboundStream {
+        self.permit = Some(Box::new(permit));
         self
     }
 }

@@ -6,13 +6,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+use jsonwebtoken::{DecodingKey, Validation, decode};
 use serde::Deserialize;
 use tonic::{Status, metadata::MetadataMap};
 use tracing::warn;
 
 use crate::{
-    config::{AuthConfig, AuthMode, glob_match},
+    config::{AuthConfig, decoding_key, glob_match},
     names::UserName,
 };
 
@@ -83,38 +83,8 @@ impl Verifier {
     /// The verifier of `auth`, `None` in `none` mode. Errors name what is wrong, for config
     /// validation.
     pub fn from_config(auth: &AuthConfig) -> Result<Option<Verifier>, String> {
-        if auth.mode == AuthMode::None {
+        let Some((key, algorithm)) = decoding_key(auth)? else {
             return Ok(None);
-        }
-        let (key, algorithm) = if !auth.secret.is_empty() {
-            (
-                DecodingKey::from_secret(auth.secret.as_bytes()),
-                Algorithm::HS256,
-            )
-        } else if let Some(path) = &auth.public_key_path {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            // The decoders also take a private key, and the server would then start and refuse
-            // every token; say so at load instead.
-            if String::from_utf8_lossy(&pem).contains("PRIVATE KEY") {
-                return Err(format!(
-                    "{} holds a private key; `public_key_path` takes the public key (`openssl pkey -pubout`)",
-                    path.display()
-                ));
-            }
-            match DecodingKey::from_rsa_pem(&pem) {
-                Ok(key) => (key, Algorithm::RS256),
-                Err(_) => (
-                    DecodingKey::from_ec_pem(&pem).map_err(|e| {
-                        format!("{} is not an RSA or EC public key: {e}", path.display())
-                    })?,
-                    Algorithm::ES256,
-                ),
-            }
-        } else {
-            return Err(
-                "jwt mode needs `secret` (HS256) or `public_key_path` (RS256/ES256)".into(),
-            );
         };
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
@@ -160,6 +130,7 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::AuthMode;
 
     fn jwt_with_key(file: &str) -> AuthConfig {
         AuthConfig {

@@ -30,7 +30,7 @@ pub struct AbuseLimits {
     new_streams: DashMap<IpAddr, TokenBucket>,
     sessions_per_user: DashMap<UserName, usize>,
     /// Cluster mode: this node's sessions holding a place in Redis, renewed (and written again
-    /// if Redis lost them) by [`keep_user_places`].
+    /// if Redis lost them) by `hub::keep_user_places`.
     places: DashMap<SessionId, UserName>,
     /// Places being given back to Redis right now, waited for at shutdown.
     releasing: ReleaseCount,
@@ -93,6 +93,12 @@ impl AbuseLimits {
             user,
             session,
         }
+    }
+
+    /// This node's places among users' sessions, as (user, session) pairs, for renewal.
+    pub fn places_held(&self) -> Vec<(String, SessionId)> {
+        let places = self.places.iter();
+        places.map(|p| (p.value().to_string(), *p.key())).collect()
     }
 
     /// Waits (at most `limit`) until every place given back has reached Redis, so a node that
@@ -177,31 +183,6 @@ impl Drop for ClusterUserSlot {
             }
             limits.releasing.0.send_modify(|n| *n -= 1);
         });
-    }
-}
-
-/// Cluster mode: renews this node's places among users' sessions every third of the presence
-/// TTL while `max_sessions_per_user` is set, writing back any Redis lost (an outage longer than
-/// the TTL, a restart without persistence), so they outlive no node by more than the TTL. Runs
-/// until aborted.
-pub async fn keep_user_places(hub: Arc<crate::hub::Hub>, engine: RedisEngine) {
-    loop {
-        let config = hub.config();
-        let ttl = Duration::from_millis(config.cluster.presence_ttl_ms);
-        let limited = config.server.max_sessions_per_user > 0;
-        drop(config);
-        if limited {
-            let places: Vec<(String, SessionId)> = hub
-                .abuse
-                .places
-                .iter()
-                .map(|entry| (entry.value().to_string(), *entry.key()))
-                .collect();
-            if let Err(error) = engine.refresh_users(&places, ttl).await {
-                tracing::warn!(%error, places = places.len(), "user places not renewed");
-            }
-        }
-        tokio::time::sleep(ttl / 3).await;
     }
 }
 
