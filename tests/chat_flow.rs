@@ -13,23 +13,11 @@ use common::{Engine, TestServer};
 per_engine![
     broadcast_reaches_every_member_including_the_sender,
     order_is_identical_for_all_members_under_concurrent_senders,
-    #[redis(
-        ignore = "redis engine: a CHAT's ack rides the channel echo; a later reply overtakes or drops it"
-    )]
     seq_is_gapless_per_room_and_refusals_take_no_seq,
     ref_is_echoed_on_each_reply_kind,
     ping_gets_pong_with_server_time,
-    #[redis(
-        ignore = "redis engine: a CHAT's ack rides the channel echo; a later reply overtakes or drops it"
-    )]
     requests_are_handled_in_send_order,
-    #[redis(
-        ignore = "redis engine: a CHAT's ack rides the channel echo; a later reply overtakes or drops it"
-    )]
     a_chat_just_before_a_leave_is_acked_before_left,
-    #[redis(
-        ignore = "redis engine: a CHAT's ack rides the channel echo; a later reply overtakes or drops it"
-    )]
     an_error_never_overtakes_the_ack_of_an_earlier_chat,
     identity_is_stamped_by_the_server,
     every_server_message_names_its_real_room,

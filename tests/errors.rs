@@ -13,9 +13,6 @@ use tonic::Code;
 
 per_engine![
     room_full,
-    #[redis(
-        ignore = "redis engine: a CHAT's ack rides the channel echo; a later reply overtakes or drops it"
-    )]
     rate_limited_refuses_beyond_the_burst_and_takes_no_seq,
     rate_limit_is_per_member_per_room,
     leaving_and_rejoining_does_not_reset_the_rate_limit,

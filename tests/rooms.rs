@@ -17,9 +17,6 @@ per_engine![
     replay_since_seq_past_the_retained_window_starts_at_the_oldest_retained,
     leave_gets_left_and_the_others_see_leave,
     disconnect_leaves_every_room_with_presence,
-    #[redis(
-        ignore = "redis engine: a CHAT's ack rides the channel echo; a later reply overtakes or drops it"
-    )]
     half_close_delivers_everything_queued_then_ends_ok,
     empty_room_stops_after_its_ttl_and_its_history_lasts_as_long_as_the_engine_keeps_it,
     a_join_within_the_ttl_keeps_the_room_and_its_history,

@@ -1,8 +1,12 @@
 //! A CHAT through Redis: published with a fresh id and no seq (the script assigns it), and
 //! fanned out only when it comes back on the channel. A member's ack waits here for that echo,
-//! found by the message id, so the sender hears of its CHAT in the room's one order.
+//! found by the message id, so the sender hears of its CHAT in the room's one order; the room
+//! answers the session's Post only once that echo is fanned out (at most [`ECHO_WAIT`]), so the
+//! ack comes before the reply to the session's next request, as in memory mode.
 
 use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use super::{RedisLog, unavailable};
 use crate::{
@@ -17,8 +21,15 @@ use crate::{
 /// may never have happened).
 const PENDING_ACK_TTL: Duration = Duration::from_secs(30);
 
-/// A CHAT of this node on its way through Redis: its sender and the sender's `ref`.
-pub(super) type PendingAck = (SessionId, String, Instant);
+/// How long a member's CHAT waits for its echo before the room answers the session anyway: the
+/// session handles its next request only after that answer, so its ack (which rides the echo)
+/// comes before the reply to anything it sent next. Bounded so a lost subscription cannot hold
+/// the session; its ack then comes when the room re-syncs.
+const ECHO_WAIT: Duration = Duration::from_secs(2);
+
+/// A CHAT of this node on its way through Redis: its sender, the sender's `ref`, and the signal
+/// that the echo (with the ack) has been fanned out.
+pub(super) type PendingAck = (SessionId, String, Instant, Option<oneshot::Sender<()>>);
 
 /// A publish's outcome (see [`RedisLog::append`]).
 pub struct Publishing {
@@ -46,17 +57,24 @@ impl RedisLog {
         let body = proto::encode(&message);
         let id = message.id;
         let acked = ack.is_some();
-        let origin = match ack {
+        let (origin, echoed) = match ack {
             Some((session, r#ref)) => {
-                let entry = (session, r#ref, Instant::now());
+                let (echo, echoed) = oneshot::channel();
+                let entry = (session, r#ref, Instant::now(), Some(echo));
                 self.pending.insert(id.clone(), entry);
-                session
+                (session, Some(echoed))
             }
-            None => SessionId(0),
+            None => (SessionId(0), None),
         };
         let (engine, name) = (self.engine.clone(), self.name.to_string());
         async move {
             let result = engine.publish_chat(&name, history, &id, origin, body).await;
+            if result.is_ok()
+                && let Some(echoed) = echoed
+            {
+                // The room keeps handling mail meanwhile, the echo included.
+                let _ = tokio::time::timeout(ECHO_WAIT, echoed).await;
+            }
             Publishing { id, acked, result }
         }
     }
@@ -84,15 +102,19 @@ impl RedisLog {
     pub(super) fn delivered(&mut self, seq: u64, id: &str) -> Option<(SessionId, String)> {
         self.seq = seq;
         self.last_id = Some(id.to_string());
-        self.pending
-            .remove(id)
-            .map(|(session, r#ref, _)| (session, r#ref))
+        self.pending.remove(id).map(|(session, r#ref, _, echo)| {
+            // Answered after the caller's fan-out: the room runs one handler at a time.
+            if let Some(echo) = echo {
+                let _ = echo.send(());
+            }
+            (session, r#ref)
+        })
     }
 
     /// Forgets acks whose publish timed out long ago.
     pub(super) fn forget_stale_acks(&mut self) {
         self.pending
-            .retain(|_, (_, _, at)| at.elapsed() < PENDING_ACK_TTL);
+            .retain(|_, (_, _, at, _)| at.elapsed() < PENDING_ACK_TTL);
     }
 }
 
