@@ -10,10 +10,7 @@ use std::{sync::Arc, time::Duration};
 use arc_swap::{ArcSwap, Guard};
 
 use crate::{
-    actors::{
-        env::{RoomEnv, SessionEnv},
-        registry::RoomRegistry,
-    },
+    actors::{env::RoomEnv, registry::RoomRegistry, session::SessionEnv},
     census::Census,
     cluster::RedisEngine,
     config::{Config, LiveConfig},
@@ -71,6 +68,7 @@ impl Hub {
         });
         let session_env = Arc::new(SessionEnv {
             rooms: room_env,
+            registry: rooms.clone(),
             abuse: abuse.clone(),
             names: sessions.clone(),
         });

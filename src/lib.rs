@@ -31,9 +31,11 @@
 //! `edge::{abuse, auth, outbound}` → `cluster`, `census`, `history`, `runtime`, `transport`,
 //! `trim`, `limits` → `config` → `metrics`, `names` → `error` → `proto` → `edge::codec` (the
 //! generated service names the codec, which is generic over the request type so as not to
-//! import `proto` back). Inside `actors` the mail, the two actors and the registry name each
-//! other's addresses (actix's `Addr<Room>`, `Addr<Session>`); that knot stays in the folder.
-//! `tests/layout.rs` fails on any other import cycle.
+//! import `proto` back). Inside `actors`: `session` → `registry` → `room` → `env` → the mail
+//! (`actors/mod.rs`), `request`; the mail names neither actor (a room holds a member's
+//! `SessionHandle`, a session learns which room closed by its `RoomId`), and a room leaves the
+//! registry through `env::Unregister`. `tests/layout.rs` fails on any import cycle, counting
+//! each of those (and each part of the edge) as a module of its own.
 
 pub mod actors;
 pub mod admin;

@@ -1,7 +1,8 @@
 //! The library's modules do not import each other in a cycle: each `src` file's `crate::` and
 //! `super::` paths are read (comments and in-file tests aside), grouped by top-level module (the
-//! edge by file, as its parts sit at different layers), and the graph must have no cycle. The
-//! binaries are left out; they may use anything.
+//! edge and the actors by file, as their parts sit at different layers: `actors::room` with its
+//! `room/` children is one unit, `actors` itself is the mail in `actors/mod.rs`), and the graph
+//! must have no cycle. The binaries are left out; they may use anything.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -9,10 +10,20 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// The group a module path belongs to: its first segment, or two for the edge's parts.
-fn group(path: &[&str]) -> Option<String> {
+/// Folders whose modules are units of their own; any other folder is one unit.
+const SPLIT: [&str; 2] = ["actors", "edge"];
+
+/// The group a module path belongs to: its first segment, or two for a module of a [`SPLIT`]
+/// folder (an item of the folder's `mod.rs`, such as `actors::Join`, belongs to the folder).
+fn group(src: &Path, path: &[&str]) -> Option<String> {
     match path {
-        ["edge", part, ..] => Some(format!("edge::{part}")),
+        [folder, part, ..]
+            if SPLIT.contains(folder)
+                && (src.join(folder).join(format!("{part}.rs")).exists()
+                    || src.join(folder).join(part).is_dir()) =>
+        {
+            Some(format!("{folder}::{part}"))
+        }
         [first, ..] if !first.is_empty() => Some(first.to_string()),
         _ => None,
     }
@@ -111,6 +122,21 @@ fn parent_of(src: &Path, file: &Path) -> Vec<String> {
     parts
 }
 
+/// The modules a file declares (`mod x;`, `pub mod x;`, `pub(crate) mod x;`).
+fn children(code: &str) -> Vec<String> {
+    code.lines()
+        .filter_map(|line| {
+            let line = line.trim_start();
+            let line = line
+                .strip_prefix("pub(crate) ")
+                .or(line.strip_prefix("pub "))
+                .unwrap_or(line);
+            let name = line.strip_prefix("mod ")?.trim_end().strip_suffix(';')?;
+            Some(name.trim().to_string())
+        })
+        .collect()
+}
+
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
@@ -128,19 +154,34 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         let parent = parent_of(&src, &file);
         let own = module_of(&src, &file);
         let own: Vec<&str> = own.iter().map(String::as_str).collect();
-        let Some(from) = group(&own) else {
+        let Some(from) = group(&src, &own) else {
             continue; // lib.rs: only declares the modules
         };
+        let own_path = module_of(&src, &file);
+        let mut anchors = vec![
+            ("crate::".to_string(), Vec::new()),
+            ("super::".to_string(), parent.clone()),
+            ("self::".to_string(), own_path.clone()),
+        ];
+        // A child module is named without `self::` too: `room::Room` in `actors/mod.rs`.
+        for child in children(&code) {
+            let base = own_path.iter().cloned().chain([child.clone()]).collect();
+            anchors.push((format!("{child}::"), base));
+        }
         let mut paths = Vec::new();
-        for (anchor, base) in [("crate::", Vec::new()), ("super::", parent.clone())] {
-            for (at, _) in code.match_indices(anchor) {
-                expand(tree_at(&code[at + anchor.len()..]), &base, &mut paths);
+        for (anchor, base) in &anchors {
+            for (at, _) in code.match_indices(anchor.as_str()) {
+                let before = code[..at].chars().next_back();
+                if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                    continue; // the tail of a longer path, such as `edge::room::`
+                }
+                expand(tree_at(&code[at + anchor.len()..]), base, &mut paths);
             }
         }
         let deps = graph.entry(from.clone()).or_default();
         for path in paths {
             let segments: Vec<&str> = path.iter().map(String::as_str).collect();
-            if let Some(to) = group(&segments)
+            if let Some(to) = group(&src, &segments)
                 && to != from
                 && src.join(segments[0]).exists() | src.join(format!("{}.rs", segments[0])).exists()
             {
@@ -177,7 +218,9 @@ fn cycle(
 #[test]
 fn no_module_imports_itself_back() {
     let graph = graph();
-    assert!(graph.contains_key("actors") && graph.contains_key("edge::service"));
+    for unit in ["actors", "actors::room", "actors::session", "edge::service"] {
+        assert!(graph.contains_key(unit), "no unit {unit}: {graph:#?}");
+    }
     let mut done = BTreeSet::new();
     for node in graph.keys() {
         let found = cycle(&graph, node, &mut Vec::new(), &mut done);
@@ -188,8 +231,12 @@ fn no_module_imports_itself_back() {
 #[test]
 fn the_actors_never_see_the_hub_or_the_edge_above_them() {
     let graph = graph();
-    let actors = &graph["actors"];
-    for above in ["hub", "edge::service", "edge::sessions", "admin", "server"] {
-        assert!(!actors.contains(above), "actors import {above}: {actors:?}");
+    let actors = graph
+        .iter()
+        .filter(|(unit, _)| unit.split("::").next() == Some("actors"));
+    for (unit, deps) in actors {
+        for above in ["hub", "edge::service", "edge::sessions", "admin", "server"] {
+            assert!(!deps.contains(above), "{unit} imports {above}: {deps:?}");
+        }
     }
 }

@@ -339,7 +339,7 @@ async fn join_that_reaches_a_stopped_room_is_retried_on_a_fresh_one(engine: Engi
     server
         .hub
         .rooms
-        .get_or_create(&name, || stale.clone())
+        .get_or_create(&name, |_| stale.clone())
         .expect("under max_rooms");
 
     let mut bob = server.client("bob").await;

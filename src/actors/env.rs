@@ -1,20 +1,19 @@
-//! What the actors need from the server, as narrow handles rather than one locator: a room gets
-//! the configuration, the registry it leaves, the census, the history budget and the Redis
-//! engine; a session gets those (to start rooms) plus the per-user places and a way to record
-//! its name. The server builds both once, in `hub`.
+//! What a room needs from the server, as narrow handles rather than one locator: the
+//! configuration, a way out of the registry, the census, the history budget and the Redis
+//! engine. Also the seam through which a session records its name. The server builds these once,
+//! in `hub`; a session's own needs are `session::SessionEnv`.
 
 use std::sync::Arc;
 
 use arc_swap::Guard;
 
-use super::registry::RoomRegistry;
+use super::RoomId;
 use crate::{
     census::Census,
     cluster::RedisEngine,
     config::{Config, LiveConfig},
-    edge::abuse::AbuseLimits,
     history::HistoryBudget,
-    names::{SessionId, UserName},
+    names::{RoomName, SessionId, UserName},
     runtime::Arbiters,
 };
 
@@ -23,7 +22,8 @@ pub struct RoomEnv {
     /// Swapped whole on reload; read with [`RoomEnv::config`].
     pub config: LiveConfig,
     pub arbiters: Arbiters,
-    pub rooms: Arc<RoomRegistry>,
+    /// The registry, which the room leaves when it stops.
+    pub rooms: Arc<dyn Unregister>,
     pub census: Arc<Census>,
     /// The bytes every memory-engine room's history draws from (`server.history_bytes_total`).
     pub history_budget: Arc<HistoryBudget>,
@@ -38,17 +38,15 @@ impl RoomEnv {
     }
 }
 
+/// How a stopping room takes itself out of the registry. The registry holds the rooms'
+/// addresses, so it sits above the room; the room sees only this.
+pub trait Unregister: Send + Sync {
+    /// Unregisters `name` if it is still the room `id`; a newer room of the same name stays.
+    fn remove_if_same(&self, name: &RoomName, id: RoomId) -> bool;
+}
+
 /// Where a session records the user it is named as (for kicks by user); the edge's session
 /// table in the server, anything in tests.
 pub trait SessionNames: Send + Sync {
     fn name(&self, id: SessionId, user: UserName);
-}
-
-/// What a Session actor needs.
-pub struct SessionEnv {
-    /// To start the rooms it joins, and for the configuration.
-    pub rooms: Arc<RoomEnv>,
-    /// Its user's places (`max_sessions_per_user`).
-    pub abuse: Arc<AbuseLimits>,
-    pub names: Arc<dyn SessionNames>,
 }

@@ -17,7 +17,11 @@
 //! | `Removed`      | Room → Session   | `()`                       | the room closed: forget the membership     |
 //!
 //! Rooms never wait on sessions: everything a room sends a member goes through the member's
-//! [`SessionTx`] with `try_deliver`.
+//! [`SessionTx`] with `try_deliver`, and its mail through the narrow [`SessionHandle`].
+//!
+//! Dependency order inside (each names only those after it): `session` → `registry` → `room`
+//! → `env` → this mail, `request`. The mail names neither actor: a room knows a member's session
+//! by a [`SessionHandle`] and a session knows which room instance closed by its [`RoomId`].
 
 pub mod env;
 pub mod registry;
@@ -25,7 +29,9 @@ pub mod request;
 pub mod room;
 pub mod session;
 
-use actix::{Addr, Message};
+use std::sync::Arc;
+
+use actix::{Actor, Addr, Context, Handler, Message, Recipient};
 
 use crate::{
     edge::outbound::SessionTx,
@@ -50,7 +56,8 @@ pub struct Join {
     pub session: SessionId,
     pub user: UserName,
     pub tx: SessionTx,
-    pub addr: Addr<session::Session>,
+    /// Shared: a JOIN may be tried on several room instances, and each member keeps one.
+    pub addr: Arc<SessionHandle>,
     pub since_seq: u64,
     /// `Some(ref)`: answer with JOINED and the replay. `None`: the silent auto-join of the
     /// default room by a client that only ever sends CHATs.
@@ -97,7 +104,7 @@ pub struct RoomSnapshot {
     pub last_seq: u64,
     pub member_count: usize,
     /// Filled only when asked for (`Inspect { members: true }`).
-    pub members: Vec<(SessionId, UserName, Addr<session::Session>)>,
+    pub members: Vec<(SessionId, UserName, Recipient<Kick>)>,
 }
 
 #[derive(Message)]
@@ -129,10 +136,39 @@ pub struct Kick {
     pub reason: String,
 }
 
-/// The room `room` at `addr` closed and removed this session.
+/// The room `room`, instance `id`, closed and removed this session.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Removed {
     pub room: RoomName,
-    pub addr: Addr<room::Room>,
+    pub id: RoomId,
+}
+
+/// One room actor among those that have had a name: a room started after one of the same name
+/// stopped has another id. Given by the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RoomId(pub u64);
+
+/// What a room, and an operator reading a room, may send a member's session: exactly that mail,
+/// so neither the rooms nor this module know the Session actor. Built once per session and
+/// shared.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub evicted: Recipient<Evicted>,
+    pub removed: Recipient<Removed>,
+    pub kick: Recipient<Kick>,
+}
+
+impl SessionHandle {
+    /// The handle of the actor at `addr` (the Session actor; a stand-in in tests).
+    pub fn of<A>(addr: Addr<A>) -> SessionHandle
+    where
+        A: Actor<Context = Context<A>> + Handler<Evicted> + Handler<Removed> + Handler<Kick>,
+    {
+        SessionHandle {
+            evicted: addr.clone().recipient(),
+            removed: addr.clone().recipient(),
+            kick: addr.recipient(),
+        }
+    }
 }

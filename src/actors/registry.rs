@@ -1,24 +1,42 @@
-//! Finding rooms by name: a concurrent map from [`RoomName`] to the room actor's address. A room
-//! removes itself only while it is still the registered one (remove-if-same), so a JOIN that
-//! raced with its stop retries on a fresh room instead of being lost. Opening a room takes one
-//! of `server.max_rooms` places first, so concurrent JOINs cannot open more rooms than that.
+//! Finding rooms by name: a concurrent map from [`RoomName`] to the room actor's address and
+//! instance id. A room removes itself only while it is still the registered one (remove-if-same,
+//! by [`RoomId`]), so a JOIN that raced with its stop retries on a fresh room instead of being
+//! lost. Opening a room takes one of `server.max_rooms` places first, so concurrent JOINs cannot
+//! open more rooms than that.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::{
+    ops::Deref,
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+};
 
 use actix::Addr;
 use dashmap::{DashMap, mapref::entry::Entry};
 use tokio::sync::watch;
 
-use crate::{
-    actors::{Reconfigure, room::Room},
-    error::ChatError,
-    metrics,
-    names::RoomName,
-};
+use super::{Reconfigure, RoomId, env::Unregister, room::Room};
+use crate::{error::ChatError, metrics, names::RoomName};
+
+/// A registered room: its address (which it derefs to, for sending mail), and which room of
+/// that name it is.
+#[derive(Debug, Clone)]
+pub struct RoomRef {
+    pub id: RoomId,
+    pub addr: Addr<Room>,
+}
+
+impl Deref for RoomRef {
+    type Target = Addr<Room>;
+
+    fn deref(&self) -> &Addr<Room> {
+        &self.addr
+    }
+}
 
 #[derive(Debug)]
 pub struct RoomRegistry {
-    rooms: DashMap<RoomName, Addr<Room>>,
+    rooms: DashMap<RoomName, RoomRef>,
+    /// The id the next room started gets.
+    next_id: AtomicU64,
     /// Places taken, one per registered room, counted apart from `rooms` so that taking one is
     /// a single atomic step across the map's shards.
     places: AtomicUsize,
@@ -32,21 +50,22 @@ impl RoomRegistry {
     pub fn new(max: usize) -> RoomRegistry {
         RoomRegistry {
             rooms: DashMap::new(),
+            next_id: AtomicU64::new(1),
             places: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
             count: watch::Sender::new(0),
         }
     }
 
-    /// The registered room called `name`, started with `start` if there is none and the
-    /// server has fewer than `max_rooms` open.
+    /// The registered room called `name`, started with `start` (given its id) if there is none
+    /// and the server has fewer than `max_rooms` open.
     pub fn get_or_create(
         &self,
         name: &RoomName,
-        start: impl FnOnce() -> Addr<Room>,
-    ) -> Result<Addr<Room>, ChatError> {
-        if let Some(addr) = self.rooms.get(name) {
-            return Ok(addr.clone());
+        start: impl FnOnce(RoomId) -> Addr<Room>,
+    ) -> Result<RoomRef, ChatError> {
+        if let Some(room) = self.rooms.get(name) {
+            return Ok(room.clone());
         }
         let addr = match self.rooms.entry(name.clone()) {
             Entry::Occupied(entry) => return Ok(entry.get().clone()),
@@ -59,18 +78,20 @@ impl RoomRegistry {
                     self.places.fetch_sub(1, Ordering::AcqRel);
                     return Err(ChatError::ServerRoomsFull { max });
                 }
-                entry.insert(start()).clone()
+                let id = RoomId(self.next_id.fetch_add(1, Ordering::Relaxed));
+                let addr = start(id);
+                entry.insert(RoomRef { id, addr }).clone()
             }
         };
         self.publish_count();
         Ok(addr)
     }
 
-    /// Unregisters `name` if it still maps to `addr`; a newer room of the same name stays.
-    pub fn remove_if_same(&self, name: &RoomName, addr: &Addr<Room>) -> bool {
+    /// Unregisters `name` if it still maps to room `id`; a newer room of the same name stays.
+    pub fn remove_if_same(&self, name: &RoomName, id: RoomId) -> bool {
         let removed = self
             .rooms
-            .remove_if(name, |_, current| current == addr)
+            .remove_if(name, |_, current| current.id == id)
             .is_some();
         if removed {
             self.places.fetch_sub(1, Ordering::AcqRel);
@@ -85,7 +106,7 @@ impl RoomRegistry {
     }
 
     pub fn get(&self, name: &RoomName) -> Option<Addr<Room>> {
-        self.rooms.get(name).map(|a| a.clone())
+        self.rooms.get(name).map(|room| room.addr.clone())
     }
 
     /// The registered rooms whose name starts with `prefix`.
@@ -93,7 +114,7 @@ impl RoomRegistry {
         self.rooms
             .iter()
             .filter(|entry| entry.key().as_str().starts_with(prefix))
-            .map(|entry| (entry.key().clone(), entry.value().clone()))
+            .map(|entry| (entry.key().clone(), entry.value().addr.clone()))
             .collect()
     }
 
@@ -109,7 +130,7 @@ impl RoomRegistry {
     pub fn reconfigure_all(&self) {
         for room in self.rooms.iter() {
             // do_send: one per room per reload, and a busy room must not miss it.
-            room.do_send(Reconfigure);
+            room.addr.do_send(Reconfigure);
         }
     }
 
@@ -125,5 +146,11 @@ impl RoomRegistry {
     /// Watches the number of registered rooms.
     pub fn watch_count(&self) -> watch::Receiver<usize> {
         self.count.subscribe()
+    }
+}
+
+impl Unregister for RoomRegistry {
+    fn remove_if_same(&self, name: &RoomName, id: RoomId) -> bool {
+        RoomRegistry::remove_if_same(self, name, id)
     }
 }

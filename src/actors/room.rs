@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
 use self::members::{Member, end_slow_consumer};
-use super::env::RoomEnv;
+use super::{RoomId, env::RoomEnv};
 use crate::{
     census::{Counted, Living},
     cluster::Published,
@@ -40,6 +40,8 @@ const MAILBOX_CAPACITY: usize = 256;
 
 pub struct Room {
     name: RoomName,
+    /// Which room of that name this is, for the registry and for sessions told it closed.
+    id: RoomId,
     env: Arc<RoomEnv>,
     limits: Arc<RoomLimits>,
     members: HashMap<SessionId, Member>,
@@ -63,7 +65,7 @@ pub struct Room {
 
 impl Room {
     /// Starts room `name` on the next arbiter with the limits the configuration gives it.
-    pub fn start(env: &Arc<RoomEnv>, name: RoomName) -> Addr<Room> {
+    pub fn start(env: &Arc<RoomEnv>, name: RoomName, id: RoomId) -> Addr<Room> {
         let env = env.clone();
         let arbiter = env.arbiters.next().clone();
         let census = env.census.enter(Living::RoomActor);
@@ -78,12 +80,13 @@ impl Room {
                 }
                 None => RoomLog::Memory(MemoryLog::new(&limits, env.history_budget.clone())),
             };
-            Room::new(name, env, limits, log, census)
+            Room::new(name, id, env, limits, log, census)
         })
     }
 
     fn new(
         name: RoomName,
+        id: RoomId,
         env: Arc<RoomEnv>,
         limits: Arc<RoomLimits>,
         log: RoomLog,
@@ -91,6 +94,7 @@ impl Room {
     ) -> Room {
         Room {
             name,
+            id,
             env,
             limits,
             members: HashMap::new(),
@@ -239,7 +243,7 @@ impl Room {
     /// emptiness and the removal. Once stopped, actix handles no more mail: a JOIN still queued
     /// fails with a mailbox error and the session retries on a fresh room from the registry.
     fn close(&mut self, ctx: &mut Context<Self>) {
-        self.env.rooms.remove_if_same(&self.name, &ctx.address());
+        self.env.rooms.remove_if_same(&self.name, self.id);
         ctx.stop();
     }
 }

@@ -24,15 +24,16 @@ use tracing::{info, warn};
 
 use self::identity::Identity;
 use super::{
-    Join, Leave, Post,
-    env::{RoomEnv, SessionEnv},
+    Join, Leave, Post, SessionHandle,
+    env::{RoomEnv, SessionNames},
+    registry::{RoomRef, RoomRegistry},
     request::{self, Caller, Parsed, Request},
     room::Room,
 };
 use crate::{
     census::{Counted, Living},
     edge::{
-        abuse::{ClusterUserSlot, UserSlot},
+        abuse::{AbuseLimits, ClusterUserSlot, UserSlot},
         auth::Authorized,
         outbound::{Delivery, SessionTx},
     },
@@ -46,6 +47,17 @@ use crate::{
 /// something else is wrong.
 const JOIN_ATTEMPTS: usize = 8;
 
+/// What a Session actor needs; the server builds it once, in `hub`.
+pub struct SessionEnv {
+    /// What the rooms it starts get, and the configuration.
+    pub rooms: Arc<RoomEnv>,
+    /// Where it finds (or starts) the rooms it joins.
+    pub registry: Arc<RoomRegistry>,
+    /// Its user's places (`max_sessions_per_user`).
+    pub abuse: Arc<AbuseLimits>,
+    pub names: Arc<dyn SessionNames>,
+}
+
 pub struct Session {
     id: SessionId,
     env: Arc<SessionEnv>,
@@ -55,7 +67,9 @@ pub struct Session {
     allowed_rooms: Option<Authorized>,
     /// When the token (jwt mode) expires: the session ends then.
     expires_at: Option<SystemTime>,
-    rooms: HashMap<RoomName, Addr<Room>>,
+    rooms: HashMap<RoomName, RoomRef>,
+    /// What the rooms it joins may send it.
+    handle: Arc<SessionHandle>,
     /// Where CHAT and JOIN with an empty `room` go; fixed for the life of the server.
     default_room: RoomName,
     last_seen: Instant,
@@ -81,8 +95,9 @@ impl Session {
         // unwrap: the configuration was validated, default_room included.
         let default_room = RoomName::parse(&env.rooms.config().server.default_room).unwrap();
         let census = env.rooms.census.enter(Living::SessionActor);
-        Session::start_in_arbiter(&arbiter, move |_| Session {
+        Session::start_in_arbiter(&arbiter, move |ctx| Session {
             id,
+            handle: Arc::new(SessionHandle::of(ctx.address())),
             default_room,
             env,
             tx,
@@ -164,18 +179,12 @@ impl Session {
         Ok(())
     }
 
-    fn join_mail(
-        &self,
-        user: UserName,
-        since_seq: u64,
-        ack: Option<String>,
-        ctx: &Context<Self>,
-    ) -> Join {
+    fn join_mail(&self, user: UserName, since_seq: u64, ack: Option<String>) -> Join {
         Join {
             session: self.id,
             user,
             tx: self.tx.clone(),
-            addr: ctx.address(),
+            addr: self.handle.clone(),
             since_seq,
             ack,
         }
@@ -192,8 +201,8 @@ impl Session {
         if let Err(error) = self.has_room_for(&room) {
             return self.refuse(error, room.as_str(), r#ref, ctx);
         }
-        let join = self.join_mail(user, since_seq, Some(r#ref.clone()), ctx);
-        let joining = join_room(self.env.rooms.clone(), room.clone(), join)
+        let join = self.join_mail(user, since_seq, Some(r#ref.clone()));
+        let joining = join_room(self.env.clone(), room.clone(), join)
             .into_actor(self)
             .map(move |joined, session, ctx| match joined {
                 Ok(addr) => {
@@ -226,16 +235,16 @@ impl Session {
                 if let Err(error) = self.has_room_for(&room) {
                     return self.refuse(error, room.as_str(), r#ref, ctx);
                 }
-                Some(self.join_mail(user, 0, None, ctx))
+                Some(self.join_mail(user, 0, None))
             }
             None => return self.refuse(ChatError::NotAMember, room.as_str(), r#ref, ctx),
         };
-        let rooms = self.env.rooms.clone();
+        let env = self.env.clone();
         let target = room.clone();
         let posting = async move {
             let addr = match (member, auto_join) {
                 (Some(addr), _) => addr,
-                (None, Some(join)) => join_room(rooms, target, join).await?,
+                (None, Some(join)) => join_room(env, target, join).await?,
                 (None, None) => return Err(ChatError::NotAMember),
             };
             let posted = addr.send(post).await;
@@ -337,18 +346,18 @@ impl Session {
 }
 
 /// Joins `name`, retrying on a fresh room when the registered one is stopping or dead.
-async fn join_room(env: Arc<RoomEnv>, name: RoomName, join: Join) -> Result<Addr<Room>, ChatError> {
+async fn join_room(env: Arc<SessionEnv>, name: RoomName, join: Join) -> Result<RoomRef, ChatError> {
     for _ in 0..JOIN_ATTEMPTS {
         let room = env
-            .rooms
-            .get_or_create(&name, || Room::start(&env, name.clone()))?;
+            .registry
+            .get_or_create(&name, |id| Room::start(&env.rooms, name.clone(), id))?;
         match room.send(join.clone()).await {
             Ok(Ok(())) => return Ok(room),
             Ok(Err(error)) => return Err(error),
             // The room stopped (empty-room TTL) with this JOIN still queued, or died: it is no
             // longer registered (or is removed now), so the next lookup starts a fresh one.
             Err(_) => {
-                env.rooms.remove_if_same(&name, &room);
+                env.registry.remove_if_same(&name, room.id);
             }
         }
     }

@@ -2,6 +2,7 @@
 //! [`kick_here`], [`close_here`]), and the calls that run it here (memory mode) or on every node
 //! (cluster mode, through [`super::cluster`]) and report the sum.
 
+use actix::Recipient;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
@@ -47,8 +48,10 @@ pub(crate) struct KickOrder {
 
 /// Carries out `kick` on this node's sessions: `None` when it names a room not open here.
 pub(super) async fn kick_here(hub: &Hub, kick: &KickOrder) -> Result<Option<usize>, Status> {
-    let sessions = match &kick.room {
-        None => hub.sessions.find(&kick.target),
+    let sessions: Vec<(SessionId, Recipient<Kick>)> = match &kick.room {
+        None => (hub.sessions.find(&kick.target).into_iter())
+            .map(|(id, session)| (id, session.recipient()))
+            .collect(),
         Some(room) => {
             let Some(addr) = hub.rooms.get(room) else {
                 return Ok(None);

@@ -229,7 +229,7 @@ impl Handler<Inspect> for Room {
         let members = if inspect.members {
             self.members
                 .iter()
-                .map(|(id, m)| (*id, m.user.clone(), m.session.clone()))
+                .map(|(id, m)| (*id, m.user.clone(), m.session.kick.clone()))
                 .collect()
         } else {
             Vec::new()
@@ -247,7 +247,6 @@ impl Handler<Close> for Room {
 
     fn handle(&mut self, close: Close, ctx: &mut Context<Self>) -> usize {
         let members = std::mem::take(&mut self.members);
-        let addr = ctx.address();
         for (id, member) in &members {
             let left = proto::Message {
                 content: close.reason.clone(),
@@ -257,9 +256,9 @@ impl Handler<Close> for Room {
                 end_slow_consumer(&self.name, *id, member);
             }
             // do_send: one per member, once; the session must forget the room even when busy.
-            member.session.do_send(Removed {
+            member.session.removed.do_send(Removed {
                 room: self.name.clone(),
-                addr: addr.clone(),
+                id: self.id,
             });
             // Nobody is left to tell here; the Redis log still tells the other nodes.
             self.depart(*id, &member.user, ctx);

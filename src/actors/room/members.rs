@@ -1,15 +1,14 @@
 //! A room's members: who is in, their rate buckets (kept for a while after a LEAVE), the JOINED
 //! listing, and ending a member that cannot keep up.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
-use actix::Addr;
 use bytes::Bytes;
 use tracing::info;
 
 use super::Room;
 use crate::{
-    actors::{Evicted, session::Session},
+    actors::{Evicted, SessionHandle},
     edge::outbound::SessionTx,
     error::{ChatError, Fatal},
     limits::TokenBucket,
@@ -20,7 +19,7 @@ use crate::{
 pub(super) struct Member {
     pub(super) user: UserName,
     pub(super) tx: SessionTx,
-    pub(super) session: Addr<Session>,
+    pub(super) session: Arc<SessionHandle>,
     pub(super) bucket: TokenBucket,
     /// The seq this member's JOINED and replay covered: CHATs up to it that were still on their
     /// way (through Redis) when it joined are not delivered again.
@@ -126,5 +125,8 @@ pub(super) fn end_slow_consumer(room: &RoomName, id: SessionId, member: &Member)
     member.tx.end(Fatal::SlowConsumer);
     // do_send: at most one per room the session is in, and the session must hear of it even
     // when its mailbox is busy.
-    member.session.do_send(Evicted { room: room.clone() });
+    member
+        .session
+        .evicted
+        .do_send(Evicted { room: room.clone() });
 }

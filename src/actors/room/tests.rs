@@ -1,5 +1,5 @@
 //! A memory-log room driven directly: its members are plain [`SessionTx`] queues read back in
-//! the test, and their session addresses lead nowhere, so no network and no session is involved.
+//! the test, and their session handles lead nowhere, so no network and no session is involved.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,8 +11,8 @@ use tokio_stream::StreamExt;
 use super::Room;
 use crate::{
     actors::{
-        Announce, Inspect, Join, Leave, Post, env::RoomEnv, registry::RoomRegistry,
-        session::Session,
+        Announce, Inspect, Join, Leave, Post, RoomId, SessionHandle, env::RoomEnv,
+        registry::RoomRegistry, session::Session,
     },
     census::{Census, Living},
     config::{Config, RoomLimits},
@@ -55,7 +55,7 @@ impl Fixture {
         let log = RoomLog::Memory(MemoryLog::new(&limits, env.history_budget.clone()));
         // unwrap: a valid name.
         let name = RoomName::parse("lobby").unwrap();
-        let room = Room::new(name, env, limits, log, census).start();
+        let room = Room::new(name, RoomId(1), env, limits, log, census).start();
         Fixture {
             room,
             _runtime: runtime,
@@ -79,7 +79,7 @@ impl Fixture {
             // unwrap: a valid name.
             user: UserName::parse(user).unwrap(),
             tx,
-            addr: Addr::new(sender),
+            addr: Arc::new(SessionHandle::of(Addr::new(sender))),
             since_seq,
             ack: Some(format!("j{id}")),
         };

@@ -93,7 +93,7 @@ impl Handler<Removed> for Session {
 
     fn handle(&mut self, removed: Removed, _ctx: &mut Context<Self>) {
         // Only that room: the session may already be in a newer room of the same name.
-        if self.rooms.get(&removed.room) == Some(&removed.addr) {
+        if self.rooms.get(&removed.room).map(|joined| joined.id) == Some(removed.id) {
             self.rooms.remove(&removed.room);
         }
     }
