@@ -15,12 +15,12 @@
 //! - [`history`]: a memory log's retained CHATs and the server-wide byte budget they draw from.
 //! - [`cluster`]: the Redis client of cluster mode: `RedisEngine` (connections, health, room
 //!   scripts, user places, operator channels, listing) and the per-shard pub/sub subscriber.
-//! - [`hub`]: the server's shared state: config, arbiters, registry, sessions, limits; applies reloads.
+//! - [`hub`]: the server's shared state, plain data: config, arbiters, registry, sessions, limits.
 //! - [`census`]: counts of live actors and reader tasks, for leak checks.
 //! - [`admin`]: the operator API (`chat.v1.AdminService`), behind `[admin] token` and a
 //!   per-address throttle of failed authentication; in cluster mode over an operator channel.
-//! - [`server`]: assembly, the shutdown drain order, TLS and the process signals (shutdown,
-//!   SIGHUP reload); [`runtime`]: the actix arbiters.
+//! - [`server`]: assembly, the shutdown drain order, TLS, the process signals (shutdown,
+//!   SIGHUP reload) and applying a reload to the hub; [`runtime`]: the actix arbiters.
 //! - [`config`]: the TOML schema, per-room limits, the auth key and which keys reload.
 //! - [`limits`]: the token bucket; [`names`]: validated user and room names and session ids.
 //! - [`error`]: `ChatError` (an ERROR reply) and `Fatal` (ends the stream); [`proto`]: the wire types.

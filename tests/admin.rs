@@ -115,7 +115,7 @@ async fn a_reloaded_token_replaces_the_old_one_at_once() {
     let rotated = "rotated-admin-token-9876543210";
     let mut config = Config::parse(&format!("[admin]\ntoken = \"{rotated}\"\n"), "r.toml").unwrap();
     config.metrics.listen.clear(); // as the test server runs it
-    let restart = server.hub.reload(config);
+    let restart = chatrooms::server::apply_reload(&server.hub, config);
     assert!(restart.is_empty(), "the token is live: {restart:?}");
     let old = every_call(&mut admin(&server, Some(TOKEN)).await).await;
     assert_eq!(old, vec![Code::PermissionDenied; 5]);

@@ -2,7 +2,8 @@
 //! `super::` paths are read (comments and in-file tests aside), grouped by top-level module (the
 //! edge and the actors by file, as their parts sit at different layers: `actors::room` with its
 //! `room/` children is one unit, `actors` itself is the mail in `actors/mod.rs`), and the graph
-//! must have no cycle. The binaries are left out; they may use anything.
+//! must have no cycle. The binaries are left out; they may use anything. And the hub stays plain
+//! data: no function in `src/hub.rs` but its constructor and accessors.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -238,5 +239,23 @@ fn the_actors_never_see_the_hub_or_the_edge_above_them() {
         for above in ["hub", "edge::service", "edge::sessions", "admin", "server"] {
             assert!(!deps.contains(above), "{unit} imports {above}: {deps:?}");
         }
+    }
+}
+
+#[test]
+fn the_hub_is_plain_data() {
+    // unwrap: the crate's own source file is readable.
+    let hub = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/hub.rs")).unwrap();
+    let functions: Vec<&str> = hub
+        .match_indices("fn ")
+        .filter_map(|(at, _)| hub[at + 3..].split(['(', '<']).next())
+        .collect();
+    // Building the handles and reading the live configuration; anything that acts on them
+    // lives with the module that owns that part.
+    for function in &functions {
+        assert!(
+            ["new", "config", "frame_limit"].contains(function),
+            "hub.rs holds behaviour: fn {function}"
+        );
     }
 }

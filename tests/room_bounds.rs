@@ -120,7 +120,7 @@ async fn a_room_past_max_rooms_is_refused_and_the_session_carries_on() {
     // max_rooms is reloadable.
     let mut config = Config::parse("[server]\nmax_rooms = 4\n", "reload.toml").unwrap();
     config.metrics.listen.clear();
-    assert!(server.hub.reload(config).is_empty());
+    assert!(chatrooms::server::apply_reload(&server.hub, config).is_empty());
     ada.join("f").await;
     ada.send_kind(Kind::Join, "g").await;
     ada.expect_error("server_rooms_full").await;

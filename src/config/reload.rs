@@ -1,6 +1,6 @@
 //! What a SIGHUP may change: [`Config::reloaded`] merges a freshly loaded config into the running
-//! one, keeping the running value of every restart-only key in [`KEYS`]. `Hub::reload` applies
-//! the result; the server's SIGHUP loop logs what was kept.
+//! one, keeping the running value of every restart-only key in [`KEYS`]. `server::apply_reload`
+//! applies the result; the server's SIGHUP loop logs what was kept.
 
 use super::{Config, KEYS, KeyInfo, Reload};
 

@@ -2,7 +2,8 @@
 //! through a token bucket) and per user (open sessions). Checked when a stream opens (IP) and when
 //! the session is named (user); every place taken is given back by a guard, so the counts cannot
 //! drift. Limits of 0 mean "no limit"; values are read from the live configuration. In cluster
-//! mode a user's places are counted over all nodes, in Redis ([`ClusterUserSlot`]).
+//! mode a user's places are counted over all nodes, in Redis ([`ClusterUserSlot`]), and kept
+//! there by [`keep_user_places`].
 
 use std::{
     net::IpAddr,
@@ -16,7 +17,7 @@ use tonic::Status;
 
 use crate::{
     cluster::RedisEngine,
-    config::ServerConfig,
+    config::{LiveConfig, ServerConfig},
     limits::TokenBucket,
     names::{SessionId, UserName},
 };
@@ -30,7 +31,7 @@ pub struct AbuseLimits {
     new_streams: DashMap<IpAddr, TokenBucket>,
     sessions_per_user: DashMap<UserName, usize>,
     /// Cluster mode: this node's sessions holding a place in Redis, renewed (and written again
-    /// if Redis lost them) by `hub::keep_user_places`.
+    /// if Redis lost them) by [`keep_user_places`].
     places: DashMap<SessionId, UserName>,
     /// Places being given back to Redis right now, waited for at shutdown.
     releasing: ReleaseCount,
@@ -183,6 +184,26 @@ impl Drop for ClusterUserSlot {
             }
             limits.releasing.0.send_modify(|n| *n -= 1);
         });
+    }
+}
+
+/// Cluster mode: renews this node's places among users' sessions every third of the presence
+/// TTL while `max_sessions_per_user` is set, writing back any Redis lost (an outage longer than
+/// the TTL, a restart without persistence), so they outlive no node by more than the TTL. Runs
+/// until aborted.
+pub async fn keep_user_places(limits: Arc<AbuseLimits>, config: LiveConfig, engine: RedisEngine) {
+    loop {
+        let running = config.load();
+        let ttl = Duration::from_millis(running.cluster.presence_ttl_ms);
+        let limited = running.server.max_sessions_per_user > 0;
+        drop(running);
+        if limited {
+            let places = limits.places_held();
+            if let Err(error) = engine.refresh_users(&places, ttl).await {
+                tracing::warn!(%error, places = places.len(), "user places not renewed");
+            }
+        }
+        tokio::time::sleep(ttl / 3).await;
     }
 }
 

@@ -37,6 +37,17 @@ pub struct SessionTable {
 }
 
 impl SessionTable {
+    /// The id a node's first session gets. Operators kick by session id across the cluster, so
+    /// ids must not repeat between nodes: in cluster mode each node counts from its own random
+    /// point of a 2^52 space (exact in JSON).
+    pub fn first_id(cluster: bool) -> u64 {
+        if cluster {
+            (uuid::Uuid::now_v7().as_u128() as u64 & ((1 << 52) - 1)) | (1 << 32)
+        } else {
+            1
+        }
+    }
+
     pub fn new(max: usize, first_id: u64) -> SessionTable {
         SessionTable {
             open: DashMap::new(),

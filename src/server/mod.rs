@@ -6,9 +6,11 @@
 //! drain order (health NOT_SERVING and new streams refused, every session ends after its queue
 //! drains, then the transport closes; all of it bounded by `shutdown_grace_ms`), `health` the
 //! health status and how it follows the cluster store, `tls` the acceptor of `[server.tls]`,
-//! and `signals` the process signals: [`shutdown_signal`] and the SIGHUP reload.
+//! `signals` the process signals: [`shutdown_signal`] and the SIGHUP reload, which `reload`
+//! applies ([`apply_reload`]).
 
 mod health;
+mod reload;
 mod shutdown;
 mod signals;
 mod tls;
@@ -19,6 +21,7 @@ use tokio::{net::TcpListener, sync::oneshot};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
+pub use self::reload::apply_reload;
 #[cfg(unix)]
 pub use self::signals::reload_on_hangup;
 pub use self::signals::shutdown_signal;
@@ -207,10 +210,10 @@ impl Server {
             .cluster
             .as_ref()
             .map(|engine| tokio::spawn(follow_cluster(engine.connected(), health.clone())));
-        let user_places = hub
-            .cluster
-            .clone()
-            .map(|engine| tokio::spawn(crate::hub::keep_user_places(hub.clone(), engine)));
+        let user_places = hub.cluster.clone().map(|engine| {
+            let (abuse, config) = (hub.abuse.clone(), hub.config.clone());
+            tokio::spawn(crate::edge::abuse::keep_user_places(abuse, config, engine))
+        });
 
         let result = tokio::select! {
             result = &mut serve => result,

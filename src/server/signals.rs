@@ -66,7 +66,7 @@ async fn reload_loop(hangups: &mut tokio::signal::unix::Signal, hub: &Hub, path:
                     .filter(|key| key.reload == crate::config::Reload::NewSessions)
                     .map(|key| key.name)
                     .collect();
-                let restart = hub.reload(new);
+                let restart = super::apply_reload(hub, new);
                 info!("config reloaded");
                 for key in for_new_sessions {
                     info!(
