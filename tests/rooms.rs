@@ -168,7 +168,10 @@ async fn replay_since_seq_past_the_retained_window_starts_at_the_oldest_retained
         ada.expect(Kind::Chat).await;
     }
     let mut bob = server.client("bob").await;
-    assert!(bob.join_since("r", 2).await.replay_truncated, "3..=6 are gone");
+    assert!(
+        bob.join_since("r", 2).await.replay_truncated,
+        "3..=6 are gone"
+    );
     let mut got = Vec::new();
     for _ in 0..4 {
         got.push(bob.expect(Kind::Chat).await.seq);
