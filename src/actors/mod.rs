@@ -59,6 +59,8 @@ pub struct Join {
     /// Shared: a JOIN may be tried on several room instances, and each member keeps one.
     pub addr: Arc<SessionHandle>,
     pub since_seq: u64,
+    /// The epoch `since_seq` counts in (empty: a client that does not know epochs).
+    pub epoch: String,
     /// `Some(ref)`: answer with JOINED and the replay. `None`: the silent auto-join of the
     /// default room by a client that only ever sends CHATs.
     pub ack: Option<String>,

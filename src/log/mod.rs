@@ -10,9 +10,17 @@
 //! log: a future the room waits on). The Redis log's CHATs and presence then arrive on the
 //! room's channel and reach the room through [`LogHost`], the narrow view of the room that the
 //! log's channel work (subscribing, gap fills, re-syncs, presence refresh) is written against.
+//!
+//! Both engines answer the same contract for resuming and resending: a room's sequence has an
+//! epoch (created with its first CHAT, new whenever the count starts over), a JOIN's `since_seq`
+//! is read against it ([`resume`]), and a CHAT whose `(user, ref)` the room accepted within
+//! `dedup_window_ms` is answered with its original ack instead of being posted again
+//! ([`Accepted::Resent`]).
 
+mod dedup;
 pub mod memory;
 pub mod redis;
+mod resume;
 
 use std::{future::Future, pin::Pin, time::Duration};
 
@@ -28,6 +36,7 @@ use crate::{
 };
 pub use memory::MemoryLog;
 pub use redis::RedisLog;
+pub use resume::Resume;
 
 /// A future the room waits on (with `ctx.wait`); it runs on the room's arbiter.
 pub type Echo<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -39,7 +48,8 @@ pub enum Answer<N, L> {
 }
 
 /// A CHAT the log accepted, in the log's order, ready to fan out: `live` is encoded once with its
-/// seq; the sender's `ref` (when the sender is a member here) is re-attached for the sender only.
+/// seq and epoch; the sender's `ref` (when the sender is a member here) is re-attached for the
+/// sender only.
 #[derive(Debug, Clone)]
 pub struct Appended {
     pub seq: u64,
@@ -65,6 +75,8 @@ pub struct Joining {
     /// The JOIN has a `ref`, so JOINED and the replay are wanted.
     pub replay_wanted: bool,
     pub since_seq: u64,
+    /// The epoch `since_seq` counts in; empty from clients that do not know epochs.
+    pub epoch: String,
     pub presence_ttl: Duration,
 }
 
@@ -81,6 +93,10 @@ enum Reply {
 pub struct Admitted {
     /// The JOINED's `seq`.
     pub seq: u64,
+    /// The JOINED's `epoch`: the room's, empty while its sequence has not started.
+    pub epoch: String,
+    /// The JOINED's `replay_truncated` (see [`Resume::truncated`]).
+    pub replay_truncated: bool,
     /// The seq the JOINED and replay cover: live CHATs up to it are not delivered again.
     pub live_after: u64,
     /// The JOINED's member list; `None` when this room's members are the whole truth.
@@ -93,6 +109,30 @@ pub struct Admitted {
 
 /// A publish on its way, settled by [`RoomLog::published`].
 pub struct Publishing(redis::Publishing);
+
+/// What became of a CHAT handed to the log.
+#[derive(Debug)]
+pub enum Accepted {
+    /// Appended here and now (memory): fan it out. With the message id.
+    Appended(Appended, String),
+    /// Published through Redis with this seq and message id: the fan-out comes with the echo.
+    Published(u64, String),
+    /// A resend of a CHAT the room accepted from this user with this `ref` within
+    /// `dedup_window_ms`: not posted again; `ack` (the original CHAT with the `ref`, as its
+    /// sender got it) goes to session `to` alone.
+    Resent { to: SessionId, ack: Bytes },
+}
+
+impl Accepted {
+    /// The seq and message id of a CHAT that was posted; `None` for a resend.
+    pub fn posted(&self) -> Option<(u64, String)> {
+        match self {
+            Accepted::Appended(appended, id) => Some((appended.seq, id.clone())),
+            Accepted::Published(seq, id) => Some((*seq, id.clone())),
+            Accepted::Resent { .. } => None,
+        }
+    }
+}
 
 pub enum RoomLog {
     Memory(MemoryLog),
@@ -177,8 +217,9 @@ impl RoomLog {
         }
     }
 
-    /// Appends a CHAT by `user`. The memory log appends at once; the Redis log publishes, and
-    /// the CHAT comes back (with `ack`) on the channel.
+    /// Appends a CHAT by `user`, unless `ack`'s `ref` makes it a resend (see
+    /// [`Accepted::Resent`]). The memory log appends at once; the Redis log publishes, and the
+    /// CHAT comes back (with `ack`) on the channel.
     pub fn append(
         &mut self,
         room: &RoomName,
@@ -186,18 +227,18 @@ impl RoomLog {
         content: String,
         ack: Option<(SessionId, String)>,
         limits: &RoomLimits,
-    ) -> Answer<(Appended, String), Publishing> {
+    ) -> Answer<Accepted, Publishing> {
         match self {
-            RoomLog::Memory(log) => Answer::Now(log.append(room, user, content, ack)),
+            RoomLog::Memory(log) => Answer::Now(log.append(room, user, content, ack, limits)),
             RoomLog::Redis(log) => {
-                let publishing = log.append(user, content, ack, limits.history);
+                let publishing = log.append(user, content, ack, limits);
                 Answer::Echo(Box::pin(async move { Publishing(publishing.await) }))
             }
         }
     }
 
-    /// The outcome of a publish: its seq and message id, or why it failed.
-    pub fn published(&mut self, publishing: Publishing) -> Result<(u64, String), ChatError> {
+    /// The outcome of a publish, or why it failed.
+    pub fn published(&mut self, publishing: Publishing) -> Result<Accepted, ChatError> {
         match self {
             RoomLog::Redis(log) => log.published(publishing.0),
             // unreachable: a `Publishing` comes only from a Redis log's append.
@@ -227,7 +268,7 @@ impl RoomLog {
     /// Applies reloaded limits to what the log retains here.
     pub fn set_limits(&mut self, limits: &RoomLimits) {
         if let RoomLog::Memory(log) = self {
-            log.set_limits(limits.history, limits.history_bytes);
+            log.set_limits(limits);
         }
     }
 }
@@ -242,8 +283,8 @@ pub fn on_published<H: LogHost>(host: &mut H, published: Published, ctx: &mut Co
     redis::sync::on_published(host, published, ctx);
 }
 
-/// A new CHAT of `room` with a fresh id; `seq` is 0 when Redis assigns it.
-pub fn chat(room: &RoomName, user: &str, content: String, seq: u64) -> proto::Message {
+/// A new CHAT of `room` with a fresh id; `seq` is 0 and `epoch` empty when Redis assigns them.
+pub fn chat(room: &RoomName, user: &str, content: String, seq: u64, epoch: &str) -> proto::Message {
     proto::Message {
         kind: Kind::Chat.into(),
         user: user.to_string(),
@@ -252,6 +293,7 @@ pub fn chat(room: &RoomName, user: &str, content: String, seq: u64) -> proto::Me
         room: room.to_string(),
         id: uuid::Uuid::now_v7().to_string(),
         seq,
+        epoch: epoch.to_string(),
         ..proto::Message::default()
     }
 }

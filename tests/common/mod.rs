@@ -110,6 +110,16 @@ impl TestServer {
 
     pub async fn start_with(config: Config) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TestServer::serve_on(listener, config)
+    }
+
+    /// [`TestServer::start`] on `addr`: a server started again where a stopped one listened.
+    pub async fn start_at(addr: SocketAddr, toml: &str) -> TestServer {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        TestServer::serve_on(listener, parse(toml))
+    }
+
+    fn serve_on(listener: TcpListener, config: Config) -> TestServer {
         let addr = listener.local_addr().unwrap();
         let server = Server::new(listener, config).unwrap();
         let hub = server.hub();
