@@ -24,6 +24,8 @@
 //! - [`config`]: the TOML schema, per-room limits, the auth key and which keys reload.
 //! - [`limits`]: the token bucket; [`names`]: validated user and room names and session ids.
 //! - [`error`]: `ChatError` (an ERROR reply) and `Fatal` (ends the stream); [`proto`]: the wire types.
+//! - [`client`]: the client library: one stream kept up across reconnects (backoff, heartbeats,
+//!   token refresh), rooms resumed without gap or duplicate, unanswered CHATs resent by `ref`.
 //! - [`metrics`]: every metric, and the `/metrics` endpoint; [`trim`]: gives idle allocator memory back.
 //!
 //! Dependency order (each depends only on those after it; the binaries may use anything):
@@ -33,11 +35,13 @@
 //! generated service names the codec, which is generic over the request type so as not to
 //! import `proto` back). Inside `actors` the mail, the two actors and the registry name each
 //! other's addresses (actix's `Addr<Room>`, `Addr<Session>`); that knot stays in the folder.
+//! `client` stands apart: it uses only `proto` (the server side never imports it).
 //! `tests/layout.rs` fails on any other import cycle.
 
 pub mod actors;
 pub mod admin;
 pub mod census;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod edge;
