@@ -6,6 +6,8 @@
 pub mod admin;
 mod client;
 pub mod process;
+pub mod proxy;
+pub mod recorder;
 pub mod redis;
 
 #[allow(unused_imports)] // as above: each test binary uses its own subset
@@ -110,6 +112,28 @@ impl TestServer {
 
     pub async fn start_with(config: Config) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TestServer::start_on_listener(listener, config).await
+    }
+
+    /// A server on `addr`, the address of a server that was shut down: a restart on the
+    /// same port. Binding is retried (bounded) while the kernel still holds the port.
+    pub async fn start_at(addr: SocketAddr, toml: &str) -> TestServer {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
+                    // A poll interval, not a synchronisation: nothing tells when the port is free.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => panic!("cannot bind {addr} again: {error}"),
+            }
+        };
+        TestServer::start_on_listener(listener, parse(toml)).await
+    }
+
+    async fn start_on_listener(listener: TcpListener, config: Config) -> TestServer {
         let addr = listener.local_addr().unwrap();
         let server = Server::new(listener, config).unwrap();
         let hub = server.hub();
