@@ -90,7 +90,13 @@ async fn over_many_faults_every_message_arrives_once_and_every_typed_chat_lands_
         Fault::DropReplies,
     ];
     for round in 0..ROUNDS {
-        // Messages flow to alice again: the previous fault was repaired.
+        // The previous fault was repaired: alice resumed, and messages flow to her again.
+        alice_events
+            .wait_for("the resume", |events| {
+                let resumed = events.iter().filter(|e| matches!(e, Event::Resumed { .. }));
+                (resumed.count() >= round).then_some(())
+            })
+            .await;
         let seen = alice_events.messages("r").len();
         alice_events.wait_messages("r", seen + 3).await;
         let fault = faults[round % faults.len()];

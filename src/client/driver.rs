@@ -129,7 +129,7 @@ impl Driver {
                     match permit {
                         // unwrap: the branch runs only with a request waiting.
                         Ok(permit) => permit.send(self.outbox.pop_front().unwrap()),
-                        Err(_) => return broken("the request stream closed"),
+                        Err(_) => return broken("the connection closed"),
                     }
                 }
                 command = self.commands.recv(), if !self.closing => match command {
