@@ -206,7 +206,10 @@ fn main() -> ExitCode {
     };
     // `main` returning `Result` would print the error's Debug form (with a backtrace under
     // RUST_BACKTRACE=1): one line instead.
-    match runtime.block_on(run(args)) {
+    let outcome = runtime.block_on(run(args));
+    // A blocking read of stdin may still be in progress: do not wait for it.
+    runtime.shutdown_background();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("chat-client: {}", one_line(&error));
