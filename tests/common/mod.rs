@@ -9,6 +9,7 @@ pub mod process;
 pub mod proxy;
 pub mod recorder;
 pub mod redis;
+pub mod tls;
 
 #[allow(unused_imports)] // as above: each test binary uses its own subset
 pub use client::{Client, raw_stream, small_window, small_window_client};
