@@ -104,7 +104,11 @@ impl Running {
             None => l == line,
         };
         let seen = timeout(WAIT, lines.wait_for(|lines| lines.iter().any(matches))).await;
-        assert!(seen.is_ok(), "no line {line:?} in {:#?}", self.lines.borrow());
+        assert!(
+            seen.is_ok(),
+            "no line {line:?} in {:#?}",
+            self.lines.borrow()
+        );
     }
 
     fn lines(&self) -> Vec<String> {
@@ -134,14 +138,17 @@ async fn chat_client_given_host_port_says_when_it_reconnects_and_what_it_missed(
     cli.wait_line("* reconnecting… (attempt 1 in …").await;
     cli.wait_line("[r] bob: missed 1 (earlier)").await;
     cli.wait_line("[r] bob: missed 2 (earlier)").await;
-    cli.wait_line("* back, 2 missed messages replayed (r)").await;
+    cli.wait_line("* back, 2 missed messages replayed (r)")
+        .await;
 
     // Moved to another, empty server: the room started over, its old history is gone.
     let second = TestServer::start("").await;
     proxy.retarget(second.addr);
     proxy.inject(Fault::Cut);
-    cli.wait_line("* back, 0 missed messages replayed (r)").await;
-    cli.wait_line("* some messages are no longer available (r)").await;
+    cli.wait_line("* back, 0 missed messages replayed (r)")
+        .await;
+    cli.wait_line("* some messages are no longer available (r)")
+        .await;
     let mut carol = second.client("carol").await;
     carol.join("r").await;
     carol.chat("r", "new server").await;
@@ -152,7 +159,10 @@ async fn chat_client_given_host_port_says_when_it_reconnects_and_what_it_missed(
     assert!(status.success(), "{:#?}", cli.lines());
     let lines = cli.lines();
     let once = |line: &str| lines.iter().filter(|l| *l == line).count() == 1;
-    assert!(once("[r] bob: seen live") && once("[r] bob: missed 1 (earlier)"), "{lines:#?}");
+    assert!(
+        once("[r] bob: seen live") && once("[r] bob: missed 1 (earlier)"),
+        "{lines:#?}"
+    );
 }
 
 /// Runs `chat-client` with `args` and RUST_BACKTRACE=1 until it exits; (code, stderr).
@@ -196,11 +206,13 @@ async fn chat_client_errors_are_one_line_without_a_backtrace() {
     );
 
     // Kicked by an operator: PERMISSION_DENIED ends it, in one line, with no retry.
-    let server = TestServer::start(&format!("[admin]\ntoken = \"{}\"\n", common::admin::TOKEN)).await;
+    let server =
+        TestServer::start(&format!("[admin]\ntoken = \"{}\"\n", common::admin::TOKEN)).await;
     let mut watcher = server.client("watcher").await;
     watcher.join("r").await;
     let cli = Running::start(&server.addr.to_string(), "mallory", "r");
-    cli.wait_line("* you joined r (2 here: mallory, watcher)").await;
+    cli.wait_line("* you joined r (2 here: mallory, watcher)")
+        .await;
     use chatrooms::proto::admin::{KickMode, KickRequest, kick_request::Target};
     common::admin::admin(&server, Some(common::admin::TOKEN))
         .await
@@ -212,7 +224,10 @@ async fn chat_client_errors_are_one_line_without_a_backtrace() {
         })
         .await
         .unwrap();
-    let output = timeout(WAIT, cli.child.wait_with_output()).await.unwrap().unwrap();
+    let output = timeout(WAIT, cli.child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),

@@ -64,8 +64,14 @@ async fn a_client_moved_to_another_node_resumes_there_and_its_resent_chat_posts_
     // Her next connection lands on node b.
     proxy.retarget(b.addr);
     proxy.inject(Fault::Cut);
-    let ack = timeout(WAIT, reply).await.unwrap().expect("acked by node b");
-    assert_eq!((ack.seq, ack.id.as_str()), (accepted.seq, accepted.id.as_str()));
+    let ack = timeout(WAIT, reply)
+        .await
+        .unwrap()
+        .expect("acked by node b");
+    assert_eq!(
+        (ack.seq, ack.id.as_str()),
+        (accepted.seq, accepted.id.as_str())
+    );
     b.wait_sessions(2).await; // the observer and alice
     for i in 0..2 {
         post(&mut bob, &format!("after {i}")).await;
@@ -89,6 +95,9 @@ async fn a_client_moved_to_another_node_resumes_there_and_its_resent_chat_posts_
         .into_iter()
         .map(|m| (m.seq, m.content))
         .collect();
-    assert_eq!(seen, expected, "alice saw every message once, across the move");
+    assert_eq!(
+        seen, expected,
+        "alice saw every message once, across the move"
+    );
     assert_eq!(alice_events.resumed(), [("r".to_string(), 4, false)]);
 }

@@ -141,7 +141,12 @@ async fn over_many_faults_every_message_arrives_once_and_every_typed_chat_lands_
     }
     let resumed = alice_events.resumed();
     assert!(resumed.len() >= ROUNDS, "{resumed:?}");
-    assert!(resumed.iter().all(|(room, _, truncated)| room == "r" && !truncated), "{resumed:?}");
+    assert!(
+        resumed
+            .iter()
+            .all(|(room, _, truncated)| room == "r" && !truncated),
+        "{resumed:?}"
+    );
     let reasons: Vec<String> = alice_events
         .events()
         .into_iter()
@@ -151,7 +156,9 @@ async fn over_many_faults_every_message_arrives_once_and_every_typed_chat_lands_
         })
         .collect();
     assert!(
-        reasons.iter().any(|r| r.contains("no reply from the server")),
+        reasons
+            .iter()
+            .any(|r| r.contains("no reply from the server")),
         "a stalled connection is noticed by its heartbeat: {reasons:?}"
     );
 }
@@ -178,8 +185,14 @@ async fn a_chat_whose_ack_was_lost_is_resent_and_the_room_holds_it_once() {
     let accepted = observer.wait_content("only once").await;
     proxy.inject(Fault::Cut);
 
-    let ack = timeout(WAIT, reply).await.unwrap().expect("acked after the resend");
-    assert_eq!((ack.seq, ack.id.as_str()), (accepted.seq, accepted.id.as_str()));
+    let ack = timeout(WAIT, reply)
+        .await
+        .unwrap()
+        .expect("acked after the resend");
+    assert_eq!(
+        (ack.seq, ack.id.as_str()),
+        (accepted.seq, accepted.id.as_str())
+    );
     alice.post("r", "next").await.unwrap();
     observer.wait_content("next").await;
     let contents: Vec<String> = observer.chats().into_iter().map(|m| m.content).collect();
@@ -210,7 +223,9 @@ async fn a_chat_whose_ack_was_lost_is_resent_and_the_room_holds_it_once() {
 async fn a_server_restarted_on_the_same_port_is_followed_and_the_lost_history_reported() {
     let first = TestServer::start(CONFIG).await;
     let addr = first.addr;
-    let (alice, events) = Client::connect(fast(&addr.to_string(), "alice")).await.unwrap();
+    let (alice, events) = Client::connect(fast(&addr.to_string(), "alice"))
+        .await
+        .unwrap();
     let alice_events = Recorder::start(events);
     alice.join("r").await.unwrap();
     let mut bob = first.client("bob").await;
@@ -295,7 +310,9 @@ async fn heartbeats_keep_a_quiet_session_past_the_idle_timeout() {
             .any(|e| matches!(e, Event::Reconnecting { .. }))
     };
     assert!(
-        alice_events.quiet_for(Duration::from_millis(1200), broke).await,
+        alice_events
+            .quiet_for(Duration::from_millis(1200), broke)
+            .await,
         "{:?}",
         alice_events.events()
     );

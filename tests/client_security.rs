@@ -108,7 +108,11 @@ async fn an_expired_token_is_refreshed_once_and_the_rooms_resumed() {
     let mine = alice_events.wait_content("r", "me again").await;
     assert_eq!((mine.user.as_str(), mine.seq), ("alice", ack.seq));
 
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "the first token, then one fresh one");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the first token, then one fresh one"
+    );
     let contents: Vec<String> = alice_events
         .messages("r")
         .into_iter()
@@ -141,7 +145,10 @@ async fn a_refused_fresh_token_ends_the_client_with_a_clear_error() {
     let (callback, calls) = tokens(vec![forged]);
     let options = fast(&server.addr.to_string(), "alice").token(callback);
     let refused = Client::connect(options).await.unwrap_err();
-    assert!(matches!(refused, ClientError::Unauthenticated(_)), "{refused}");
+    assert!(
+        matches!(refused, ClientError::Unauthenticated(_)),
+        "{refused}"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
@@ -191,7 +198,9 @@ async fn a_kicked_client_stops_without_retrying() {
     );
     let events = alice_events.events();
     assert!(
-        !events.iter().any(|e| matches!(e, Event::Reconnecting { .. })),
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Reconnecting { .. })),
         "{events:?}"
     );
     server.wait_sessions(0).await;

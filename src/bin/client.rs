@@ -102,7 +102,9 @@ fn render(event: &Event) -> Option<String> {
             let plural = if *replayed == 1 { "" } else { "s" };
             let mut line = format!("* back, {replayed} missed message{plural} replayed ({room})");
             if *truncated {
-                line.push_str(&format!("\n* some messages are no longer available ({room})"));
+                line.push_str(&format!(
+                    "\n* some messages are no longer available ({room})"
+                ));
             }
             line
         }

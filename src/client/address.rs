@@ -38,7 +38,9 @@ impl ServerAddress {
             None => {
                 let port = trimmed.rsplit_once(':').map(|(_, port)| port);
                 if port.is_none_or(|p| p.parse::<u16>().is_err()) {
-                    return Err(invalid("expected host:port (or an http:// or https:// URL)"));
+                    return Err(invalid(
+                        "expected host:port (or an http:// or https:// URL)",
+                    ));
                 }
                 (tls_configured, trimmed)
             }
@@ -66,12 +68,21 @@ mod tests {
 
     #[test]
     fn host_port_and_urls() {
-        assert_eq!(parsed("127.0.0.1:50051"), ("http://127.0.0.1:50051".into(), false));
+        assert_eq!(
+            parsed("127.0.0.1:50051"),
+            ("http://127.0.0.1:50051".into(), false)
+        );
         assert_eq!(parsed("localhost:1"), ("http://localhost:1".into(), false));
         assert_eq!(parsed("[::1]:50051"), ("http://[::1]:50051".into(), false));
         assert_eq!(parsed("http://h:9/"), ("http://h:9".into(), false));
-        assert_eq!(parsed("HTTPS://chat.example:443"), ("https://chat.example:443".into(), true));
-        assert_eq!(parsed("https://chat.example"), ("https://chat.example".into(), true));
+        assert_eq!(
+            parsed("HTTPS://chat.example:443"),
+            ("https://chat.example:443".into(), true)
+        );
+        assert_eq!(
+            parsed("https://chat.example"),
+            ("https://chat.example".into(), true)
+        );
         let tls = ServerAddress::parse("h:1", true).unwrap();
         assert_eq!((tls.uri.as_str(), tls.tls), ("https://h:1", true));
     }
@@ -88,7 +99,9 @@ mod tests {
             ("", "expected host:port"),
             ("two words:1", "not a valid address"),
         ] {
-            let error = ServerAddress::parse(address, false).unwrap_err().to_string();
+            let error = ServerAddress::parse(address, false)
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(says), "{address:?}: {error}");
         }
         let error = ServerAddress::parse("http://h:1", true).unwrap_err();

@@ -120,13 +120,21 @@ impl Link {
         if self.token.is_none()
             && let Some(source) = &self.source
         {
-            let token = source.fetch().await.map_err(|e| Failure::Fatal(ClientError::Token(e)))?;
+            let token = source
+                .fetch()
+                .await
+                .map_err(|e| Failure::Fatal(ClientError::Token(e)))?;
             self.token = Some(token);
         }
         let transport = |e: tonic::transport::Error| Failure::Retry(one_line(&e));
         let channel = timeout(self.connect_timeout, self.endpoint.connect())
             .await
-            .map_err(|_| Failure::Retry(format!("connect timed out after {:?}", self.connect_timeout)))?
+            .map_err(|_| {
+                Failure::Retry(format!(
+                    "connect timed out after {:?}",
+                    self.connect_timeout
+                ))
+            })?
             .map_err(transport)?;
         let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
         let mut request = Request::new(ReceiverStream::new(rx));
@@ -144,7 +152,9 @@ impl Link {
         )
         .await
         .map_err(|_| Failure::Retry("the server did not open the stream in time".into()))?;
-        let rx = opened.map_err(|status| Failure::from_status(&status))?.into_inner();
+        let rx = opened
+            .map_err(|status| Failure::from_status(&status))?
+            .into_inner();
         self.fresh_unproven = false;
         Ok(Connection { tx: Some(tx), rx })
     }
@@ -195,7 +205,10 @@ mod tests {
             Status::internal("connection reset"),
         ];
         for status in retried {
-            assert!(matches!(Failure::from_status(&status), Failure::Retry(_)), "{status:?}");
+            assert!(
+                matches!(Failure::from_status(&status), Failure::Retry(_)),
+                "{status:?}"
+            );
         }
         assert_eq!(
             Failure::from_status(&Status::unavailable("server shutting down")),
@@ -205,9 +218,16 @@ mod tests {
             Failure::from_status(&Status::unauthenticated("token expired")),
             Failure::Unauthenticated("token expired".into())
         );
-        for code in [Code::PermissionDenied, Code::InvalidArgument, Code::Unimplemented] {
+        for code in [
+            Code::PermissionDenied,
+            Code::InvalidArgument,
+            Code::Unimplemented,
+        ] {
             let failure = Failure::from_status(&Status::new(code, "no"));
-            assert!(matches!(failure, Failure::Fatal(ClientError::Ended { .. })), "{code:?}");
+            assert!(
+                matches!(failure, Failure::Fatal(ClientError::Ended { .. })),
+                "{code:?}"
+            );
         }
     }
 }

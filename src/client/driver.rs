@@ -201,7 +201,9 @@ impl Driver {
                 Ok(connection) => return Ok(Some(connection)),
                 Err(Failure::Retry(why)) => reason = why,
                 Err(Failure::Fatal(error)) => return Err(error),
-                Err(Failure::Unauthenticated(why)) => return Err(ClientError::Unauthenticated(why)),
+                Err(Failure::Unauthenticated(why)) => {
+                    return Err(ClientError::Unauthenticated(why));
+                }
             }
         }
     }
@@ -279,7 +281,10 @@ impl Driver {
                     _slot: slot,
                 });
                 let r#ref = self.refs.of(number);
-                (self.request(Kind::Leave, &room, String::new(), r#ref), false)
+                (
+                    self.request(Kind::Leave, &room, String::new(), r#ref),
+                    false,
+                )
             }
             Command::Post {
                 room,

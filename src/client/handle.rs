@@ -60,9 +60,10 @@ impl Client {
     /// client reconnects by itself.
     pub async fn connect(options: ClientOptions) -> Result<(Client, Events), ClientError> {
         let mut link = Link::new(&options)?;
-        let connection = link.open_refreshing().await.map_err(|failure| {
-            failure.into_error(link.address())
-        })?;
+        let connection = link
+            .open_refreshing()
+            .await
+            .map_err(|failure| failure.into_error(link.address()))?;
         let (commands, commands_rx) = mpsc::channel(COMMAND_BUFFER);
         let (events_tx, events) = mpsc::channel(options.event_capacity);
         let slots = Arc::new(Semaphore::new(options.max_pending));

@@ -69,10 +69,18 @@ impl Driver {
     async fn on_joined(&mut self, message: Message, number: Option<u64>) {
         let (room, epoch, seq) = (&message.room, &message.epoch, message.seq);
         let truncated = message.replay_truncated;
-        match self.take(number, |r| matches!(r, Request::Join { .. } | Request::Resume { .. })) {
-            Some((number, Request::Join { room: asked, reply, .. })) => {
+        match self.take(number, |r| {
+            matches!(r, Request::Join { .. } | Request::Resume { .. })
+        }) {
+            Some((
+                number,
+                Request::Join {
+                    room: asked, reply, ..
+                },
+            )) => {
                 self.rooms.rename(&asked, room);
-                self.rooms.on_joined(room, epoch, seq, truncated, number, false);
+                self.rooms
+                    .on_joined(room, epoch, seq, truncated, number, false);
                 let joined = Joined {
                     room: message.room.clone(),
                     members: message.members,
@@ -83,7 +91,8 @@ impl Driver {
                 self.emit(Event::Joined(joined)).await;
             }
             Some((number, _resume)) => {
-                self.rooms.on_joined(room, epoch, seq, truncated, number, true);
+                self.rooms
+                    .on_joined(room, epoch, seq, truncated, number, true);
             }
             None => {}
         }

@@ -153,11 +153,17 @@ mod tests {
         let second = pending.add(Request::Resume { room: "r".into() });
         assert_eq!(pending.users(), 0);
         let drained = pending.drain();
-        assert_eq!(drained.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [first, second]);
+        assert_eq!(
+            drained.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            [first, second]
+        );
         for (number, request) in drained {
             pending.restore(number, request);
         }
         assert!(matches!(pending.take(second), Some(Request::Resume { .. })));
-        assert!(pending.add(Request::Marker) > second, "numbers are never reused");
+        assert!(
+            pending.add(Request::Marker) > second,
+            "numbers are never reused"
+        );
     }
 }

@@ -81,7 +81,10 @@ impl Rooms {
 
     /// Rooms to join again on a new connection.
     pub(crate) fn joined(&self) -> Vec<String> {
-        let joined = self.rooms.iter().filter(|(_, r)| r.status == Status::Joined);
+        let joined = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.status == Status::Joined);
         joined.map(|(name, _)| name.clone()).collect()
     }
 

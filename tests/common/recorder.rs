@@ -62,7 +62,11 @@ impl Recorder {
     }
 
     /// True when nothing `find` finds turns up for `quiet` (asserting absence, like `QUIET`).
-    pub async fn quiet_for(&self, quiet: std::time::Duration, find: impl Fn(&[Event]) -> bool) -> bool {
+    pub async fn quiet_for(
+        &self,
+        quiet: std::time::Duration,
+        find: impl Fn(&[Event]) -> bool,
+    ) -> bool {
         let mut events = self.events.clone();
         timeout(quiet, events.wait_for(|events| find(events)))
             .await
