@@ -39,7 +39,7 @@ impl HistoryBudget {
 
     /// Takes `n` bytes if they fit under the limit; all or nothing, so racing rooms cannot
     /// overshoot it together.
-    fn try_take(&self, n: usize) -> bool {
+    pub(crate) fn try_take(&self, n: usize) -> bool {
         let taken = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -52,7 +52,7 @@ impl HistoryBudget {
         taken
     }
 
-    fn give_back(&self, n: usize) {
+    pub(crate) fn give_back(&self, n: usize) {
         if n > 0 {
             self.used.fetch_sub(n, Ordering::AcqRel);
             metrics::get().history_bytes.decrement(n as f64);

@@ -25,7 +25,7 @@ use crate::{
 pub struct Hub {
     /// Swapped whole on reload; readers take a cheap snapshot with [`Hub::config`].
     config: LiveConfig,
-    /// The gRPC decoder limit, fixed when the transport starts.
+    /// `server.max_frame_bytes` (the transport's frame limit and the gRPC decoder's), fixed at start.
     frame_limit: usize,
     pub arbiters: Arbiters,
     pub rooms: Arc<RoomRegistry>,
@@ -56,7 +56,7 @@ impl Hub {
         };
         let rooms = Arc::new(RoomRegistry::new(config.server.max_rooms));
         let history_budget = HistoryBudget::new(config.server.history_bytes_total);
-        let frame_limit = config.max_frame_bytes();
+        let frame_limit = config.server.max_frame_bytes;
         let config: LiveConfig = Arc::new(ArcSwap::from_pointee(config));
         let sessions = Arc::new(SessionTable::new(max_sessions, first_id));
         let census = Arc::new(Census::default());

@@ -28,6 +28,7 @@ pub const REQUESTS_THROTTLED: &str = "chat_requests_throttled_total";
 pub const SESSIONS_ENDED: &str = "chat_sessions_ended_total";
 pub const FANOUT_SECONDS: &str = "chat_fanout_seconds";
 pub const HISTORY_BYTES: &str = "chat_history_bytes";
+pub const RESENDS_DEDUPLICATED: &str = "chat_resends_deduplicated_total";
 
 /// Fan-out time buckets: from a lone member (microseconds) to a 10,000-member room.
 const FANOUT_BUCKETS: &[f64] = &[
@@ -66,7 +67,11 @@ fn describe() {
     describe_gauge!(
         HISTORY_BYTES,
         metrics::Unit::Bytes,
-        "Encoded bytes the rooms retain as history (memory engine)."
+        "Encoded bytes the rooms retain as history and in their dedup windows (memory engine)."
+    );
+    describe_counter!(
+        RESENDS_DEDUPLICATED,
+        "CHATs answered with the original ack of the same (user, room, ref) instead of posted again."
     );
     describe_counter!(MESSAGES_RECEIVED, "Requests read from client streams.");
     describe_counter!(
@@ -98,6 +103,7 @@ fn register_all() {
     metrics::counter!(MESSAGES_RECEIVED).increment(0);
     metrics::counter!(MESSAGES_DELIVERED).increment(0);
     metrics::counter!(REQUESTS_THROTTLED).increment(0);
+    metrics::counter!(RESENDS_DEDUPLICATED).increment(0);
     let _ = metrics::histogram!(FANOUT_SECONDS);
     for code in ChatError::CODES {
         metrics::counter!(REQUESTS_REFUSED, "code" => *code).increment(0);
@@ -116,6 +122,7 @@ pub struct Handles {
     pub received: Counter,
     pub delivered: Counter,
     pub throttled: Counter,
+    pub resends_deduplicated: Counter,
     pub fanout: Histogram,
 }
 
@@ -126,6 +133,7 @@ static HANDLES: LazyLock<Handles> = LazyLock::new(|| Handles {
     received: metrics::counter!(MESSAGES_RECEIVED),
     delivered: metrics::counter!(MESSAGES_DELIVERED),
     throttled: metrics::counter!(REQUESTS_THROTTLED),
+    resends_deduplicated: metrics::counter!(RESENDS_DEDUPLICATED),
     fanout: metrics::histogram!(FANOUT_SECONDS),
 });
 

@@ -1,5 +1,6 @@
-//! Validated identifiers: session ids, room names and user names. Names are checked once at the
-//! edge and then shared as `Arc<str>`, so a broadcast or a member list never copies them.
+//! Validated identifiers: session ids, room names, user names and room epochs. Names are checked
+//! once at the edge and then shared as `Arc<str>`, so a broadcast or a member list never copies
+//! them.
 
 use std::{
     fmt,
@@ -44,6 +45,17 @@ pub fn reserved_look_alike(name: &str) -> Option<&'static str> {
         .iter()
         .position(|reserved| *reserved == key)
         .map(|i| RESERVED_USERS[i])
+}
+
+/// Longest epoch in bytes, as the wire contract promises clients.
+pub const EPOCH_BYTES: usize = 16;
+
+/// A fresh epoch: an id of one incarnation of a room's sequence, 16 hex digits of random bits
+/// (64 bits: two incarnations of one room never share one in practice).
+pub fn new_epoch() -> String {
+    let (high, low) = uuid::Uuid::new_v4().as_u64_pair();
+    // XOR so the v4 version and variant bits, fixed in each half, are covered by random ones.
+    format!("{:016x}", high ^ low)
 }
 
 /// Process-unique id of one stream's session.
@@ -125,6 +137,14 @@ impl fmt::Display for UserName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epochs_are_sixteen_hex_digits_and_differ() {
+        let (a, b) = (new_epoch(), new_epoch());
+        assert_eq!(a.len(), EPOCH_BYTES);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn room_names_at_and_past_the_bounds() {

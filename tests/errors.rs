@@ -28,7 +28,9 @@ per_engine![
     bad_request_for_kinds_a_client_may_not_send_and_missing_fields,
     undecodable_frame_ends_only_that_stream,
     invalid_utf8_in_a_string_field_ends_only_that_stream,
-    frame_over_the_decode_limit_is_refused_before_it_is_buffered,
+    content_many_times_the_limit_is_message_too_large_and_the_stream_goes_on,
+    a_ten_thousand_character_room_name_is_invalid_room_and_the_stream_goes_on,
+    a_frame_over_max_frame_bytes_ends_only_that_stream,
     server_only_fields_from_a_client_are_ignored,
 ];
 
@@ -325,15 +327,43 @@ async fn invalid_utf8_in_a_string_field_ends_only_that_stream(engine: Engine) {
     server.wait_sessions(0).await;
 }
 
-async fn frame_over_the_decode_limit_is_refused_before_it_is_buffered(engine: Engine) {
-    let server = TestServer::start_on(engine, "[limits]\nmax_message_bytes = 100\n").await;
+/// 64 KiB against the default 4 KiB used to end the stream (the gRPC decoder limit was the
+/// largest `max_message_bytes` + 2 KiB); it is an ERROR like any other oversized content.
+async fn content_many_times_the_limit_is_message_too_large_and_the_stream_goes_on(engine: Engine) {
+    let server = TestServer::start_on(engine, "").await;
+    let mut a = server.client("a").await;
+    a.join("r").await;
+    let r#ref = a.chat("r", &"x".repeat(64 * 1024)).await;
+    let error = a.expect_error("message_too_large").await;
+    assert!(error.content.contains("65536"), "{error:?}");
+    assert_eq!((error.room.as_str(), error.r#ref), ("r", r#ref));
+    a.chat("r", "still here").await;
+    assert_eq!(a.expect(Kind::Chat).await.content, "still here");
+}
+
+/// A 10,000-character room name used to end the stream the same way.
+async fn a_ten_thousand_character_room_name_is_invalid_room_and_the_stream_goes_on(engine: Engine) {
+    let server = TestServer::start_on(engine, "").await;
+    let mut a = server.client("a").await;
+    let r#ref = a.send_kind(Kind::Join, &"r".repeat(10_000)).await;
+    let error = a.expect_error("invalid_room").await;
+    assert_eq!(error.r#ref, r#ref);
+    a.join("r").await;
+}
+
+async fn a_frame_over_max_frame_bytes_ends_only_that_stream(engine: Engine) {
+    let server = TestServer::start_on(engine, "[server]\nmax_frame_bytes = 16384\n").await;
     let mut bystander = server.client("bystander").await;
     bystander.join("r").await;
     let mut a = server.client("a").await;
     a.join("r").await;
     bystander.expect(Kind::Join).await;
-    a.chat("r", &"x".repeat(64 * 1024)).await;
-    a.expect_end(Code::ResourceExhausted).await;
+    // Just under the frame limit: decoded and refused in-band.
+    a.chat("r", &"x".repeat(16 * 1024 - 64)).await;
+    a.expect_error("message_too_large").await;
+    a.chat("r", &"x".repeat(16 * 1024)).await;
+    let status = a.expect_end(Code::ResourceExhausted).await;
+    assert!(status.message().contains("max_frame_bytes"), "{status:?}");
     // The others carry on, and see the offender leave.
     assert_eq!(bystander.expect(Kind::Leave).await.user, "a");
     bystander.chat("r", "ok").await;

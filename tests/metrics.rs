@@ -18,6 +18,7 @@ async fn a_fresh_server_exports_every_counter_and_gauge_at_zero() {
         "chat_messages_received_total".to_string(),
         "chat_messages_delivered_total".to_string(),
         "chat_requests_throttled_total".to_string(),
+        "chat_resends_deduplicated_total".to_string(),
         "chat_sessions_ended_total{reason=\"slow_consumer\"}".to_string(),
         "chat_sessions_ended_total{reason=\"token_expired\"}".to_string(),
         "chat_requests_refused_total{code=\"rate_limited\"}".to_string(),

@@ -52,6 +52,8 @@ pub struct Join {
     pub tx: SessionTx,
     pub addr: Addr<session::Session>,
     pub since_seq: u64,
+    /// The epoch `since_seq` counts in (empty: a client that does not know epochs).
+    pub epoch: String,
     /// `Some(ref)`: answer with JOINED and the replay. `None`: the silent auto-join of the
     /// default room by a client that only ever sends CHATs.
     pub ack: Option<String>,

@@ -4,7 +4,7 @@
 
 use crate::{
     error::ChatError,
-    names::RoomName,
+    names::{EPOCH_BYTES, MAX_ROOM_BYTES, RoomName},
     proto::{self, Kind},
 };
 
@@ -21,6 +21,8 @@ pub enum Request {
     Join {
         room: RoomName,
         since_seq: u64,
+        /// The epoch `since_seq` counts in; empty from clients that do not know epochs.
+        epoch: String,
     },
     Leave {
         room: RoomName,
@@ -43,7 +45,8 @@ pub struct Parsed {
 #[derive(Debug)]
 pub struct Refusal {
     pub error: ChatError,
-    /// As sent, or the parsed room once it is known; empty means the default room.
+    /// As sent (cut to [`MAX_ROOM_BYTES`]), or the parsed room once it is known; empty means the
+    /// default room.
     pub room: String,
     pub r#ref: String,
 }
@@ -58,7 +61,9 @@ pub struct Caller<'a> {
 
 /// Parses one request. The checks run in this order, and the first that fails decides the
 /// reply: the `ref`'s length, the kind, the caller's name, the room, the token's rooms claim
-/// (not for LEAVE), then a CHAT's content.
+/// (not for LEAVE), then a CHAT's content or a JOIN's epoch. A room echoed back as sent (PONG,
+/// and refusals before the room is parsed) is cut to [`MAX_ROOM_BYTES`]: no valid name is
+/// longer, and a frame may carry a megabyte of one.
 pub fn parse(
     msg: proto::Message,
     default_room: &RoomName,
@@ -70,20 +75,21 @@ pub fn parse(
         content,
         r#ref,
         since_seq,
+        epoch,
         ..
     } = msg;
     if r#ref.len() > MAX_REF_BYTES {
         let error = ChatError::BadRequest(format!("ref is longer than {MAX_REF_BYTES} bytes"));
         return Err(Refusal {
             error,
-            room,
+            room: echoed(room),
             r#ref: String::new(),
         });
     }
     let refuse = |error, room: String, r#ref| Err(Refusal { error, room, r#ref });
     let kind = match Kind::try_from(kind) {
         Ok(Kind::Ping) => {
-            let request = Request::Ping { room };
+            let request = Request::Ping { room: echoed(room) };
             return Ok(Parsed { request, r#ref });
         }
         Ok(Kind::Unspecified | Kind::Chat) => Kind::Chat,
@@ -92,24 +98,29 @@ pub fn parse(
             let error = ChatError::BadRequest(format!(
                 "kind {kind} is not something a client may send (CHAT, JOIN, LEAVE, PING)"
             ));
-            return refuse(error, room, r#ref);
+            return refuse(error, echoed(room), r#ref);
         }
     };
     if let Err(error) = &caller.named {
-        return refuse(error.clone(), room, r#ref);
+        return refuse(error.clone(), echoed(room), r#ref);
     }
     let target = match target_room(kind, &room, default_room) {
         Ok(target) => target,
-        Err(error) => return refuse(error, room, r#ref),
+        Err(error) => return refuse(error, echoed(room), r#ref),
     };
     if kind != Kind::Leave && !(caller.may_use)(&target) {
         let error = ChatError::Forbidden("the token's `rooms` claim does not include this room");
         return refuse(error, target.as_str().to_owned(), r#ref);
     }
     let request = match kind {
+        Kind::Join if epoch.len() > EPOCH_BYTES => {
+            let error = ChatError::BadRequest(format!("epoch is longer than {EPOCH_BYTES} bytes"));
+            return refuse(error, target.as_str().to_owned(), r#ref);
+        }
         Kind::Join => Request::Join {
             room: target,
             since_seq,
+            epoch,
         },
         Kind::Leave => Request::Leave { room: target },
         _ if content.is_empty() => {
@@ -122,6 +133,18 @@ pub fn parse(
         },
     };
     Ok(Parsed { request, r#ref })
+}
+
+/// `room` cut to [`MAX_ROOM_BYTES`] at a character boundary, in an allocation of its own size.
+fn echoed(room: String) -> String {
+    if room.len() <= MAX_ROOM_BYTES {
+        return room;
+    }
+    let cut = (0..=MAX_ROOM_BYTES)
+        .rev()
+        .find(|&i| room.is_char_boundary(i))
+        .unwrap_or(0);
+    room[..cut].to_string()
 }
 
 /// An empty `room` means the default room, except for LEAVE, which must say which.

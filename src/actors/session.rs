@@ -150,7 +150,11 @@ impl Session {
         let user = user.clone();
         match request {
             Request::Ping { .. } => {}
-            Request::Join { room, since_seq } => self.join(user, room, since_seq, r#ref, ctx),
+            Request::Join {
+                room,
+                since_seq,
+                epoch,
+            } => self.join(user, room, since_seq, epoch, r#ref, ctx),
             Request::Leave { room } => self.leave(room, r#ref, String::new(), ctx),
             Request::Chat { room, content } => self.chat(user, room, content, r#ref, ctx),
         }
@@ -167,7 +171,7 @@ impl Session {
     fn join_mail(
         &self,
         user: UserName,
-        since_seq: u64,
+        (since_seq, epoch): (u64, String),
         ack: Option<String>,
         ctx: &Context<Self>,
     ) -> Join {
@@ -177,6 +181,7 @@ impl Session {
             tx: self.tx.clone(),
             addr: ctx.address(),
             since_seq,
+            epoch,
             ack,
         }
     }
@@ -186,13 +191,14 @@ impl Session {
         user: UserName,
         room: RoomName,
         since_seq: u64,
+        epoch: String,
         r#ref: String,
         ctx: &mut Context<Self>,
     ) {
         if let Err(error) = self.has_room_for(&room) {
             return self.refuse(error, room.as_str(), r#ref, ctx);
         }
-        let join = self.join_mail(user, since_seq, Some(r#ref.clone()), ctx);
+        let join = self.join_mail(user, (since_seq, epoch), Some(r#ref.clone()), ctx);
         let joining = join_room(self.env.rooms.clone(), room.clone(), join)
             .into_actor(self)
             .map(move |joined, session, ctx| match joined {
@@ -226,7 +232,7 @@ impl Session {
                 if let Err(error) = self.has_room_for(&room) {
                     return self.refuse(error, room.as_str(), r#ref, ctx);
                 }
-                Some(self.join_mail(user, 0, None, ctx))
+                Some(self.join_mail(user, (0, String::new()), None, ctx))
             }
             None => return self.refuse(ChatError::NotAMember, room.as_str(), r#ref, ctx),
         };

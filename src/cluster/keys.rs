@@ -30,6 +30,9 @@ pub fn shard_for(room: &str, shards: usize) -> usize {
 pub struct RoomKeys {
     /// INCR counter: the room's last seq.
     pub seq: String,
+    /// The epoch of the room's current seq (16 hex digits), created with the seq key and
+    /// expiring with it.
+    pub epoch: String,
     /// Stream of CHAT bodies; entry id `<seq>-1`, field `b`.
     pub log: String,
     /// Sorted set of `<node>|<session>|<user>`, score = expiry in Unix ms (Redis server time).
@@ -42,6 +45,7 @@ impl RoomKeys {
     pub fn new(room: &str) -> RoomKeys {
         RoomKeys {
             seq: format!("chat:{{{room}}}:seq"),
+            epoch: format!("chat:{{{room}}}:epoch"),
             log: format!("chat:{{{room}}}:log"),
             presence: format!("chat:{{{room}}}:presence"),
             channel: room_channel(room),
@@ -51,6 +55,16 @@ impl RoomKeys {
 
 pub(crate) fn room_channel(room: &str) -> String {
     format!("chat:{{{room}}}:ch")
+}
+
+/// The key remembering the CHAT `user` posted to `room` with `ref`, for the dedup window: the
+/// user's byte length comes first, so no other (user, ref) pair spells the same key.
+pub fn dedup_key(room: &str, user: &str, r#ref: &str) -> String {
+    format!(
+        "chat:{{{room}}}:ref:{}:{user}{ref}",
+        user.len(),
+        r#ref = r#ref
+    )
 }
 
 /// Sorted set of a user's live sessions over all nodes, `<node>|<session>` scored by expiry (Unix
@@ -140,6 +154,12 @@ mod tests {
     fn key_names_share_the_room_hash_tag() {
         let keys = RoomKeys::new("lobby");
         assert_eq!(keys.seq, "chat:{lobby}:seq");
+        assert_eq!(keys.epoch, "chat:{lobby}:epoch");
+        assert_eq!(dedup_key("lobby", "ada", "r1"), "chat:{lobby}:ref:3:adar1");
+        assert_ne!(
+            dedup_key("lobby", "ad", "ar1"),
+            dedup_key("lobby", "ada", "r1")
+        );
         assert_eq!(keys.log, "chat:{lobby}:log");
         assert_eq!(keys.presence, "chat:{lobby}:presence");
         assert_eq!(keys.channel, "chat:{lobby}:ch");

@@ -24,7 +24,7 @@ mod subscriber;
 use std::time::Duration;
 
 pub use engine::{
-    HEALTH_INTERVAL, Joined, LocalPresence, Member, RedisEngine, RoomCount, Timeouts,
+    Dedup, HEALTH_INTERVAL, Joined, LocalPresence, Member, Posted, RedisEngine, RoomCount, Timeouts,
 };
 pub(crate) use keys::{OPERATOR_CHANNEL, answer_channel};
 pub use keys::{shard_for, stable_hash};

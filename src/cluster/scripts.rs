@@ -48,16 +48,18 @@ end
 }
 
 pub(crate) struct Scripts {
-    /// KEYS: seq, log. ARGV: channel, max_len, node, session, id, body, retention_ms. Returns
-    /// the new seq.
+    /// KEYS: seq, log, epoch, and the dedup key when the CHAT has a `ref` to remember. ARGV:
+    /// channel, max_len, node, session, id, body, retention_ms, a fresh epoch, dedup window ms.
+    /// Returns `{1, seq}` for a CHAT posted, `{0, seq, body}` for a resend of one the dedup key
+    /// holds (nothing written or published).
     pub publish_chat: Script,
-    /// KEYS: presence, seq. ARGV: channel, node, session, user, ttl_ms, max_members, body.
-    /// Returns `{0}` when full, else `{1, seq, {member...}}`.
+    /// KEYS: presence, seq, epoch. ARGV: channel, node, session, user, ttl_ms, max_members,
+    /// body. Returns `{0}` when full, else `{1, seq, {member...}, epoch}`.
     pub join: Script,
     /// KEYS: presence. ARGV: channel, node, session, user, body. Returns 1 if it was present.
     pub leave: Script,
-    /// KEYS: presence, seq, log. ARGV: channel, node, ttl_ms, retention_ms, then (session, user,
-    /// body) per entry. Returns how many entries were missing and announced again.
+    /// KEYS: presence, seq, log, epoch. ARGV: channel, node, ttl_ms, retention_ms, then (session,
+    /// user, body) per entry. Returns how many entries were missing and announced again.
     pub refresh: Script,
     /// KEYS: presence. ARGV: channel. Returns how many entries expired.
     pub sweep: Script,
@@ -99,16 +101,44 @@ return subscribed
     publish_chat: Script::new(concat!(
         prelude!(),
         r#"
-local seq = (tonumber(redis.call('GET', KEYS[1])) or 0) + 1
+-- A resend of a CHAT this user posted with this ref within the window: its stored
+-- `field(seq) .. body` answers, and nothing else happens.
+if KEYS[4] then
+  local prior = redis.call('GET', KEYS[4])
+  if prior then
+    local colon = string.find(prior, ':', 1, true)
+    local len = tonumber(string.sub(prior, 1, colon - 1))
+    return {0, tonumber(string.sub(prior, colon + 1, colon + len)),
+      string.sub(prior, colon + len + 1)}
+  end
+end
+local current = redis.call('GET', KEYS[1])
+local seq = (tonumber(current) or 0) + 1
 local s = int(seq)
 local retention = tonumber(ARGV[7]) or RETENTION_MS
+-- The epoch is created with the seq: a seq key that is gone (first CHAT, expired, lost with
+-- Redis's data) starts a new one. A seq from before epochs existed gets one too.
+local epoch = false
+if current then
+  epoch = redis.call('GET', KEYS[3])
+end
+if not epoch then
+  epoch = ARGV[8]
+end
+-- The epoch is appended to the encoded CHAT as protobuf field 13 (`epoch`, tag 0x6a), so every
+-- copy (live, gap fill, replay) carries it; epochs are 16 bytes, a one-byte length.
+local body = ARGV[6] .. '\106' .. string.char(#epoch) .. epoch
 -- XADD first: if it fails (say, a stream id out of order) nothing is written and no seq is burnt.
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], s .. '-1', 'b', ARGV[6])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], s .. '-1', 'b', body)
 redis.call('SET', KEYS[1], s, 'PX', retention)
+redis.call('SET', KEYS[3], epoch, 'PX', retention)
 redis.call('PEXPIRE', KEYS[2], retention)
+if KEYS[4] then
+  redis.call('SET', KEYS[4], field(s) .. body, 'PX', ARGV[9])
+end
 redis.call('PUBLISH', ARGV[1],
-  field('C') .. field(s) .. field(ARGV[3]) .. field(ARGV[4]) .. field(ARGV[5]) .. field(ARGV[6]))
-return seq
+  field('C') .. field(s) .. field(ARGV[3]) .. field(ARGV[4]) .. field(ARGV[5]) .. field(body))
+return {1, seq}
 "#
     )),
     join: Script::new(concat!(
@@ -129,7 +159,8 @@ if not present then
   redis.call('PUBLISH', ARGV[1],
     field('J') .. field(ARGV[2]) .. field(ARGV[3]) .. field(ARGV[4]) .. field(ARGV[7]))
 end
-return {1, redis.call('GET', KEYS[2]) or '0', redis.call('ZRANGE', KEYS[1], 0, -1)}
+return {1, redis.call('GET', KEYS[2]) or '0', redis.call('ZRANGE', KEYS[1], 0, -1),
+  redis.call('GET', KEYS[3]) or ''}
 "#
     )),
     leave: Script::new(concat!(
@@ -163,6 +194,7 @@ redis.call('PEXPIRE', KEYS[1], 3 * tonumber(ARGV[3]))
 -- from the last CHAT or the last member, whichever is later.
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[4], ARGV[4])
 return announced
 "#
     )),

@@ -74,6 +74,8 @@ pub const KEYS: &[KeyInfo] = &[
     key!(Live, server.max_rooms),
     // Every open room holds its share of the budget it was started with.
     key!(Restart, server.history_bytes_total),
+    // The transport's frame check and the gRPC decoder limit are set when it starts.
+    key!(Restart, server.max_frame_bytes),
     key!(Live, server.shutdown_grace_ms),
     key!(Restart, server.keepalive_interval_ms),
     key!(Restart, server.keepalive_timeout_ms),
@@ -101,7 +103,7 @@ pub const KEYS: &[KeyInfo] = &[
     key!(Live, session.requests_per_sec),
     key!(Live, session.requests_burst),
     key!(Live, limits.max_members),
-    // Live up to the gRPC decoder limit fixed at start; see `Config::reloaded`.
+    // Live up to `server.max_frame_bytes` - 2 KiB; see `Config::reloaded`.
     key!(Live, limits.max_message_bytes),
     key!(Live, limits.history),
     key!(Live, limits.history_bytes),
@@ -112,6 +114,8 @@ pub const KEYS: &[KeyInfo] = &[
     key!(Live, limits.max_members_listed),
     key!(Live, limits.read_only),
     key!(Live, limits.writers),
+    // A room reads it at every CHAT; entries already remembered keep the bound they had.
+    key!(Live, limits.dedup_window_ms),
     key!(Live, rooms),
     key!(Restart, auth.mode),
     key!(Restart, auth.secret),

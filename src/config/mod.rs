@@ -36,8 +36,11 @@ pub const DEFAULT_PATH: &str = "config/default.toml";
 pub const MAX_MESSAGE_BYTES_CEILING: usize = 4 * 1024 * 1024;
 
 /// Room for every field of a request other than `content` (user, room, ref, kind, numbers, tags),
-/// added to the largest `max_message_bytes` to size the gRPC decoder limit.
+/// added to the largest `max_message_bytes` for the largest request any room accepts.
 pub const ENVELOPE_BYTES: usize = 2048;
+
+/// The largest `server.max_frame_bytes` accepted.
+pub const MAX_FRAME_BYTES_CEILING: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
@@ -123,6 +126,13 @@ impl Config {
             .map_err(|(k, m)| invalid(file, &k, &m))?;
         validate::config(&self).map_err(|(k, m)| invalid(file, &k, &m))?;
         self.resolved = resolved;
+        let (frame, least) = (self.server.max_frame_bytes, self.largest_request_bytes());
+        if !(least..=MAX_FRAME_BYTES_CEILING).contains(&frame) {
+            let message = format!(
+                "must be between {least} (the largest max_message_bytes of any room + {ENVELOPE_BYTES}) and {MAX_FRAME_BYTES_CEILING}"
+            );
+            return Err(invalid(file, "server.max_frame_bytes", &message));
+        }
         Ok(self)
     }
 
@@ -132,9 +142,10 @@ impl Config {
         self.resolved.for_room(name)
     }
 
-    /// The gRPC decoder limit: the largest message any room accepts plus the envelope, so an
-    /// oversized frame is refused before it is buffered.
-    pub fn max_frame_bytes(&self) -> usize {
+    /// The largest request any room accepts: the largest `max_message_bytes` plus the
+    /// envelope. `server.max_frame_bytes` is at least this; frames above it are refused in-band,
+    /// and draw on the transport's budget of large frames (`transport::rechunk`).
+    pub fn largest_request_bytes(&self) -> usize {
         self.resolved.largest_message_bytes() + ENVELOPE_BYTES
     }
 }

@@ -16,13 +16,13 @@ impl Config {
                 restart.push(key.name);
             }
         }
-        // The gRPC decoder limit is fixed at start: room limits that would need a larger one
-        // keep their running values as a whole.
-        if new.max_frame_bytes() > self.max_frame_bytes() {
+        // `server.max_frame_bytes` is fixed at start: room limits whose requests would not fit
+        // it keep their running values as a whole.
+        if new.largest_request_bytes() > self.server.max_frame_bytes {
             new.limits = self.limits.clone();
             new.rooms = self.rooms.clone();
             new.resolved = self.resolved.clone();
-            restart.push("max_message_bytes above the running maximum (the gRPC decoder limit)");
+            restart.push("max_message_bytes above server.max_frame_bytes - 2048");
         }
         (new, restart)
     }
@@ -111,14 +111,25 @@ mod tests {
     }
 
     #[test]
-    fn room_limits_over_the_decoder_limit_keep_the_running_ones_whole() {
-        let running = parse_str("").unwrap();
+    fn room_limits_over_the_frame_limit_keep_the_running_ones_whole() {
+        let running = parse_str("[server]\nmax_frame_bytes = 65536\n").unwrap();
         let new = parse_str("[limits]\nburst = 3\n[rooms.\"big\"]\nmax_message_bytes = 100000\n")
             .unwrap();
         let (effective, restart) = running.reloaded(new);
-        assert_eq!(restart.len(), 1, "{restart:?}");
-        assert!(restart[0].starts_with("max_message_bytes"), "{restart:?}");
+        // The new file's larger frame limit needs a restart too.
+        assert_eq!(restart.len(), 2, "{restart:?}");
+        assert_eq!(restart[0], "server.max_frame_bytes");
+        assert!(restart[1].starts_with("max_message_bytes"), "{restart:?}");
         assert_eq!(effective.limits, running.limits);
         assert_eq!(effective.limits_for("big").max_message_bytes, 4096);
+
+        // Within the running frame limit the same rooms reload.
+        let new = parse_str(
+            "[server]\nmax_frame_bytes = 65536\n[rooms.\"big\"]\nmax_message_bytes = 63488\n",
+        )
+        .unwrap();
+        let (effective, restart) = running.reloaded(new);
+        assert!(restart.is_empty(), "{restart:?}");
+        assert_eq!(effective.limits_for("big").max_message_bytes, 63_488);
     }
 }

@@ -135,9 +135,22 @@ mod tests {
     }
 
     #[test]
-    fn frame_limit_follows_the_largest_room() {
+    fn the_largest_request_follows_the_largest_room() {
         let cfg = parse_str("[rooms.\"big\"]\nmax_message_bytes = 100000\n").unwrap();
-        assert_eq!(cfg.max_frame_bytes(), 100_000 + ENVELOPE_BYTES);
+        assert_eq!(cfg.largest_request_bytes(), 100_000 + ENVELOPE_BYTES);
+    }
+
+    #[test]
+    fn max_frame_bytes_must_hold_the_largest_request() {
+        let fits =
+            "[server]\nmax_frame_bytes = 102048\n[rooms.\"big\"]\nmax_message_bytes = 100000\n";
+        assert_eq!(parse_str(fits).unwrap().server.max_frame_bytes, 102_048);
+        let short = fits.replace("102048", "102047");
+        let err = parse_str(&short).unwrap_err();
+        assert!(err.contains("server.max_frame_bytes"), "{err}");
+        assert!(err.contains("102048"), "{err}");
+        let err = parse_str("[server]\nmax_frame_bytes = 16777217\n").unwrap_err();
+        assert!(err.contains("server.max_frame_bytes"), "{err}");
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub struct ServerConfig {
     /// Encoded bytes all rooms' histories may hold together (memory engine); see
     /// [`crate::history::HistoryBudget`] for what happens when it is used up.
     pub history_bytes_total: usize,
+    /// Largest request frame (a gRPC message) a stream may send; one over it ends the stream
+    /// with RESOURCE_EXHAUSTED before it is buffered. Anything smaller is decoded and answered
+    /// (content over a room's `max_message_bytes` gets `message_too_large`).
+    pub max_frame_bytes: usize,
 }
 
 /// PEM files for TLS; read at load so a missing or unreadable file stops the server at start.
@@ -89,6 +93,7 @@ impl Default for ServerConfig {
             handshake_timeout_ms: 5_000,
             max_rooms: 100_000,
             history_bytes_total: 256 * 1024 * 1024,
+            max_frame_bytes: 1024 * 1024,
         }
     }
 }
@@ -328,6 +333,9 @@ pub struct RoomLimits {
     /// Members may join and read; only `writers` may post.
     pub read_only: bool,
     pub writers: Vec<String>,
+    /// How long a CHAT's `(user, ref)` is remembered: a resend within it gets the original ack
+    /// and is not posted again. 0 = off.
+    pub dedup_window_ms: u64,
 }
 
 impl Default for RoomLimits {
@@ -344,6 +352,7 @@ impl Default for RoomLimits {
             max_members_listed: 1000,
             read_only: false,
             writers: Vec::new(),
+            dedup_window_ms: 120_000,
         }
     }
 }
@@ -351,5 +360,10 @@ impl Default for RoomLimits {
 impl RoomLimits {
     pub fn empty_room_ttl(&self) -> Duration {
         Duration::from_millis(self.empty_room_ttl_ms)
+    }
+
+    /// `None` when deduplication is off.
+    pub fn dedup_window(&self) -> Option<Duration> {
+        (self.dedup_window_ms > 0).then(|| Duration::from_millis(self.dedup_window_ms))
     }
 }

@@ -1,17 +1,21 @@
-//! The memory log (`[cluster] engine = "memory"`): the room's seq counter and its [`History`]
-//! ring, owned by the room actor, so every operation answers at once inside the room's handler
-//! and the room's mailbox order is the room's order. Presence truth is the room's own member
-//! table, so a JOIN or LEAVE is told to the members directly.
+//! The memory log (`[cluster] engine = "memory"`): the room's seq counter, its epoch, its
+//! [`History`] ring and its dedup window, owned by the room actor, so every operation answers
+//! at once inside the room's handler and the room's mailbox order is the room's order. Presence
+//! truth is the room's own member table, so a JOIN or LEAVE is told to the members directly.
+//!
+//! The epoch is drawn with the room's first CHAT and kept while the room runs: a room that
+//! stops (empty for `empty_room_ttl_ms`, or the server restarted) starts over at seq 1 in a
+//! new one.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
 
-use super::{Admitted, Appended, Joining, Presence};
+use super::{Accepted, Admitted, Appended, Joining, Presence, Resume, dedup::Dedup};
 use crate::{
     config::RoomLimits,
     history::{History, HistoryBudget},
-    names::{RoomName, SessionId},
+    names::{self, RoomName, SessionId},
     proto::{self, Kind},
 };
 
@@ -19,14 +23,19 @@ use crate::{
 pub struct MemoryLog {
     /// Sequence number of the last accepted CHAT.
     seq: u64,
+    /// This incarnation of the room's sequence; empty until its first CHAT.
+    epoch: String,
     history: History,
+    dedup: Dedup,
 }
 
 impl MemoryLog {
     pub fn new(limits: &RoomLimits, budget: Arc<HistoryBudget>) -> MemoryLog {
         MemoryLog {
             seq: 0,
-            history: History::new(limits.history, limits.history_bytes, budget),
+            epoch: String::new(),
+            history: History::new(limits.history, limits.history_bytes, budget.clone()),
+            dedup: Dedup::new(budget),
         }
     }
 
@@ -40,45 +49,72 @@ impl MemoryLog {
         self.seq > 0 || !self.history.is_empty()
     }
 
-    /// Assigns the next seq, encodes the CHAT once and keeps it in the history.
+    /// Assigns the next seq, encodes the CHAT once and keeps it in the history (and, with a
+    /// `ref`, in the dedup window). A resend of a CHAT in the window is answered from there.
     pub fn append(
         &mut self,
         room: &RoomName,
         user: &str,
         content: String,
         ack: Option<(SessionId, String)>,
-    ) -> (Appended, String) {
+        limits: &RoomLimits,
+    ) -> Accepted {
+        let now = Instant::now();
+        let dedup = match (&ack, limits.dedup_window()) {
+            (Some((session, r#ref)), Some(window)) if !r#ref.is_empty() => {
+                if let Some(original) = self.dedup.find(user, r#ref, window, now) {
+                    let ack = proto::with_ref(&original, r#ref);
+                    return Accepted::Resent { to: *session, ack };
+                }
+                Some((r#ref.clone(), window))
+            }
+            _ => None,
+        };
+        if self.epoch.is_empty() {
+            self.epoch = names::new_epoch();
+        }
         self.seq += 1;
-        let message = super::chat(room, user, content, self.seq);
+        let message = super::chat(room, user, content, self.seq, &self.epoch);
         let live = proto::encode(&message);
         self.history.push(self.seq, live.clone());
+        if let Some((r#ref, window)) = dedup {
+            let max = limits.history_bytes;
+            self.dedup
+                .remember(user, &r#ref, live.clone(), window, max, now);
+        }
         let appended = Appended {
             seq: self.seq,
             live,
             ack,
         };
-        (appended, message.id)
+        Accepted::Appended(appended, message.id)
     }
 
-    /// A JOIN needs nothing of anyone else here: JOINED carries the current seq, the replay is a
-    /// slice of the ring, and the members already here are told at once.
+    /// A JOIN needs nothing of anyone else here: JOINED carries the current seq and epoch, the
+    /// replay is a slice of the ring, and the members already here are told at once.
     pub fn admit(&self, joining: &Joining, limits: &RoomLimits) -> Admitted {
         if joining.rejoin {
             // A repeated JOIN only gets its ack: the live traffic since the first one is
             // already in the session's stream.
             return Admitted {
                 seq: self.seq,
+                epoch: self.epoch.clone(),
                 live_after: self.seq,
                 ..Admitted::default()
             };
         }
-        let replay = if joining.replay_wanted {
-            self.replay(joining.since_seq, limits.history_on_join)
+        let (replay, replay_truncated) = if joining.replay_wanted {
+            let resume = Resume::of(joining.since_seq, &joining.epoch, &self.epoch, self.seq);
+            let (first, replay) = self.replay(resume.after, limits.history_on_join);
+            let truncated = resume.truncated(joining.since_seq, self.seq, first);
+            (replay, truncated)
         } else {
-            Vec::new()
+            (Vec::new(), false)
         };
         Admitted {
             seq: self.seq,
+            epoch: self.epoch.clone(),
+            replay_truncated,
             live_after: self.seq,
             members: None,
             replay,
@@ -90,23 +126,26 @@ impl MemoryLog {
         }
     }
 
-    /// The retained CHATs after `since_seq`, or the newest `history_on_join` when it is 0.
-    fn replay(&self, since_seq: u64, history_on_join: usize) -> Vec<Bytes> {
-        if since_seq == 0 {
+    /// The retained CHATs after `after`, or the newest `history_on_join` when it is 0, with
+    /// the seq of the first. The ring is one gapless run ending at the room's last seq.
+    fn replay(&self, after: u64, history_on_join: usize) -> (Option<u64>, Vec<Bytes>) {
+        let replay: Vec<Bytes> = if after == 0 {
             self.history
                 .last(history_on_join)
                 .map(proto::as_replay)
                 .collect()
         } else {
-            self.history
-                .after(since_seq)
-                .map(proto::as_replay)
-                .collect()
-        }
+            self.history.after(after).map(proto::as_replay).collect()
+        };
+        let first = (!replay.is_empty()).then(|| self.seq + 1 - replay.len() as u64);
+        (first, replay)
     }
 
-    pub fn set_limits(&mut self, history: usize, history_bytes: usize) {
-        self.history.set_limits(history, history_bytes);
+    pub fn set_limits(&mut self, limits: &RoomLimits) {
+        self.history
+            .set_limits(limits.history, limits.history_bytes);
+        self.dedup
+            .set_limits(limits.dedup_window(), limits.history_bytes);
     }
 }
 
@@ -121,7 +160,7 @@ mod tests {
         MemoryLog::new(limits, HistoryBudget::new(usize::MAX))
     }
 
-    fn joining(rejoin: bool, since_seq: u64) -> Joining {
+    fn joining(rejoin: bool, since_seq: u64, epoch: &str) -> Joining {
         Joining {
             session: SessionId(7),
             // unwrap: a valid name.
@@ -129,6 +168,7 @@ mod tests {
             rejoin,
             replay_wanted: true,
             since_seq,
+            epoch: epoch.into(),
             presence_ttl: Duration::from_secs(1),
         }
     }
@@ -138,20 +178,48 @@ mod tests {
         <proto::Message as prost::Message>::decode(bytes.as_ref()).unwrap()
     }
 
+    fn room() -> RoomName {
+        // unwrap: a valid name.
+        RoomName::parse("r").unwrap()
+    }
+
+    /// Appends a CHAT by `user`; its fan-out, or `None` for a resend.
+    fn append(
+        log: &mut MemoryLog,
+        user: &str,
+        content: &str,
+        ack: Option<(SessionId, &str)>,
+        limits: &RoomLimits,
+    ) -> Option<(Appended, String)> {
+        let ack = ack.map(|(session, r#ref)| (session, r#ref.to_string()));
+        match log.append(&room(), user, content.into(), ack, limits) {
+            Accepted::Appended(appended, id) => Some((appended, id)),
+            _ => None,
+        }
+    }
+
+    fn seqs(admitted: &Admitted) -> Vec<u64> {
+        admitted.replay.iter().map(|m| decoded(m).seq).collect()
+    }
+
     #[test]
-    fn appends_count_from_one_and_keep_the_ack_for_the_sender() {
+    fn appends_count_from_one_in_one_epoch_and_keep_the_ack_for_the_sender() {
         let limits = RoomLimits::default();
         let mut log = log(&limits);
-        let room = RoomName::parse("r").unwrap();
-        let (first, _) = log.append(&room, "ada", "a".into(), None);
-        let ack = Some((SessionId(1), "x".to_string()));
-        let (second, id) = log.append(&room, "ada", "b".into(), ack.clone());
+        let (first, _) = append(&mut log, "ada", "a", None, &limits).unwrap();
+        let (second, id) =
+            append(&mut log, "ada", "b", Some((SessionId(1), "x")), &limits).unwrap();
         assert_eq!((first.seq, second.seq, log.last_seq()), (1, 2, 2));
-        assert_eq!(second.ack, ack);
-        let message = decoded(&second.live);
-        assert_eq!(
-            (message.seq, message.content, message.id),
-            (2, "b".into(), id)
+        assert_eq!(second.ack, Some((SessionId(1), "x".to_string())));
+        let (one, two) = (decoded(&first.live), decoded(&second.live));
+        assert_eq!((two.seq, two.content.as_str(), two.id), (2, "b", id));
+        assert_eq!(one.epoch.len(), 16);
+        assert_eq!(one.epoch, two.epoch, "one epoch per room");
+        assert_ne!(
+            one.epoch,
+            self::log(&limits)
+                .admit(&joining(false, 0, ""), &limits)
+                .epoch
         );
         assert!(log.keeps_anything());
     }
@@ -161,12 +229,21 @@ mod tests {
         let limits = RoomLimits::default();
         let mut log = log(&limits);
         assert!(!log.keeps_anything(), "a fresh room keeps nothing");
-        let room = RoomName::parse("r").unwrap();
+        assert_eq!(
+            log.admit(&joining(false, 0, ""), &limits).epoch,
+            "",
+            "no CHAT yet"
+        );
         for n in 0..5 {
-            log.append(&room, "ada", n.to_string(), None);
+            append(&mut log, "ada", &n.to_string(), None, &limits);
         }
-        let admitted = log.admit(&joining(false, 3), &limits);
+        let epoch = log.epoch.clone();
+        let admitted = log.admit(&joining(false, 3, &epoch), &limits);
         assert_eq!((admitted.seq, admitted.live_after), (5, 5));
+        assert_eq!(
+            (admitted.epoch.as_str(), admitted.replay_truncated),
+            (epoch.as_str(), false)
+        );
         let replayed: Vec<(u64, bool)> = admitted
             .replay
             .iter()
@@ -177,7 +254,85 @@ mod tests {
         assert_eq!(admitted.presence.len(), 1);
         assert_eq!(admitted.presence[0].except, Some(SessionId(7)));
 
-        let again = log.admit(&joining(true, 0), &limits);
+        let again = log.admit(&joining(true, 0, ""), &limits);
         assert!(again.replay.is_empty() && again.presence.is_empty());
+        assert_eq!(again.epoch, epoch);
+    }
+
+    #[test]
+    fn a_resume_the_ring_cannot_serve_says_it_is_truncated() {
+        let limits = RoomLimits {
+            history: 3,
+            history_on_join: 2,
+            ..RoomLimits::default()
+        };
+        let mut log = log(&limits);
+        for n in 0..6 {
+            append(&mut log, "ada", &n.to_string(), None, &limits);
+        }
+        let epoch = log.epoch.clone();
+        let admit = |since, epoch: &str| log.admit(&joining(false, since, epoch), &limits);
+        // The ring holds 4..=6: after 3 is whole, after 2 lost seq 3.
+        let whole = admit(3, &epoch);
+        assert_eq!(
+            (seqs(&whole), whole.replay_truncated),
+            (vec![4, 5, 6], false)
+        );
+        let passed = admit(2, &epoch);
+        assert_eq!(
+            (seqs(&passed), passed.replay_truncated),
+            (vec![4, 5, 6], true)
+        );
+        // Another epoch: the default backlog instead.
+        let other = admit(5, "0000000000000000");
+        assert_eq!((seqs(&other), other.replay_truncated), (vec![5, 6], true));
+        // Beyond the last seq: the backlog with an epoch, nothing without one (as before).
+        let beyond = admit(9, &epoch);
+        assert_eq!((seqs(&beyond), beyond.replay_truncated), (vec![5, 6], true));
+        let old_client = admit(9, "");
+        assert_eq!(
+            (seqs(&old_client), old_client.replay_truncated),
+            (vec![], true)
+        );
+        // Up to date: nothing to replay, nothing missed.
+        let current = admit(6, &epoch);
+        assert_eq!((seqs(&current), current.replay_truncated), (vec![], false));
+    }
+
+    #[test]
+    fn a_resend_within_the_window_gets_the_original_ack_and_takes_no_seq() {
+        let limits = RoomLimits::default();
+        let mut log = log(&limits);
+        let (original, id) =
+            append(&mut log, "ada", "hi", Some((SessionId(1), "r1")), &limits).unwrap();
+        // From another session of the same user (it reconnected), even with other content.
+        let resent = log.append(
+            &room(),
+            "ada",
+            "hi again".into(),
+            Some((SessionId(2), "r1".into())),
+            &limits,
+        );
+        let Accepted::Resent { to, ack } = resent else {
+            panic!("not deduplicated: {resent:?}");
+        };
+        assert_eq!(to, SessionId(2));
+        let ack = decoded(&ack);
+        let echo = decoded(&proto::with_ref(&original.live, "r1"));
+        assert_eq!(ack, echo, "the same CHAT the sender got as its echo");
+        assert_eq!((ack.id, ack.seq, ack.r#ref.as_str()), (id, 1, "r1"));
+        assert_eq!(log.last_seq(), 1);
+        // Another user's same ref, an empty ref, or the window off: posted.
+        assert!(append(&mut log, "bob", "hi", Some((SessionId(3), "r1")), &limits).is_some());
+        assert!(append(&mut log, "ada", "hi", Some((SessionId(1), "")), &limits).is_some());
+        assert!(append(&mut log, "ada", "hi", Some((SessionId(1), "")), &limits).is_some());
+        let off = RoomLimits {
+            dedup_window_ms: 0,
+            ..RoomLimits::default()
+        };
+        log.set_limits(&off);
+        assert!(append(&mut log, "ada", "hi", Some((SessionId(1), "r1")), &off).is_some());
+        assert!(append(&mut log, "ada", "hi", Some((SessionId(1), "r1")), &off).is_some());
+        assert_eq!(log.last_seq(), 6);
     }
 }

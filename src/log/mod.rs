@@ -10,7 +10,14 @@
 //! log: a future the room waits on). The Redis log's CHATs and presence then arrive on the
 //! room's channel and reach the room through [`LogHost`], the narrow view of the room that the
 //! log's channel work (subscribing, gap fills, re-syncs, presence refresh) is written against.
+//!
+//! Both engines answer the same contract for resuming and resending: a room's sequence has an
+//! epoch (created with its first CHAT, new whenever the count starts over), a JOIN's `since_seq`
+//! is read against it ([`resume`]), and a CHAT whose `(user, ref)` the room accepted within
+//! `dedup_window_ms` is answered with its original ack instead of being posted again
+//! ([`Accepted::Resent`]).
 
+mod dedup;
 pub mod memory;
 pub mod redis;
 
@@ -39,7 +46,8 @@ pub enum Answer<N, L> {
 }
 
 /// A CHAT the log accepted, in the log's order, ready to fan out: `live` is encoded once with its
-/// seq; the sender's `ref` (when the sender is a member here) is re-attached for the sender only.
+/// seq and epoch; the sender's `ref` (when the sender is a member here) is re-attached for the
+/// sender only.
 #[derive(Debug, Clone)]
 pub struct Appended {
     pub seq: u64,
@@ -65,7 +73,56 @@ pub struct Joining {
     /// The JOIN has a `ref`, so JOINED and the replay are wanted.
     pub replay_wanted: bool,
     pub since_seq: u64,
+    /// The epoch `since_seq` counts in; empty from clients that do not know epochs.
+    pub epoch: String,
     pub presence_ttl: Duration,
+}
+
+/// Where a JOIN's replay starts, from its `since_seq` and `epoch` and the room's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// Replay the retained CHATs after this seq; 0 = the default backlog (`history_on_join`).
+    pub after: u64,
+    /// `since_seq` is void: it counts in another epoch, or beyond the room's last seq (the count
+    /// started over). The replay then cannot start right after it.
+    pub void: bool,
+}
+
+impl Resume {
+    /// The resume of a JOIN with `since_seq` in `epoch`, in a room at `last` in `room_epoch`.
+    ///
+    /// `since_seq = 0` asks for the default backlog. A `since_seq` in the room's epoch (or sent
+    /// without one) up to `last` is resumed after. Otherwise it is void: with an epoch, the
+    /// default backlog is replayed instead; without one (clients that predate epochs) the answer
+    /// is what it always was, the CHATs after it (none).
+    pub fn of(since_seq: u64, epoch: &str, room_epoch: &str, last: u64) -> Resume {
+        let same_epoch = epoch.is_empty() || epoch == room_epoch;
+        match since_seq {
+            0 => Resume {
+                after: 0,
+                void: false,
+            },
+            _ if same_epoch && since_seq <= last => Resume {
+                after: since_seq,
+                void: false,
+            },
+            _ if epoch.is_empty() => Resume {
+                after: since_seq,
+                void: true,
+            },
+            _ => Resume {
+                after: 0,
+                void: true,
+            },
+        }
+    }
+
+    /// Whether the JOINED says `replay_truncated`: a `since_seq` > 0 whose replay does not start
+    /// right after it — void, or CHATs after it existed (`last` is beyond it) but the first one
+    /// replayed (`first`, `None` when nothing is) is not the next one: retention passed it.
+    pub fn truncated(&self, since_seq: u64, last: u64, first: Option<u64>) -> bool {
+        self.void || (since_seq > 0 && since_seq < last && first != Some(since_seq + 1))
+    }
 }
 
 /// What the log answered a JOIN, engine-specific until [`RoomLog::admit`] settles it.
@@ -81,6 +138,10 @@ enum Reply {
 pub struct Admitted {
     /// The JOINED's `seq`.
     pub seq: u64,
+    /// The JOINED's `epoch`: the room's, empty while its sequence has not started.
+    pub epoch: String,
+    /// The JOINED's `replay_truncated` (see [`Resume::truncated`]).
+    pub replay_truncated: bool,
     /// The seq the JOINED and replay cover: live CHATs up to it are not delivered again.
     pub live_after: u64,
     /// The JOINED's member list; `None` when this room's members are the whole truth.
@@ -93,6 +154,30 @@ pub struct Admitted {
 
 /// A publish on its way, settled by [`RoomLog::published`].
 pub struct Publishing(redis::Publishing);
+
+/// What became of a CHAT handed to the log.
+#[derive(Debug)]
+pub enum Accepted {
+    /// Appended here and now (memory): fan it out. With the message id.
+    Appended(Appended, String),
+    /// Published through Redis with this seq and message id: the fan-out comes with the echo.
+    Published(u64, String),
+    /// A resend of a CHAT the room accepted from this user with this `ref` within
+    /// `dedup_window_ms`: not posted again; `ack` (the original CHAT with the `ref`, as its
+    /// sender got it) goes to session `to` alone.
+    Resent { to: SessionId, ack: Bytes },
+}
+
+impl Accepted {
+    /// The seq and message id of a CHAT that was posted; `None` for a resend.
+    pub fn posted(&self) -> Option<(u64, String)> {
+        match self {
+            Accepted::Appended(appended, id) => Some((appended.seq, id.clone())),
+            Accepted::Published(seq, id) => Some((*seq, id.clone())),
+            Accepted::Resent { .. } => None,
+        }
+    }
+}
 
 pub enum RoomLog {
     Memory(MemoryLog),
@@ -177,8 +262,9 @@ impl RoomLog {
         }
     }
 
-    /// Appends a CHAT by `user`. The memory log appends at once; the Redis log publishes, and
-    /// the CHAT comes back (with `ack`) on the channel.
+    /// Appends a CHAT by `user`, unless `ack`'s `ref` makes it a resend (see
+    /// [`Accepted::Resent`]). The memory log appends at once; the Redis log publishes, and the
+    /// CHAT comes back (with `ack`) on the channel.
     pub fn append(
         &mut self,
         room: &RoomName,
@@ -186,18 +272,18 @@ impl RoomLog {
         content: String,
         ack: Option<(SessionId, String)>,
         limits: &RoomLimits,
-    ) -> Answer<(Appended, String), Publishing> {
+    ) -> Answer<Accepted, Publishing> {
         match self {
-            RoomLog::Memory(log) => Answer::Now(log.append(room, user, content, ack)),
+            RoomLog::Memory(log) => Answer::Now(log.append(room, user, content, ack, limits)),
             RoomLog::Redis(log) => {
-                let publishing = log.append(user, content, ack, limits.history);
+                let publishing = log.append(user, content, ack, limits);
                 Answer::Echo(Box::pin(async move { Publishing(publishing.await) }))
             }
         }
     }
 
-    /// The outcome of a publish: its seq and message id, or why it failed.
-    pub fn published(&mut self, publishing: Publishing) -> Result<(u64, String), ChatError> {
+    /// The outcome of a publish, or why it failed.
+    pub fn published(&mut self, publishing: Publishing) -> Result<Accepted, ChatError> {
         match self {
             RoomLog::Redis(log) => log.published(publishing.0),
             // unreachable: a `Publishing` comes only from a Redis log's append.
@@ -227,7 +313,7 @@ impl RoomLog {
     /// Applies reloaded limits to what the log retains here.
     pub fn set_limits(&mut self, limits: &RoomLimits) {
         if let RoomLog::Memory(log) = self {
-            log.set_limits(limits.history, limits.history_bytes);
+            log.set_limits(limits);
         }
     }
 }
@@ -242,8 +328,8 @@ pub fn on_published<H: LogHost>(host: &mut H, published: Published, ctx: &mut Co
     redis::sync::on_published(host, published, ctx);
 }
 
-/// A new CHAT of `room` with a fresh id; `seq` is 0 when Redis assigns it.
-pub fn chat(room: &RoomName, user: &str, content: String, seq: u64) -> proto::Message {
+/// A new CHAT of `room` with a fresh id; `seq` is 0 and `epoch` empty when Redis assigns them.
+pub fn chat(room: &RoomName, user: &str, content: String, seq: u64, epoch: &str) -> proto::Message {
     proto::Message {
         kind: Kind::Chat.into(),
         user: user.to_string(),
@@ -252,6 +338,7 @@ pub fn chat(room: &RoomName, user: &str, content: String, seq: u64) -> proto::Me
         room: room.to_string(),
         id: uuid::Uuid::now_v7().to_string(),
         seq,
+        epoch: epoch.to_string(),
         ..proto::Message::default()
     }
 }
@@ -270,4 +357,43 @@ pub fn check_announcement(content: &str, limits: &RoomLimits) -> Result<(), Chat
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Resume;
+
+    /// Every case of `since_seq` against a room at seq 10 in epoch "e".
+    #[test]
+    fn resume_and_truncation_cover_every_case() {
+        let of = |since, epoch| Resume::of(since, epoch, "e", 10);
+        let resumed = |after| Resume { after, void: false };
+        let void = |after| Resume { after, void: true };
+        // No since_seq: the default backlog, never truncated.
+        assert_eq!(of(0, "e"), resumed(0));
+        assert_eq!(of(0, "x"), resumed(0));
+        assert!(!of(0, "x").truncated(0, 10, Some(1)));
+        // The same epoch, or none (clients before epochs), up to the last seq: resumed.
+        for epoch in ["e", ""] {
+            assert_eq!(of(4, epoch), resumed(4));
+            assert_eq!(of(10, epoch), resumed(10));
+        }
+        // Replay starting right after since_seq, or nothing missed: not truncated.
+        assert!(!of(4, "e").truncated(4, 10, Some(5)));
+        assert!(!of(10, "e").truncated(10, 10, None));
+        // Retention passed since_seq: the oldest replayed is later, or nothing is retained.
+        assert!(of(4, "e").truncated(4, 10, Some(7)));
+        assert!(of(4, "e").truncated(4, 10, None));
+        // Another epoch: void, the default backlog instead.
+        assert_eq!(of(4, "x"), void(0));
+        assert!(of(4, "x").truncated(4, 10, Some(1)));
+        // Beyond the last seq (the count started over): void; with an epoch the backlog,
+        // without one what it always was (the CHATs after it: none).
+        assert_eq!(of(11, "e"), void(0));
+        assert_eq!(of(11, ""), void(11));
+        assert!(of(11, "").truncated(11, 10, None));
+        // A room whose sequence has not started (seq 0, no epoch) voids any since_seq.
+        assert_eq!(Resume::of(3, "e", "", 0), void(0));
+        assert_eq!(Resume::of(3, "", "", 0), void(3));
+    }
 }

@@ -188,6 +188,10 @@ impl Server {
             keepalive_timeout: Duration::from_millis(config.server.keepalive_timeout_ms),
             max_concurrent_streams: config.server.max_concurrent_streams,
             stream_send_buffer: config.session.stream_send_buffer(),
+            frames: transport::rechunk::FrameLimits::new(
+                hub.frame_limit(),
+                config.largest_request_bytes(),
+            ),
             tls,
         };
         let trimmer = tokio::spawn(crate::trim::keep_trimming());

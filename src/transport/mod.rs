@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 use self::{
     accept::{Acceptor, PerIp},
     handshake::read_preface,
-    rechunk::Rechunked,
+    rechunk::{FrameLimits, Rechunked},
     reset::StreamExecutor,
 };
 
@@ -46,6 +46,8 @@ pub struct Settings {
     pub max_concurrent_streams: u32,
     /// Bytes h2 may buffer per stream for sending; matched to the session's outbound queue.
     pub stream_send_buffer: usize,
+    /// How long a request frame may be, and the budget of long ones.
+    pub frames: FrameLimits,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -156,14 +158,16 @@ impl Connection {
             };
         let routes = self.routes;
         let info = self.info;
+        let frames = self.settings.frames.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let mut routes = routes.clone();
             let info = info.clone();
+            let frames = frames.clone();
             async move {
                 if let Some(refusal) = refuse_non_grpc(&request) {
                     return Ok::<_, Infallible>(refusal);
                 }
-                let mut request = request.map(|body| Body::new(Rechunked::new(body)));
+                let mut request = request.map(|body| Body::new(Rechunked::new(body, frames)));
                 request.extensions_mut().insert(info);
                 routes.call(request).await
             }

@@ -59,6 +59,7 @@ fn join_carries_since_seq_and_defaults_the_room() {
     let expected = Request::Join {
         room: default_room(),
         since_seq: 7,
+        epoch: String::new(),
     };
     assert_eq!(p.request, expected);
     assert_eq!(p.r#ref, "j");
@@ -159,4 +160,42 @@ fn empty_chat_content_is_refused() {
         ChatError::BadRequest("CHAT needs `content`".into())
     );
     assert_eq!((r.room.as_str(), r.r#ref.as_str()), ("dev", "c"));
+}
+
+#[test]
+fn join_carries_its_epoch_up_to_sixteen_bytes() {
+    let mut join = msg(Kind::Join, "dev", "", "j");
+    join.since_seq = 3;
+    join.epoch = "0123456789abcdef".into();
+    let expected = Request::Join {
+        room: room("dev"),
+        since_seq: 3,
+        epoch: "0123456789abcdef".into(),
+    };
+    assert_eq!(parsed(join.clone()).request, expected);
+    join.epoch.push('0');
+    let refusal = refused(join, &named());
+    assert_eq!(refusal.error.code(), "bad_request");
+    assert_eq!(
+        (refusal.room.as_str(), refusal.r#ref.as_str()),
+        ("dev", "j")
+    );
+}
+
+#[test]
+fn a_room_echoed_as_sent_is_cut_to_the_longest_valid_name() {
+    let long = "é".repeat(5000);
+    let refusal = refused(msg(Kind::Join, &long, "", "j"), &named());
+    assert_eq!(refusal.error.code(), "invalid_room");
+    assert_eq!(refusal.room, "é".repeat(64), "cut at a character boundary");
+    let Request::Ping { room } = parsed(msg(Kind::Ping, &long, "", "p")).request else {
+        panic!("a PING");
+    };
+    assert_eq!(room.len(), 128);
+    // Only the echo is cut: the name itself is still checked whole.
+    let refusal = refused(msg(Kind::Join, &"r".repeat(129), "", "j"), &named());
+    assert_eq!(
+        (refusal.error.code(), refusal.room.len()),
+        ("invalid_room", 128)
+    );
 }

@@ -17,6 +17,7 @@ use crate::{
     error::ChatError,
     limits::TokenBucket,
     log::{self, Answer, JoinReply, Joining, LogHost},
+    metrics,
     names::SYSTEM_USER,
     proto::{self, Kind},
 };
@@ -48,6 +49,7 @@ impl Handler<Join> for Room {
             rejoin,
             replay_wanted: join.ack.is_some(),
             since_seq: join.since_seq,
+            epoch: join.epoch.clone(),
             presence_ttl: self.presence_ttl(),
         };
         match self.log.join(&joining, &self.limits) {
@@ -84,7 +86,7 @@ impl Room {
         ctx: &mut Context<Self>,
     ) -> Result<(), ChatError> {
         let first = self.members.is_empty();
-        let admitted = match self.log.admit(reply, joining, first, &self.limits) {
+        let mut admitted = match self.log.admit(reply, joining, first, &self.limits) {
             Ok(admitted) => admitted,
             Err(error) => {
                 if let Some(bucket) = bucket {
@@ -114,8 +116,9 @@ impl Room {
         if let Some(r#ref) = join.ack {
             let members = admitted
                 .members
+                .take()
                 .unwrap_or_else(|| self.members.values().map(|m| m.user.to_string()).collect());
-            let joined = self.joined(&join.user, r#ref, members, admitted.seq);
+            let joined = self.joined(&join.user, r#ref, members, &admitted);
             self.deliver(join.session, joined);
             for message in admitted.replay {
                 self.deliver(join.session, message);
@@ -139,18 +142,36 @@ impl Handler<Post> for Room {
             .log
             .append(&self.name, user.as_str(), post.content, ack, &self.limits)
         {
-            Answer::Now((appended, _)) => {
-                self.fan_out(&appended);
-                self.drop_failed(ctx);
+            Answer::Now(accepted) => {
+                self.accepted(accepted, ctx);
                 ActorResponse::reply(Ok(()))
             }
-            // The fan-out (and the sender's ack) come with the echo; this answers the publish.
-            Answer::Echo(publishing) => ActorResponse::r#async(
-                publishing
-                    .into_actor(self)
-                    .map(|publishing, room, _| room.log.published(publishing).map(drop)),
-            ),
+            // A new CHAT's fan-out (and the sender's ack) come with the echo; a resend's ack
+            // is sent here, before the session hears the Post answered.
+            Answer::Echo(publishing) => {
+                ActorResponse::r#async(publishing.into_actor(self).map(|publishing, room, ctx| {
+                    let accepted = room.log.published(publishing)?;
+                    room.accepted(accepted, ctx);
+                    Ok(())
+                }))
+            }
         }
+    }
+}
+
+impl Room {
+    /// Delivers what the log made of a CHAT: a new one to every member, a resend's original
+    /// ack to its sender alone.
+    fn accepted(&mut self, accepted: log::Accepted, ctx: &mut Context<Self>) {
+        match accepted {
+            log::Accepted::Appended(appended, _) => self.fan_out(&appended),
+            log::Accepted::Published(..) => {}
+            log::Accepted::Resent { to, ack } => {
+                metrics::get().resends_deduplicated.increment(1);
+                self.deliver(to, ack);
+            }
+        }
+        self.drop_failed(ctx);
     }
 }
 
@@ -162,6 +183,12 @@ impl Handler<Announce> for Room {
         if let Err(error) = log::check_announcement(&announce.content, &self.limits) {
             return ActorResponse::reply(Err(error));
         }
+        // Without a `ref` nothing is a resend: every outcome is posted, with a seq and an id.
+        let posted = |accepted: &log::Accepted| {
+            accepted
+                .posted()
+                .ok_or_else(|| ChatError::BadRequest("an announcement is never a resend".into()))
+        };
         match self.log.append(
             &self.name,
             SYSTEM_USER,
@@ -169,16 +196,14 @@ impl Handler<Announce> for Room {
             None,
             &self.limits,
         ) {
-            Answer::Now((appended, id)) => {
-                self.fan_out(&appended);
-                self.drop_failed(ctx);
-                ActorResponse::reply(Ok((appended.seq, id)))
+            Answer::Now(accepted) => {
+                let posted = posted(&accepted);
+                self.accepted(accepted, ctx);
+                ActorResponse::reply(posted)
             }
-            Answer::Echo(publishing) => ActorResponse::r#async(
-                publishing
-                    .into_actor(self)
-                    .map(|publishing, room, _| room.log.published(publishing)),
-            ),
+            Answer::Echo(publishing) => ActorResponse::r#async(publishing.into_actor(self).map(
+                move |publishing, room, _| room.log.published(publishing).and_then(|a| posted(&a)),
+            )),
         }
     }
 }

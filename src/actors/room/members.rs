@@ -13,6 +13,7 @@ use crate::{
     edge::outbound::SessionTx,
     error::{ChatError, Fatal},
     limits::TokenBucket,
+    log::Admitted,
     names::{RoomName, SessionId, UserName},
     proto::{self, Kind},
 };
@@ -65,13 +66,13 @@ impl Room {
     }
 
     /// The JOINED of `joiner`, listing `members` (sorted, deduplicated, cut to
-    /// `max_members_listed`).
+    /// `max_members_listed`), with the seq, epoch and truncation the log admitted it with.
     pub(super) fn joined(
         &self,
         joiner: &UserName,
         r#ref: String,
         mut members: Vec<String>,
-        seq: u64,
+        admitted: &Admitted,
     ) -> Bytes {
         members.sort_unstable();
         members.dedup();
@@ -85,7 +86,9 @@ impl Room {
         }
         proto::encode(&proto::Message {
             members,
-            seq,
+            seq: admitted.seq,
+            epoch: admitted.epoch.clone(),
+            replay_truncated: admitted.replay_truncated,
             r#ref,
             ..proto::Message::event(Kind::Joined, self.name.as_str(), joiner.as_str())
         })

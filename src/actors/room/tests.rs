@@ -81,6 +81,7 @@ impl Fixture {
             tx,
             addr: Addr::new(sender),
             since_seq,
+            epoch: String::new(),
             ack: Some(format!("j{id}")),
         };
         // unwrap: the room is running.

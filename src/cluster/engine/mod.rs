@@ -41,6 +41,7 @@ pub use self::{
     health::HEALTH_INTERVAL,
     listing::RoomCount,
     presence::{Joined, LocalPresence, Member},
+    rooms::{Dedup, Posted},
 };
 use self::{
     connections::{Shard, connection_manager},

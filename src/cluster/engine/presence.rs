@@ -40,6 +40,8 @@ pub struct LocalPresence {
 pub struct Joined {
     /// The room's last seq at the moment of the join.
     pub seq: u64,
+    /// The epoch of that seq; empty while the room has none (no CHAT since it started over).
+    pub epoch: String,
     /// Every live entry of every node, the joiner included (a user with two sessions appears
     /// twice; dedupe for display if wanted).
     pub members: Vec<Member>,
@@ -74,6 +76,7 @@ impl RedisEngine {
                     .join
                     .key(keys.presence)
                     .key(keys.seq)
+                    .key(keys.epoch)
                     .arg(&args[..])
                     .invoke_async::<Value>(&mut conn)
                     .await
@@ -87,8 +90,9 @@ impl RedisEngine {
         };
         match items.as_slice() {
             [Value::Int(0)] => Err(JoinError::Full { max: max_members }),
-            [Value::Int(1), seq, Value::Array(members)] => Ok(Joined {
+            [Value::Int(1), seq, Value::Array(members), epoch] => Ok(Joined {
                 seq: integer(seq).ok_or_else(|| malformed("seq is not a number"))?,
+                epoch: text(epoch).ok_or_else(|| malformed("epoch is not text"))?,
                 members: parse_members(members),
             }),
             _ => Err(malformed("has an unexpected shape")),
@@ -154,6 +158,7 @@ impl RedisEngine {
                 .key(keys.presence)
                 .key(keys.seq)
                 .key(keys.log)
+                .key(keys.epoch)
                 .arg(&args[..])
                 .invoke_async::<usize>(&mut conn)
                 .await
@@ -198,6 +203,15 @@ fn integer(value: &Value) -> Option<u64> {
         Value::Int(n) => u64::try_from(*n).ok(),
         Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
         Value::SimpleString(text) => text.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A text reply (an empty bulk string is empty text).
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
         _ => None,
     }
 }

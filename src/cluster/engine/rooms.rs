@@ -1,20 +1,43 @@
-//! A room's order and history in Redis: [`RedisEngine::publish_chat`] assigns the seq, appends
-//! to the room's stream and publishes in one script; [`RedisEngine::replay`] and
-//! [`RedisEngine::last_seq`] read them back. Called by the Redis log (`crate::log::redis`).
+//! A room's order and history in Redis: [`RedisEngine::post_chat`] assigns the seq (and the
+//! epoch with a new seq), appends to the room's stream, remembers a `ref` for the dedup window
+//! and publishes, in one script; [`RedisEngine::replay`] and [`RedisEngine::last_seq`] read them
+//! back. Called by the Redis log (`crate::log::redis`).
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use redis::Value;
 
 use super::RedisEngine;
 use crate::{
-    cluster::{Unavailable, keys::RoomKeys, scripts::SCRIPTS},
-    names::SessionId,
+    cluster::{
+        Unavailable,
+        keys::{RoomKeys, dedup_key},
+        scripts::SCRIPTS,
+    },
+    names::{self, SessionId},
 };
 
+/// A CHAT's `(user, ref)`, remembered for `window` so that a resend is not posted again.
+#[derive(Debug, Clone)]
+pub struct Dedup {
+    pub user: String,
+    pub r#ref: String,
+    pub window: Duration,
+}
+
+/// What [`RedisEngine::post_chat`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Posted {
+    /// Appended and published with this seq.
+    New(u64),
+    /// A resend within the window: nothing written; the original's seq and stored body (with
+    /// its epoch, without its seq).
+    Resent { seq: u64, body: Bytes },
+}
+
 impl RedisEngine {
-    /// Assigns the room's next seq, appends `body` to its log (trimmed to about `max_len`, never
-    /// fewer) and publishes it, in one atomic script. After [`Unavailable::TimedOut`] the outcome
-    /// is unknown: the CHAT may still have been published.
+    /// [`RedisEngine::post_chat`] without a `ref` to remember; answers the seq.
     pub async fn publish_chat(
         &self,
         room: &str,
@@ -23,7 +46,30 @@ impl RedisEngine {
         origin: SessionId,
         body: Bytes,
     ) -> Result<u64, Unavailable> {
+        match self
+            .post_chat(room, max_len, id, origin, body, None)
+            .await?
+        {
+            Posted::New(seq) | Posted::Resent { seq, .. } => Ok(seq),
+        }
+    }
+
+    /// Assigns the room's next seq, appends `body` (with the room's epoch) to its log (trimmed
+    /// to about `max_len`, never fewer) and publishes it, in one atomic script; with `dedup`,
+    /// unless the same user's `ref` is remembered, and then remembers it. After
+    /// [`Unavailable::TimedOut`] the outcome is unknown: the CHAT may still have been published.
+    pub async fn post_chat(
+        &self,
+        room: &str,
+        max_len: usize,
+        id: &str,
+        origin: SessionId,
+        body: Bytes,
+        dedup: Option<Dedup>,
+    ) -> Result<Posted, Unavailable> {
         let keys = RoomKeys::new(room);
+        let window = dedup.as_ref().map_or(0, |d| d.window.as_millis().max(1));
+        let dedup = dedup.map(|d| dedup_key(room, &d.user, &d.r#ref));
         let args = [
             keys.channel.into_bytes(),
             max_len.max(1).to_string().into_bytes(),
@@ -32,17 +78,30 @@ impl RedisEngine {
             id.as_bytes().to_vec(),
             body.to_vec(),
             self.retention_arg(),
+            names::new_epoch().into_bytes(),
+            window.to_string().into_bytes(),
         ];
-        self.call(room, "publish_chat", move |mut conn| async move {
-            SCRIPTS
-                .publish_chat
-                .key(keys.seq)
-                .key(keys.log)
-                .arg(&args[..])
-                .invoke_async::<u64>(&mut conn)
-                .await
-        })
-        .await
+        let reply = self
+            .call(room, "publish_chat", move |mut conn| async move {
+                let mut script = SCRIPTS.publish_chat.key(keys.seq);
+                script.key(keys.log).key(keys.epoch);
+                if let Some(dedup) = dedup {
+                    script.key(dedup);
+                }
+                script.arg(&args[..]).invoke_async::<Value>(&mut conn).await
+            })
+            .await?;
+        match reply {
+            Value::Array(items) => match items.as_slice() {
+                [Value::Int(1), Value::Int(seq)] => Ok(Posted::New(*seq as u64)),
+                [Value::Int(0), Value::Int(seq), Value::BulkString(body)] => Ok(Posted::Resent {
+                    seq: *seq as u64,
+                    body: Bytes::copy_from_slice(body),
+                }),
+                _ => Err(self.unexpected(room, "publish_chat", format!("reply {items:?}"))),
+            },
+            other => Err(self.unexpected(room, "publish_chat", format!("reply {other:?}"))),
+        }
     }
 
     /// Retained CHAT bodies with their seqs, ascending, none above `upto`: with `since_seq > 0`
@@ -80,6 +139,21 @@ impl RedisEngine {
             entries.reverse();
         }
         Ok(entries)
+    }
+
+    /// The room's last seq (0 before its first CHAT) and its epoch (empty then).
+    pub async fn sequence(&self, room: &str) -> Result<(u64, String), Unavailable> {
+        let keys = RoomKeys::new(room);
+        let (seq, epoch) = self
+            .call(room, "sequence", move |mut conn| async move {
+                redis::cmd("MGET")
+                    .arg(keys.seq)
+                    .arg(keys.epoch)
+                    .query_async::<(Option<u64>, Option<String>)>(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok((seq.unwrap_or(0), epoch.unwrap_or_default()))
     }
 
     /// The room's last seq (0 before its first CHAT).

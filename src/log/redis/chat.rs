@@ -1,8 +1,10 @@
-//! A CHAT through Redis: published with a fresh id and no seq (the script assigns it), and
-//! fanned out only when it comes back on the channel. A member's ack waits here for that echo,
-//! found by the message id, so the sender hears of its CHAT in the room's one order; the room
-//! answers the session's Post only once that echo is fanned out (at most [`ECHO_WAIT`]), so the
-//! ack comes before the reply to the session's next request, as in memory mode.
+//! A CHAT through Redis: published with a fresh id and no seq or epoch (the script assigns
+//! them), and fanned out only when it comes back on the channel. A member's ack waits here for
+//! that echo, found by the message id, so the sender hears of its CHAT in the room's one order;
+//! the room answers the session's Post only once that echo is fanned out (at most
+//! [`ECHO_WAIT`]), so the ack comes before the reply to the session's next request, as in memory
+//! mode. A CHAT with a `ref` is remembered in Redis for `dedup_window_ms` by the same script: a
+//! resend, on any node, is answered with the original's seq and body and never published.
 
 use std::time::{Duration, Instant};
 
@@ -10,9 +12,10 @@ use tokio::sync::oneshot;
 
 use super::{RedisLog, unavailable};
 use crate::{
-    cluster::{RedisEngine, Unavailable},
+    cluster::{Dedup, Posted, RedisEngine, Unavailable},
+    config::RoomLimits,
     error::ChatError,
-    log,
+    log::{self, Accepted},
     names::{RoomName, SYSTEM_USER, SessionId},
     proto,
 };
@@ -34,9 +37,9 @@ pub(super) type PendingAck = (SessionId, String, Instant, Option<oneshot::Sender
 /// A publish's outcome (see [`RedisLog::append`]).
 pub struct Publishing {
     id: String,
-    /// A member's CHAT, whose ack waits for the echo.
-    acked: bool,
-    result: Result<u64, Unavailable>,
+    /// A member's CHAT, whose ack waits for the echo: its session and `ref`.
+    acked: Option<(SessionId, String)>,
+    result: Result<Posted, Unavailable>,
 }
 
 impl RedisLog {
@@ -51,39 +54,61 @@ impl RedisLog {
         user: &str,
         content: String,
         ack: Option<(SessionId, String)>,
-        history: usize,
+        limits: &RoomLimits,
     ) -> impl Future<Output = Publishing> + 'static {
-        let message = log::chat(&self.name, user, content, 0);
+        let message = log::chat(&self.name, user, content, 0, "");
         let body = proto::encode(&message);
         let id = message.id;
-        let acked = ack.is_some();
-        let (origin, echoed) = match ack {
+        let dedup = match (&ack, limits.dedup_window()) {
+            (Some((_, r#ref)), Some(window)) if !r#ref.is_empty() => Some(Dedup {
+                user: user.to_string(),
+                r#ref: r#ref.clone(),
+                window,
+            }),
+            _ => None,
+        };
+        let (origin, echoed) = match &ack {
             Some((session, r#ref)) => {
                 let (echo, echoed) = oneshot::channel();
-                let entry = (session, r#ref, Instant::now(), Some(echo));
+                let entry = (*session, r#ref.clone(), Instant::now(), Some(echo));
                 self.pending.insert(id.clone(), entry);
-                (session, Some(echoed))
+                (*session, Some(echoed))
             }
             None => (SessionId(0), None),
         };
-        let (engine, name) = (self.engine.clone(), self.name.to_string());
+        let (engine, name, history) = (self.engine.clone(), self.name.to_string(), limits.history);
         async move {
-            let result = engine.publish_chat(&name, history, &id, origin, body).await;
-            if result.is_ok()
+            let result = engine
+                .post_chat(&name, history, &id, origin, body, dedup)
+                .await;
+            if let Ok(Posted::New(_)) = result
                 && let Some(echoed) = echoed
             {
                 // The room keeps handling mail meanwhile, the echo included.
                 let _ = tokio::time::timeout(ECHO_WAIT, echoed).await;
             }
-            Publishing { id, acked, result }
+            Publishing {
+                id,
+                acked: ack,
+                result,
+            }
         }
     }
 
-    pub fn published(&mut self, publishing: Publishing) -> Result<(u64, String), ChatError> {
+    pub fn published(&mut self, publishing: Publishing) -> Result<Accepted, ChatError> {
         let Publishing { id, acked, result } = publishing;
         match result {
-            Ok(seq) => Ok((seq, id)),
-            Err(error @ Unavailable::TimedOut { .. }) if acked => {
+            Ok(Posted::New(seq)) => Ok(Accepted::Published(seq, id)),
+            Ok(Posted::Resent { seq, body }) => {
+                // No echo comes for a resend: its ack is the original, sent by the room now.
+                self.pending.remove(&id);
+                let Some((to, r#ref)) = acked else {
+                    return Ok(Accepted::Published(seq, id));
+                };
+                let ack = proto::with_ref(&proto::with_seq(&body, seq), &r#ref);
+                Ok(Accepted::Resent { to, ack })
+            }
+            Err(error @ Unavailable::TimedOut { .. }) if acked.is_some() => {
                 // Redis may still run the script it was sent: the pending ack stays (for
                 // PENDING_ACK_TTL), so if the CHAT does come through, the sender gets it
                 // with its ref, after this ERROR.
@@ -126,7 +151,7 @@ pub async fn publish_announcement(
     history: usize,
     content: String,
 ) -> Result<(u64, String), Unavailable> {
-    let message = log::chat(room, SYSTEM_USER, content, 0);
+    let message = log::chat(room, SYSTEM_USER, content, 0, "");
     let body = proto::encode(&message);
     let seq = engine
         .publish_chat(room.as_str(), history, &message.id, SessionId(0), body)

@@ -1,6 +1,7 @@
 //! A JOIN through Redis: one script checks the room's size over all nodes, adds the presence
-//! entry and publishes the JOIN, and answers the seq and every node's members; the joiner's
-//! replay is read up to that seq, so it joins live traffic without a gap or a repeat.
+//! entry and publishes the JOIN, and answers the seq, its epoch and every node's members; the
+//! joiner's replay (where it starts decided by [`Resume`]) is read up to that seq, so it joins
+//! live traffic without a gap or a repeat.
 
 use bytes::Bytes;
 
@@ -9,7 +10,7 @@ use crate::{
     cluster::{self, JoinError, Subscription},
     config::RoomLimits,
     error::ChatError,
-    log::{Admitted, Echo, Joining},
+    log::{Admitted, Echo, Joining, Resume},
     proto::{self, Kind},
 };
 
@@ -18,7 +19,7 @@ pub struct JoinReply {
     /// The JOIN subscribed the room first (it was not).
     resubscribing: bool,
     fresh: Option<(Subscription, u64)>,
-    outcome: Result<(cluster::Joined, Vec<(u64, Bytes)>), ChatError>,
+    outcome: Result<(cluster::Joined, Resume, Vec<(u64, Bytes)>), ChatError>,
 }
 
 impl RedisLog {
@@ -36,6 +37,7 @@ impl RedisLog {
         let name = self.name.to_string();
         let (ttl, max_members) = (joining.presence_ttl, limits.max_members);
         let (since_seq, history_on_join) = (joining.since_seq, limits.history_on_join);
+        let epoch = joining.epoch.clone();
         let (session, user) = (joining.session, joining.user.to_string());
         let (rejoin, replay_wanted) = (joining.rejoin, joining.replay_wanted);
         Box::pin(async move {
@@ -55,8 +57,12 @@ impl RedisLog {
             let outcome = async {
                 let joined = if rejoin {
                     let members = engine.members(&name).await.map_err(|e| unavailable(&e))?;
-                    let seq = engine.last_seq(&name).await.map_err(|e| unavailable(&e))?;
-                    cluster::Joined { seq, members }
+                    let (seq, epoch) = engine.sequence(&name).await.map_err(|e| unavailable(&e))?;
+                    cluster::Joined {
+                        seq,
+                        epoch,
+                        members,
+                    }
                 } else {
                     let presence = event(&name, Kind::Join, &user);
                     engine
@@ -67,9 +73,10 @@ impl RedisLog {
                             JoinError::Unavailable(e) => unavailable(&e),
                         })?
                 };
+                let resume = Resume::of(since_seq, &epoch, &joined.epoch, joined.seq);
                 let replay = if replay_wanted && !rejoin {
                     match engine
-                        .replay(&name, since_seq, history_on_join, joined.seq)
+                        .replay(&name, resume.after, history_on_join, joined.seq)
                         .await
                     {
                         Ok(replay) => replay,
@@ -84,7 +91,7 @@ impl RedisLog {
                 } else {
                     Vec::new()
                 };
-                Ok((joined, replay))
+                Ok((joined, resume, replay))
             }
             .await;
             JoinReply {
@@ -115,16 +122,22 @@ impl RedisLog {
                 None => Link::Down,
             };
         }
-        let (joined, replay) = reply.outcome?;
+        let (joined, resume, replay) = reply.outcome?;
         let presence = self.take_join_snapshot(&joined.members, joining.session, first);
         let members = joined.members.iter().map(|m| m.user.clone()).collect();
-        let replay = newest_within(replay, limits.history, limits.history_bytes)
+        let replay = newest_within(replay, limits.history, limits.history_bytes);
+        let replay_truncated = joining.replay_wanted
+            && !joining.rejoin
+            && resume.truncated(joining.since_seq, joined.seq, replay.first().map(|r| r.0));
+        let replay = replay
             .into_iter()
             .map(|(seq, body)| proto::as_replay(&proto::with_seq(&body, seq)))
             .collect();
         Ok(Admitted {
             // A repeated JOIN reports what this member has been sent, not Redis's newest.
             seq: if joining.rejoin { self.seq } else { joined.seq },
+            epoch: joined.epoch,
+            replay_truncated,
             live_after: joined.seq,
             members: Some(members),
             replay,
