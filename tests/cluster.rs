@@ -736,8 +736,10 @@ async fn a_room_whose_seq_redis_lost_follows_redis_instead_of_dropping_chats() {
     for n in 1..=3 {
         ada.chat("r", &format!("old {n}")).await;
     }
-    assert_eq!(seqs(&chats(&mut ada, 3).await), [1, 2, 3]);
+    let old = chats(&mut ada, 3).await;
+    assert_eq!(seqs(&old), [1, 2, 3]);
     assert_eq!(seqs(&chats(&mut bob, 3).await), [1, 2, 3]);
+    let old_epoch = old[2].epoch.clone();
 
     // What an expiry or a FLUSHALL does to the room's count and history.
     let client = redis::Client::open(redis.url()).unwrap();
@@ -758,6 +760,7 @@ async fn a_room_whose_seq_redis_lost_follows_redis_instead_of_dropping_chats() {
             "{}",
             member.user
         );
+        assert_ne!(got[0].epoch, old_epoch, "a new count, a new epoch");
         if member.user == "ada" {
             assert_eq!(got[0].r#ref, r#ref, "the sender's ack survives");
         }
@@ -766,6 +769,12 @@ async fn a_room_whose_seq_redis_lost_follows_redis_instead_of_dropping_chats() {
     bob.chat("r", "next").await;
     assert_eq!(chats(&mut ada, 1).await[0].seq, 2);
     assert_eq!(chats(&mut bob, 1).await[0].seq, 2);
+    // A client that saw old 3 resumes: its since_seq is void, the new count is replayed.
+    let mut cy = b.client("cy").await;
+    let joined = cy.join_resuming("r", 3, &old_epoch).await;
+    assert!(joined.replay_truncated, "{joined:?}");
+    assert_eq!((joined.seq, joined.epoch == old_epoch), (2, false));
+    assert_eq!(seqs(&chats(&mut cy, 2).await), [1, 2]);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -961,4 +970,44 @@ async fn max_sessions_per_user_counts_the_sessions_of_every_node() {
     let mut after = a.client("ada").await;
     after.join("r").await;
     a.shutdown().await;
+}
+
+/// Resend safety across nodes: the `ref` lives with the room in Redis, so a client that lost
+/// its connection to one node and resends to another gets the original ack, and the room holds
+/// the CHAT once.
+#[tokio::test]
+async fn a_ref_resent_to_the_other_node_is_deduplicated() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], "a").await, node(&[&redis], "b").await);
+    let mut ada = a.client("ada").await;
+    let mut bob = b.client("bob").await;
+    ada.join("r").await;
+    bob.join("r").await;
+    ada.expect(Kind::Join).await;
+    ada.chat_with_ref("r", "typed once", "k-1").await;
+    let original = chats(&mut ada, 1).await.remove(0);
+    assert_eq!((original.seq, original.r#ref.as_str()), (1, "k-1"));
+    assert_eq!(chats(&mut bob, 1).await[0].id, original.id);
+    drop(ada);
+
+    // Ada comes back on node b, resumes the room, and resends what she never saw acked.
+    let mut again = b.client("ada").await;
+    let joined = again.join_resuming("r", 0, "").await;
+    assert_eq!(joined.epoch, original.epoch);
+    assert_eq!(chats(&mut again, 1).await[0].id, original.id, "the backlog");
+    again.chat_with_ref("r", "typed once", "k-1").await;
+    let ack = again.expect(Kind::Chat).await;
+    assert_eq!(ack, original, "the original ack from the other node");
+    // Nobody else heard anything, and the room holds it once.
+    again.chat("r", "and then").await;
+    assert_eq!(chats(&mut again, 1).await[0].seq, 2);
+    let after = chats(&mut bob, 1).await;
+    assert_eq!((after[0].seq, after[0].content.as_str()), (2, "and then"));
+    let mut cy = a.client("cy").await;
+    cy.join("r").await;
+    let backlog = chats(&mut cy, 2).await;
+    assert_eq!(seqs(&backlog), [1, 2]);
+    cy.expect_silence().await;
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -9,8 +9,9 @@ use std::{collections::HashMap, time::Duration};
 use bytes::Bytes;
 use chatrooms::{
     cluster::{
-        InvalidCluster, JoinError, LocalPresence, Published, RedisEngine, Subscription, Timeouts,
-        Unavailable, keys::RoomKeys,
+        Dedup, InvalidCluster, JoinError, LocalPresence, Posted, Published, RedisEngine,
+        Subscription, Timeouts, Unavailable,
+        keys::{RoomKeys, dedup_key},
     },
     names::SessionId,
 };
@@ -65,6 +66,15 @@ async fn publish(engine: &RedisEngine, room: &str, max_len: usize, body: &str) -
     .expect("publish succeeds")
 }
 
+/// A stored or published CHAT body split into what the node sent and the epoch the script
+/// appended (protobuf field 13: tag 0x6a, length 16).
+fn split_epoch(body: &[u8]) -> (Bytes, String) {
+    let at = body.len().checked_sub(18).expect("an epoch at the end");
+    assert_eq!(&body[at..at + 2], &[0x6a, 16], "epoch field");
+    let epoch = String::from_utf8(body[at + 2..].to_vec()).expect("hex");
+    (Bytes::copy_from_slice(&body[..at]), epoch)
+}
+
 /// Publishes a marker CHAT and returns the events that arrived before it: proves the absence of
 /// an event without waiting for a quiet period.
 async fn events_before_marker(
@@ -110,6 +120,7 @@ async fn concurrent_publishers_on_two_nodes_get_gapless_seqs_in_one_order() {
         }
     }
     let mut assigned = HashMap::new();
+    let mut epochs = std::collections::BTreeSet::new();
     while let Some(joined) = timeout(WAIT, publishers.join_next())
         .await
         .expect("in time")
@@ -144,9 +155,16 @@ async fn concurrent_publishers_on_two_nodes_get_gapless_seqs_in_one_order() {
             let (origin, index) = id.split_once('-').expect("id is node-index");
             assert_eq!(node, format!("node-{origin}"));
             assert_eq!(session, SessionId(index.parse().expect("index")));
+            let (body, epoch) = split_epoch(&body);
             assert_eq!(body, Bytes::from(format!("body of {id}")));
+            epochs.insert(epoch);
         }
     }
+    assert_eq!(
+        epochs.len(),
+        1,
+        "one epoch for one room's sequence: {epochs:?}"
+    );
     assert_eq!(timeout(WAIT, a.last_seq("lobby")).await.unwrap(), Ok(400));
 }
 
@@ -171,12 +189,12 @@ async fn replay_selects_by_since_seq_and_last_n_up_to_upto() {
 
     let since = replay(3, 0, 8).await;
     assert_eq!(seqs(&since), vec![4, 5, 6, 7, 8]);
-    assert_eq!(since[0].1, Bytes::from_static(b"m4"));
-    assert_eq!(since[4].1, Bytes::from_static(b"m8"));
+    assert_eq!(split_epoch(&since[0].1).0, Bytes::from_static(b"m4"));
+    assert_eq!(split_epoch(&since[4].1).0, Bytes::from_static(b"m8"));
 
     let last = replay(0, 3, 8).await;
     assert_eq!(seqs(&last), vec![6, 7, 8]);
-    assert_eq!(last[0].1, Bytes::from_static(b"m6"));
+    assert_eq!(split_epoch(&last[0].1).0, Bytes::from_static(b"m6"));
 
     assert_eq!(
         seqs(&replay(0, 100, 10).await),
@@ -475,10 +493,10 @@ async fn redis_outage_answers_unavailable_then_everything_recovers() {
     .unwrap();
     assert!(matches!(next(&mut events).await, Published::Join { .. }));
     assert_eq!(publish(&engine, "r", 100, "before").await, 1);
-    assert!(matches!(
-        next(&mut events).await,
-        Published::Chat { seq: 1, .. }
-    ));
+    let Published::Chat { seq: 1, body, .. } = next(&mut events).await else {
+        panic!("CHAT 1");
+    };
+    let epoch_before = split_epoch(&body).1;
 
     redis.stop();
     timeout(WAIT, connected.wait_for(|up| !*up))
@@ -539,16 +557,23 @@ async fn redis_outage_answers_unavailable_then_everything_recovers() {
     );
     assert!(matches!(next(&mut events).await, Published::Join { .. }));
     assert_eq!(publish(&engine, "r", 100, "after").await, 1);
+    let Published::Chat {
+        seq,
+        node,
+        session,
+        id,
+        body,
+    } = next(&mut events).await
+    else {
+        panic!("a CHAT");
+    };
     assert_eq!(
-        next(&mut events).await,
-        Published::Chat {
-            seq: 1,
-            node: "node-a".into(),
-            session: SessionId(1),
-            id: "id".into(),
-            body: Bytes::from_static(b"after"),
-        }
+        (seq, node.as_str(), session, id.as_str()),
+        (1, "node-a", SessionId(1), "id")
     );
+    let (body, epoch) = split_epoch(&body);
+    assert_eq!(body, Bytes::from_static(b"after"));
+    assert_ne!(epoch, epoch_before, "Redis lost the seq: a new epoch");
     assert!(engine.ping().await);
 }
 
@@ -819,7 +844,7 @@ async fn room_keys_expire_when_nothing_uses_them_any_more() {
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys = RoomKeys::new("kept");
     let thirty_days: i64 = 30 * 24 * 3600 * 1000;
-    for key in [&keys.seq, &keys.log] {
+    for key in [&keys.seq, &keys.log, &keys.epoch] {
         let pttl: i64 = redis::cmd("PTTL")
             .arg(key)
             .query_async(&mut conn)
@@ -840,7 +865,7 @@ async fn room_keys_expire_when_nothing_uses_them_any_more() {
     // `[cluster] retention_secs` applies from the room's next CHAT.
     engine.set_retention(Duration::from_secs(120));
     publish(&engine, "kept", 10, "again").await;
-    for key in [&keys.seq, &keys.log] {
+    for key in [&keys.seq, &keys.log, &keys.epoch] {
         let pttl: i64 = redis::cmd("PTTL")
             .arg(key)
             .query_async(&mut conn)
@@ -848,4 +873,126 @@ async fn room_keys_expire_when_nothing_uses_them_any_more() {
             .unwrap();
         assert!(pttl > 60_000 && pttl <= 120_000, "{key}: {pttl}");
     }
+}
+
+#[tokio::test]
+async fn the_epoch_is_created_with_the_seq_and_a_lost_seq_starts_a_new_one() {
+    let redis = RedisServer::start();
+    let engine = engine(&[redis.url()], "a");
+    let ttl = Duration::from_secs(60);
+    let join = |session: u64| {
+        let engine = engine.clone();
+        async move {
+            timeout(
+                WAIT,
+                engine.join("r", SessionId(session), "ada", ttl, 10, Bytes::new()),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+        }
+    };
+    assert_eq!(join(1).await.epoch, "", "no sequence before the first CHAT");
+    publish(&engine, "r", 10, "one").await;
+    let (seq, epoch) = timeout(WAIT, engine.sequence("r")).await.unwrap().unwrap();
+    assert_eq!((seq, epoch.len()), (1, 16));
+    assert_eq!(join(2).await.epoch, epoch);
+    publish(&engine, "r", 10, "two").await;
+    assert_eq!(
+        timeout(WAIT, engine.sequence("r")).await.unwrap().unwrap(),
+        (2, epoch.clone()),
+        "one epoch while the seq lives"
+    );
+    // The seq key is gone (expired, or lost with Redis's data): the count starts over in a new
+    // epoch, even though the old epoch key is still there.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = RoomKeys::new("r");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys.seq)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys.log)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(publish(&engine, "r", 10, "again").await, 1);
+    let (seq, fresh) = timeout(WAIT, engine.sequence("r")).await.unwrap().unwrap();
+    assert_eq!(seq, 1);
+    assert_ne!(fresh, epoch);
+    let stored = timeout(WAIT, engine.replay("r", 0, 1, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        split_epoch(&stored[0].1),
+        (Bytes::from_static(b"again"), fresh)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ref_is_posted_once_within_the_window_whichever_node_gets_the_resend() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let (a, b) = (engine(&urls, "node-a"), engine(&urls, "node-b"));
+    let (_sub, mut events) = subscribed(&a, "r", 64).await;
+    let window = Duration::from_secs(120);
+    let dedup = |user: &str, r#ref: &str| {
+        Some(Dedup {
+            user: user.into(),
+            r#ref: r#ref.into(),
+            window,
+        })
+    };
+    let post = |engine: &RedisEngine, id: &str, body: &'static [u8], dedup| {
+        let (engine, id) = (engine.clone(), id.to_string());
+        async move {
+            let posting =
+                engine.post_chat("r", 100, &id, SessionId(1), Bytes::from_static(body), dedup);
+            timeout(WAIT, posting).await.unwrap().unwrap()
+        }
+    };
+    assert_eq!(
+        post(&a, "id-1", b"first", dedup("ada", "r1")).await,
+        Posted::New(1)
+    );
+    let Published::Chat { body: original, .. } = next(&mut events).await else {
+        panic!("CHAT 1");
+    };
+    // The resend reaches the other node, with other content even: the original answers.
+    let resent = post(&b, "id-2", b"second", dedup("ada", "r1")).await;
+    assert_eq!(
+        resent,
+        Posted::Resent {
+            seq: 1,
+            body: original.clone()
+        }
+    );
+    // Another user's same ref, and the same ref without dedup, are new CHATs.
+    assert_eq!(
+        post(&b, "id-3", b"bob's", dedup("bob", "r1")).await,
+        Posted::New(2)
+    );
+    assert_eq!(post(&a, "id-4", b"plain", None).await, Posted::New(3));
+    let published: Vec<u64> = events_before_marker(&a, "r", &mut events)
+        .await
+        .into_iter()
+        .map(|event| match event {
+            Published::Chat { seq, .. } => seq,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(published, vec![2, 3], "the resend was never published");
+    assert_eq!(timeout(WAIT, a.last_seq("r")).await.unwrap(), Ok(4));
+    // The key lives for the window, next to the room's keys.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(dedup_key("r", "ada", "r1"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 60_000 && pttl <= 120_000, "{pttl}");
 }

@@ -143,6 +143,7 @@ async fn replay_with_since_seq_has_no_gap_or_duplicate_at_the_live_boundary(engi
     });
     let mut reader = server.client("reader").await;
     let joined = reader.join_since("r", 10).await;
+    assert!(!joined.replay_truncated, "everything after 10 is retained");
     let mut seqs = Vec::new();
     while seqs.last() != Some(&TOTAL) {
         let m = reader.expect(Kind::Chat).await;
@@ -167,7 +168,10 @@ async fn replay_since_seq_past_the_retained_window_starts_at_the_oldest_retained
         ada.expect(Kind::Chat).await;
     }
     let mut bob = server.client("bob").await;
-    bob.join_since("r", 2).await;
+    assert!(
+        bob.join_since("r", 2).await.replay_truncated,
+        "3..=6 are gone"
+    );
     let mut got = Vec::new();
     for _ in 0..4 {
         got.push(bob.expect(Kind::Chat).await.seq);

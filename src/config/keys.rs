@@ -114,7 +114,7 @@ pub const KEYS: &[KeyInfo] = &[
     key!(Live, limits.max_members_listed),
     key!(Live, limits.read_only),
     key!(Live, limits.writers),
-    // A room reads it at every CHAT; entries already remembered keep the bound they had.
+    // A room reads it at every CHAT; a change applies to the entries already remembered too.
     key!(Live, limits.dedup_window_ms),
     key!(Live, rooms),
     key!(Restart, auth.mode),

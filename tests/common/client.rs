@@ -131,11 +131,17 @@ impl Client {
     }
 
     pub async fn join_since(&mut self, room: &str, since_seq: u64) -> Message {
+        self.join_resuming(room, since_seq, "").await
+    }
+
+    /// JOINs `room` resuming after `since_seq` of `epoch`; returns its JOINED.
+    pub async fn join_resuming(&mut self, room: &str, since_seq: u64, epoch: &str) -> Message {
         let r#ref = self.fresh_ref();
         self.send(Message {
             kind: Kind::Join.into(),
             room: room.into(),
             since_seq,
+            epoch: epoch.into(),
             r#ref: r#ref.clone(),
             ..Message::default()
         })
@@ -148,15 +154,20 @@ impl Client {
     /// Posts `content` to `room` and returns the ref used.
     pub async fn chat(&mut self, room: &str, content: &str) -> String {
         let r#ref = self.fresh_ref();
+        self.chat_with_ref(room, content, &r#ref).await;
+        r#ref
+    }
+
+    /// Posts `content` to `room` with exactly this `ref` (a resend uses the original's).
+    pub async fn chat_with_ref(&mut self, room: &str, content: &str, r#ref: &str) {
         self.send(Message {
             kind: Kind::Chat.into(),
             room: room.into(),
             content: content.into(),
-            r#ref: r#ref.clone(),
+            r#ref: r#ref.into(),
             ..Message::default()
         })
         .await;
-        r#ref
     }
 
     /// The next reply; panics on a status, end of stream or [`WAIT`].

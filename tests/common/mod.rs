@@ -113,7 +113,7 @@ impl TestServer {
 
     pub async fn start_with(config: Config) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        TestServer::start_on_listener(listener, config).await
+        TestServer::serve_on(listener, config)
     }
 
     /// A server on `addr`, the address of a server that was shut down: a restart on the
@@ -131,10 +131,10 @@ impl TestServer {
                 Err(error) => panic!("cannot bind {addr} again: {error}"),
             }
         };
-        TestServer::start_on_listener(listener, parse(toml)).await
+        TestServer::serve_on(listener, parse(toml))
     }
 
-    async fn start_on_listener(listener: TcpListener, config: Config) -> TestServer {
+    fn serve_on(listener: TcpListener, config: Config) -> TestServer {
         let addr = listener.local_addr().unwrap();
         let server = Server::new(listener, config).unwrap();
         let hub = server.hub();
