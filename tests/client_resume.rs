@@ -89,14 +89,15 @@ async fn over_many_faults_every_message_arrives_once_and_every_typed_chat_lands_
         Fault::CutMidFrame,
         Fault::DropReplies,
     ];
+    let resumes = |n: usize| {
+        move |events: &[Event]| {
+            let resumed = events.iter().filter(|e| matches!(e, Event::Resumed { .. }));
+            (resumed.count() >= n).then_some(())
+        }
+    };
     for round in 0..ROUNDS {
         // The previous fault was repaired: alice resumed, and messages flow to her again.
-        alice_events
-            .wait_for("the resume", |events| {
-                let resumed = events.iter().filter(|e| matches!(e, Event::Resumed { .. }));
-                (resumed.count() >= round).then_some(())
-            })
-            .await;
+        alice_events.wait_for("the resume", resumes(round)).await;
         let seen = alice_events.messages("r").len();
         alice_events.wait_messages("r", seen + 3).await;
         let fault = faults[round % faults.len()];
@@ -108,6 +109,7 @@ async fn over_many_faults_every_message_arrives_once_and_every_typed_chat_lands_
             proxy.inject(Fault::Cut);
         }
     }
+    alice_events.wait_for("the last resume", resumes(ROUNDS)).await;
     stop.store(true, Ordering::Relaxed);
     let bob_posted = timeout(WAIT, bob).await.unwrap().unwrap();
     let acks = timeout(WAIT * 2, typist).await.unwrap().unwrap();
@@ -140,7 +142,7 @@ async fn over_many_faults_every_message_arrives_once_and_every_typed_chat_lands_
         assert_eq!(room.iter().filter(|(_, c)| c == content).count(), 1);
     }
     let resumed = alice_events.resumed();
-    assert!(resumed.len() >= ROUNDS, "{resumed:?}");
+    assert!(resumed.len() >= ROUNDS, "one resume per fault at least: {resumed:?}");
     assert!(
         resumed
             .iter()
