@@ -109,7 +109,9 @@ async fn over_many_faults_every_message_arrives_once_and_every_typed_chat_lands_
             proxy.inject(Fault::Cut);
         }
     }
-    alice_events.wait_for("the last resume", resumes(ROUNDS)).await;
+    alice_events
+        .wait_for("the last resume", resumes(ROUNDS))
+        .await;
     stop.store(true, Ordering::Relaxed);
     let bob_posted = timeout(WAIT, bob).await.unwrap().unwrap();
     let acks = timeout(WAIT * 2, typist).await.unwrap().unwrap();
@@ -142,7 +144,10 @@ async fn over_many_faults_every_message_arrives_once_and_every_typed_chat_lands_
         assert_eq!(room.iter().filter(|(_, c)| c == content).count(), 1);
     }
     let resumed = alice_events.resumed();
-    assert!(resumed.len() >= ROUNDS, "one resume per fault at least: {resumed:?}");
+    assert!(
+        resumed.len() >= ROUNDS,
+        "one resume per fault at least: {resumed:?}"
+    );
     assert!(
         resumed
             .iter()
@@ -322,4 +327,46 @@ async fn heartbeats_keep_a_quiet_session_past_the_idle_timeout() {
     assert_eq!(ack.seq, 1);
     let connected = alice_events.events().into_iter();
     assert_eq!(connected.filter(|e| *e == Event::Connected).count(), 1);
+}
+
+#[tokio::test]
+async fn resent_chats_refused_by_the_rate_limit_are_sent_again_until_posted_once() {
+    // A JOIN and three CHATs empty a bucket, which gains three tokens a second.
+    let server = TestServer::start("[limits]\nrate_per_sec = 3\nburst = 4\n").await;
+    let proxy = Proxy::start(server.addr).await;
+    let options = fast(&proxy.addr.to_string(), "alice")
+        .heartbeat(Duration::from_secs(30), Duration::from_secs(30));
+    let (alice, events) = Client::connect(options).await.unwrap();
+    let alice_events = Recorder::start(events);
+    alice.join("r").await.unwrap();
+    let mut observer = server.client("observer").await;
+    observer.join("r").await;
+    let observer = Tap::start(observer);
+
+    // Six CHATs: three posted, three refused by the rate limit; alice hears of none of it.
+    proxy.inject(Fault::DropReplies);
+    let mut replies = Vec::new();
+    for i in 0..6 {
+        replies.push(alice.send_post("r", format!("c{i}")).await.unwrap());
+    }
+    observer.wait_content("c2").await;
+    proxy.inject(Fault::Cut);
+    // On the new stream all six go again: the bucket lets some through and refuses the rest,
+    // whose outcome is unknown to the client; they go again once it has refilled.
+    let mut acks = Vec::new();
+    for reply in replies {
+        acks.push(
+            timeout(WAIT, reply)
+                .await
+                .unwrap()
+                .expect("posted in the end")
+                .seq,
+        );
+    }
+    assert_eq!(acks, [1, 2, 3, 4, 5, 6]);
+    observer.wait_content("c5").await;
+    let room: Vec<String> = observer.chats().into_iter().map(|m| m.content).collect();
+    assert_eq!(room, ["c0", "c1", "c2", "c3", "c4", "c5"]);
+    alice_events.wait_content("r", "c5").await;
+    assert_eq!(alice_events.messages("r").len(), 6);
 }

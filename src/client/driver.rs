@@ -44,6 +44,9 @@ pub(crate) struct Driver {
     /// Requests for the current stream, oldest first; empty while disconnected (a new stream
     /// starts from `pending`).
     pub(super) outbox: std::collections::VecDeque<Message>,
+    /// Resent CHATs refused by the rate limit, to send again at `retry_at`.
+    pub(super) retry: Vec<u64>,
+    pub(super) retry_at: Option<Instant>,
     /// `close` was asked for, or every handle is gone.
     closing: bool,
 }
@@ -69,6 +72,8 @@ impl Driver {
             refs: Refs::new(),
             backoff: Backoff::new(options.backoff_initial, options.backoff_max),
             outbox: Default::default(),
+            retry: Vec::new(),
+            retry_at: None,
             closing: false,
         }
     }
@@ -79,6 +84,8 @@ impl Driver {
             let ending = self.serve(&mut connection).await;
             drop(connection);
             self.outbox.clear();
+            self.retry.clear();
+            self.retry_at = None;
             self.rooms.abandon_replays();
             let (reason, now) = match ending {
                 Ending::Closed => break None,
@@ -120,6 +127,7 @@ impl Driver {
             let deadline = silent_since.map(|since| since + self.heartbeat_timeout);
             // select! builds every branch's future, disabled ones too.
             let silent_at = deadline.unwrap_or_else(|| Instant::now() + self.heartbeat);
+            let retry_at = self.retry_at.unwrap_or(silent_at);
             let sending = connection.tx.as_ref().filter(|_| !self.outbox.is_empty());
             tokio::select! {
                 // Writing first and the deadline last: buffered replies are read before a
@@ -153,6 +161,7 @@ impl Driver {
                     }
                     silent_since.get_or_insert_with(Instant::now);
                 }
+                _ = sleep_until(retry_at), if self.retry_at.is_some() => self.send_retries(),
                 _ = sleep_until(silent_at), if deadline.is_some() => {
                     if connection.tx.is_none() {
                         return Ending::Closed; // half-closed and the server never finished
@@ -219,7 +228,10 @@ impl Driver {
             joining.insert(room);
         }
         let mut left = Vec::new();
-        for (number, request) in earlier {
+        for (number, mut request) in earlier {
+            if let Request::Chat { resent, .. } = &mut request {
+                *resent = true;
+            }
             let message = match &request {
                 // The broken stream's own bookkeeping, made again above and below.
                 Request::Resume { .. } | Request::Marker => continue,
@@ -295,6 +307,7 @@ impl Driver {
                 let message = Request::Chat {
                     room: room.clone(),
                     content: content.clone(),
+                    resent: false,
                     reply,
                     _slot: slot,
                 };
@@ -306,6 +319,18 @@ impl Driver {
             self.outbox.push_back(message);
             if is_join {
                 self.push_marker();
+            }
+        }
+    }
+
+    /// Sends the CHATs waiting in `retry` again, with their `ref`.
+    fn send_retries(&mut self) {
+        self.retry_at = None;
+        for number in std::mem::take(&mut self.retry) {
+            if let Some(Request::Chat { room, content, .. }) = self.pending.get(number) {
+                let r#ref = self.refs.of(number);
+                let message = self.request(Kind::Chat, room, content.clone(), r#ref);
+                self.outbox.push_back(message);
             }
         }
     }

@@ -2,6 +2,10 @@
 //! request number in its `ref`), deduplicated against the room's position, and turned into
 //! replies and [`Event`]s.
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use super::{
     connection::Failure,
     driver::Driver,
@@ -14,6 +18,13 @@ use crate::proto::{Kind, Message};
 /// The ERROR code whose request may have gone through, or may go through on another try:
 /// such a request is sent again on a new stream (a CHAT with its `ref`, so it posts once).
 const TRY_AGAIN: &str = "unavailable";
+
+/// The ERROR code of the rate limit, which a resend is checked against too.
+const RATE_LIMITED: &str = "rate_limited";
+
+/// How long a resent CHAT refused by the rate limit waits before it goes again; the member's
+/// bucket refills meanwhile (`rate_per_sec`).
+const RATE_RETRY: Duration = Duration::from_secs(1);
 
 impl Driver {
     /// Handles one server message; `Some` when it means the stream should be given up.
@@ -131,6 +142,13 @@ impl Driver {
             self.pending.restore(number, request);
             let reason = format!("{TRY_AGAIN} ({}): {}", error.room, error.reason);
             return Some(Failure::Retry(reason));
+        }
+        if error.code == RATE_LIMITED && matches!(request, Request::Chat { resent: true, .. }) {
+            self.pending.restore(number, request);
+            self.retry.push(number);
+            self.retry_at
+                .get_or_insert_with(|| Instant::now() + RATE_RETRY);
+            return None;
         }
         match request {
             Request::Join { room, reply, .. } => {

@@ -32,6 +32,9 @@ pub(crate) enum Request {
     Chat {
         room: String,
         content: String,
+        /// Sent again on a later stream: a refusal by the rate limit then leaves its outcome
+        /// unknown (the first send may have been posted), so it is tried again, not failed.
+        resent: bool,
         reply: ReplyTx<Ack>,
         /// Held until answered: the request's place among `max_pending`.
         _slot: OwnedSemaphorePermit,
@@ -108,6 +111,10 @@ impl Pending {
     /// Records `request` again under the number it had.
     pub(crate) fn restore(&mut self, number: u64, request: Request) {
         self.requests.insert(number, request);
+    }
+
+    pub(crate) fn get(&self, number: u64) -> Option<&Request> {
+        self.requests.get(&number)
     }
 
     pub(crate) fn take(&mut self, number: u64) -> Option<Request> {
