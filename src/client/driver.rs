@@ -3,10 +3,10 @@
 //! connection that went silent, and on a break reconnects with backoff, then rejoins every
 //! room from where it was and sends every unanswered request again with its `ref`.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use tokio::{
-    sync::{Semaphore, mpsc},
+    sync::mpsc,
     time::{Instant, MissedTickBehavior, interval_at, sleep, sleep_until},
 };
 
@@ -17,7 +17,7 @@ use super::{
     event::Event,
     handle::Command,
     options::ClientOptions,
-    pending::{Pending, Refs, Request},
+    pending::{Pending, Refs, Request, Slots},
     rooms::{Rooms, Status},
 };
 use crate::proto::{Kind, Message};
@@ -36,7 +36,7 @@ pub(crate) struct Driver {
     link: Link,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
-    slots: Arc<Semaphore>,
+    slots: Slots,
     pub(super) rooms: Rooms,
     pub(super) pending: Pending,
     pub(super) refs: Refs,
@@ -57,7 +57,7 @@ impl Driver {
         link: Link,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
-        slots: Arc<Semaphore>,
+        slots: Slots,
     ) -> Driver {
         Driver {
             user: options.user.clone(),

@@ -32,6 +32,9 @@ pub enum ClientError {
     /// The token callback failed.
     #[error("cannot get a token: {0}")]
     Token(String),
+    /// A CHAT over the client's `max_content_bytes`, refused before it is sent.
+    #[error("content is {len} bytes, over the client's limit of {max}")]
+    TooLarge { len: usize, max: usize },
     /// The client was closed (or stopped on an earlier error) before the request was answered.
     #[error("the client is closed")]
     Closed,

@@ -5,11 +5,10 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
 };
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 
 use super::{
@@ -18,7 +17,7 @@ use super::{
     error::ClientError,
     event::{Ack, Event, Joined},
     options::ClientOptions,
-    pending::ReplyTx,
+    pending::{ReplyTx, Slot, Slots},
 };
 
 /// Commands queued between the handles and the driver.
@@ -30,18 +29,18 @@ pub(crate) enum Command {
     Join {
         room: String,
         reply: ReplyTx<Joined>,
-        slot: OwnedSemaphorePermit,
+        slot: Slot,
     },
     Leave {
         room: String,
         reply: ReplyTx<()>,
-        slot: OwnedSemaphorePermit,
+        slot: Slot,
     },
     Post {
         room: String,
         content: String,
         reply: ReplyTx<Ack>,
-        slot: OwnedSemaphorePermit,
+        slot: Slot,
     },
     Close,
 }
@@ -50,8 +49,8 @@ pub(crate) enum Command {
 #[derive(Debug, Clone)]
 pub struct Client {
     commands: mpsc::Sender<Command>,
-    /// One permit per request awaiting its answer (`max_pending`).
-    slots: Arc<Semaphore>,
+    /// Places for requests awaiting their answers.
+    slots: Slots,
 }
 
 impl Client {
@@ -66,7 +65,7 @@ impl Client {
             .map_err(|failure| failure.into_error(link.address()))?;
         let (commands, commands_rx) = mpsc::channel(COMMAND_BUFFER);
         let (events_tx, events) = mpsc::channel(options.event_capacity);
-        let slots = Arc::new(Semaphore::new(options.max_pending));
+        let slots = Slots::new(&options);
         let driver = Driver::new(&options, link, commands_rx, events_tx, slots.clone());
         tokio::spawn(driver.run(connection));
         Ok((Client { commands, slots }, Events { rx: events }))
@@ -93,7 +92,7 @@ impl Client {
     /// future of its answer. Dropping that future is fine: an ERROR then becomes an
     /// [`Event::Error`].
     pub async fn send_join(&self, room: &str) -> Result<Reply<Joined>, ClientError> {
-        let slot = self.slot().await?;
+        let slot = self.slots.take(0).await?;
         self.command(|reply| Command::Join {
             room: room.to_string(),
             reply,
@@ -102,14 +101,16 @@ impl Client {
         .await
     }
 
-    /// Queues a CHAT; see [`Client::send_join`] and [`Client::post`].
+    /// Queues a CHAT; see [`Client::send_join`] and [`Client::post`]. Content over
+    /// `max_content_bytes` is refused here ([`ClientError::TooLarge`]): a frame the server
+    /// will not read would end every stream it is resent on.
     pub async fn send_post(
         &self,
         room: &str,
         content: impl Into<String>,
     ) -> Result<Reply<Ack>, ClientError> {
-        let slot = self.slot().await?;
         let content = content.into();
+        let slot = self.slots.take(content.len()).await?;
         self.command(|reply| Command::Post {
             room: room.to_string(),
             content,
@@ -121,7 +122,7 @@ impl Client {
 
     /// Queues a LEAVE; see [`Client::send_join`].
     pub async fn send_leave(&self, room: &str) -> Result<Reply<()>, ClientError> {
-        let slot = self.slot().await?;
+        let slot = self.slots.take(0).await?;
         self.command(|reply| Command::Leave {
             room: room.to_string(),
             reply,
@@ -135,14 +136,6 @@ impl Client {
     /// stream ends with `Event::Closed(None)`. Returns once the close is queued.
     pub async fn close(&self) {
         let _ = self.commands.send(Command::Close).await;
-    }
-
-    async fn slot(&self) -> Result<OwnedSemaphorePermit, ClientError> {
-        self.slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ClientError::Closed)
     }
 
     async fn command<T>(

@@ -26,8 +26,9 @@
 //! delivered once each, deduplicated by room, epoch and seq. Once a room's replay is over,
 //! [`Event::Resumed`] says how many messages were replayed and whether some are gone for good.
 //!
-//! **Bounds.** At most `max_pending` requests wait for answers (further `send_*` calls wait),
-//! and `event_capacity` events wait for the reader (then the client stops reading the server).
+//! **Bounds.** At most `max_pending` requests with `max_pending_bytes` of content wait for
+//! answers (further `send_*` calls wait; content over `max_content_bytes` is refused), and
+//! `event_capacity` events wait for the reader (then the client stops reading the server).
 //!
 //! ```no_run
 //! use chatrooms::client::{Client, ClientOptions, Event};

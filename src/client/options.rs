@@ -39,6 +39,8 @@ pub struct ClientOptions {
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) max_pending: usize,
+    pub(crate) max_pending_bytes: usize,
+    pub(crate) max_content_bytes: usize,
     pub(crate) event_capacity: usize,
 }
 
@@ -57,6 +59,8 @@ impl ClientOptions {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             max_pending: 256,
+            max_pending_bytes: 8 << 20,
+            max_content_bytes: (1 << 20) - 2048,
             event_capacity: 1024,
         }
     }
@@ -113,6 +117,22 @@ impl ClientOptions {
     /// friends wait. These are what a reconnect sends again. Default 256.
     pub fn max_pending(mut self, max: usize) -> ClientOptions {
         self.max_pending = max.max(1);
+        self
+    }
+
+    /// Bytes of CHAT content the requests awaiting answers may hold together; beyond it
+    /// `send_post` waits. Default 8 MiB.
+    pub fn max_pending_bytes(mut self, bytes: usize) -> ClientOptions {
+        self.max_pending_bytes = bytes.max(1);
+        self
+    }
+
+    /// Largest CHAT content the client sends (at most `max_pending_bytes`); larger ones are
+    /// refused at once with [`ClientError::TooLarge`](super::ClientError::TooLarge). Default:
+    /// the server's default `max_frame_bytes` (1 MiB) less 2 KiB for the other fields, since a
+    /// frame over the server's limit ends the stream, and a resend would end the next one.
+    pub fn max_content_bytes(mut self, bytes: usize) -> ClientOptions {
+        self.max_content_bytes = bytes;
         self
     }
 

@@ -2,14 +2,79 @@
 //! their `ref` ([`Refs`]). A reconnect sends the user's requests again in their original order
 //! and with their original `ref`, so the server can tell a resent CHAT from a new one.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::{
     error::ClientError,
     event::{Ack, Joined},
+    options::ClientOptions,
 };
+
+/// The bounds on requests awaiting answers: how many (`max_pending`) and how many bytes of
+/// CHAT content (`max_pending_bytes`). The handles wait here for a place; the driver closes
+/// them when it stops, which wakes every waiter with [`ClientError::Closed`].
+#[derive(Debug, Clone)]
+pub(crate) struct Slots {
+    count: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_content: usize,
+}
+
+/// A request's place within the bounds, given back when it is answered.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    _count: OwnedSemaphorePermit,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+impl Slots {
+    pub(crate) fn new(options: &ClientOptions) -> Slots {
+        let budget = options.max_pending_bytes.min(u32::MAX as usize);
+        Slots {
+            count: Arc::new(Semaphore::new(options.max_pending)),
+            bytes: Arc::new(Semaphore::new(budget)),
+            max_content: options.max_content_bytes.min(budget),
+        }
+    }
+
+    /// A place for a request carrying `content` bytes; waits while the bounds are full.
+    pub(crate) async fn take(&self, content: usize) -> Result<Slot, ClientError> {
+        if content > self.max_content {
+            return Err(ClientError::TooLarge {
+                len: content,
+                max: self.max_content,
+            });
+        }
+        // `max_content` is within u32, so this conversion cannot fail in practice.
+        let wanted = u32::try_from(content).map_err(|_| ClientError::TooLarge {
+            len: content,
+            max: self.max_content,
+        })?;
+        let closed = |_| ClientError::Closed;
+        let count = self.count.clone().acquire_owned().await.map_err(closed)?;
+        let bytes = match wanted {
+            0 => None,
+            n => Some(
+                self.bytes
+                    .clone()
+                    .acquire_many_owned(n)
+                    .await
+                    .map_err(closed)?,
+            ),
+        };
+        Ok(Slot {
+            _count: count,
+            _bytes: bytes,
+        })
+    }
+
+    pub(crate) fn close(&self) {
+        self.count.close();
+        self.bytes.close();
+    }
+}
 
 /// Where the answer to one request goes.
 pub(crate) type ReplyTx<T> = oneshot::Sender<Result<T, ClientError>>;
@@ -20,14 +85,14 @@ pub(crate) enum Request {
     Join {
         room: String,
         reply: ReplyTx<Joined>,
-        /// Held until answered: the request's place among `max_pending`.
-        _slot: OwnedSemaphorePermit,
+        /// Held until answered: the request's place within the bounds.
+        _slot: Slot,
     },
     Leave {
         room: String,
         reply: ReplyTx<()>,
-        /// Held until answered: the request's place among `max_pending`.
-        _slot: OwnedSemaphorePermit,
+        /// Held until answered: the request's place within the bounds.
+        _slot: Slot,
     },
     Chat {
         room: String,
@@ -36,8 +101,8 @@ pub(crate) enum Request {
         /// unknown (the first send may have been posted), so it is tried again, not failed.
         resent: bool,
         reply: ReplyTx<Ack>,
-        /// Held until answered: the request's place among `max_pending`.
-        _slot: OwnedSemaphorePermit,
+        /// Held until answered: the request's place within the bounds.
+        _slot: Slot,
     },
     /// The client's own rejoin of a room after a reconnect.
     Resume { room: String },
@@ -151,6 +216,37 @@ mod tests {
         assert_eq!(ours.number(&theirs.of(42)), None);
         assert_eq!(ours.number("42"), None);
         assert!(ours.of(u64::MAX).len() <= 128, "the server's ref limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_bound_the_count_and_the_bytes_and_refuse_oversized_content() {
+        use std::time::Duration;
+        let options = ClientOptions::new("h:1", "u")
+            .max_pending(2)
+            .max_pending_bytes(10)
+            .max_content_bytes(8);
+        let slots = Slots::new(&options);
+        let waits = |slots: Slots, bytes| async move {
+            tokio::time::timeout(Duration::from_secs(1), slots.take(bytes))
+                .await
+                .is_err()
+        };
+        let six = slots.take(6).await.unwrap();
+        assert!(waits(slots.clone(), 6).await, "16 bytes would be over 10");
+        let join = slots.take(0).await.unwrap();
+        assert!(
+            waits(slots.clone(), 0).await,
+            "a third request would be over 2"
+        );
+        drop(six);
+        let eight = slots.take(8).await.unwrap();
+        assert_eq!(
+            slots.take(9).await.unwrap_err(),
+            ClientError::TooLarge { len: 9, max: 8 }
+        );
+        drop((eight, join));
+        slots.close();
+        assert_eq!(slots.take(1).await.unwrap_err(), ClientError::Closed);
     }
 
     #[test]
