@@ -6,12 +6,14 @@
 //!     └──────────── OutboundStream ◀── SessionTx (bounded queue, try_deliver) ◀─────────── fan-out ─────┘
 //! ```
 //!
-//! - [`transport`]: accepting, handshake, HTTP/2 serving; resets streams the session ended.
+//! - [`transport`]: accepting, handshake, HTTP/2 serving, request frame limits; resets streams
+//!   the session ended.
 //! - [`edge`]: the gRPC edge: the `ChatStream` handler, codec, outbound queue, session table,
 //!   admission limits and token auth.
 //! - [`actors`]: Session (identity, joined rooms, timers) and Room (members, rate buckets, expiry,
 //!   fan-out), their mail, the parsed requests, the room registry and the handles they run on.
-//! - [`log`]: a room's order, seq, history and presence: in memory, or through Redis.
+//! - [`log`]: a room's order, seq and epoch, history, dedup window and presence: in memory, or
+//!   through Redis.
 //! - [`history`]: a memory log's retained CHATs and the server-wide byte budget they draw from.
 //! - [`cluster`]: the Redis client of cluster mode: `RedisEngine` (connections, health, room
 //!   scripts, user places, operator channels, listing) and the per-shard pub/sub subscriber.

@@ -196,7 +196,7 @@ mod tests {
         let budget = HistoryBudget::new(usize::MAX);
         let mut dedup = Dedup::new(budget.clone());
         let now = Instant::now();
-        let size = 2 * "ada\01".len() + 100 + ENTRY_OVERHEAD;
+        let size = 2 * key("ada", "1").len() + 100 + ENTRY_OVERHEAD;
         for n in 0..10u8 {
             dedup.remember("ada", &n.to_string(), ack(n, 100), WINDOW, 3 * size, now);
         }
@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn the_server_wide_budget_is_shared_and_given_back_on_drop() {
-        let size = 2 * "ada\0x".len() + 100 + ENTRY_OVERHEAD;
+        let size = 2 * key("ada", "x").len() + 100 + ENTRY_OVERHEAD;
         let budget = HistoryBudget::new(2 * size);
         let mut first = Dedup::new(budget.clone());
         let mut second = Dedup::new(budget.clone());

@@ -14,12 +14,15 @@ use crate::{
     proto::{self, Kind},
 };
 
+/// The join script's answer, where the replay starts, and the replay read up to its seq.
+type Outcome = Result<(cluster::Joined, Resume, Vec<(u64, Bytes)>), ChatError>;
+
 /// What Redis answered a JOIN (see [`RedisLog::join`]).
 pub struct JoinReply {
     /// The JOIN subscribed the room first (it was not).
     resubscribing: bool,
     fresh: Option<(Subscription, u64)>,
-    outcome: Result<(cluster::Joined, Resume, Vec<(u64, Bytes)>), ChatError>,
+    outcome: Outcome,
 }
 
 impl RedisLog {
