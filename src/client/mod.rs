@@ -64,6 +64,7 @@ mod event;
 mod handle;
 mod inbox;
 mod options;
+mod outbox;
 mod pending;
 mod rooms;
 
