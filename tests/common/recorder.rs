@@ -45,8 +45,11 @@ impl Recorder {
     /// Waits until `n` messages (CHATs) of `room` have been delivered.
     pub async fn wait_messages(&self, room: &str, n: usize) -> Vec<ChatMessage> {
         self.wait_for(&format!("{n} messages in {room}"), |events| {
-            let messages = messages_in(events, room);
-            (messages.len() >= n).then_some(messages)
+            let mut count = events.iter().filter(|event| match event {
+                Event::Message(m) => m.room == room,
+                _ => false,
+            });
+            (n == 0 || count.nth(n - 1).is_some()).then(|| messages_in(events, room))
         })
         .await
     }
@@ -182,7 +185,7 @@ impl Tap {
         timeout(WAIT, chats.wait_for(|chats| chats.len() >= n))
             .await
             .unwrap_or_else(|_| panic!("{n} chats not seen in {WAIT:?}, got {}", self.len()))
-            .unwrap();
+            .expect("the tapped stream ended (see the panic above)");
     }
 
     /// Waits for the CHAT with `content`.
@@ -194,7 +197,7 @@ impl Tap {
         )
         .await
         .unwrap_or_else(|_| panic!("{content:?} not seen in {WAIT:?}"))
-        .unwrap();
+        .expect("the tapped stream ended (see the panic above)");
         found.iter().find(|m| m.content == content).unwrap().clone()
     }
 }
