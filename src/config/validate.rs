@@ -9,6 +9,9 @@ use super::{
 };
 use crate::names::RoomName;
 
+/// The longest `dedup_window_ms` accepted.
+const MAX_DEDUP_WINDOW_MS: u64 = 24 * 3600 * 1000;
+
 /// Checks what a section's types cannot: ranges, and keys that depend on each other. An error
 /// names the key and says why.
 pub(super) fn config(cfg: &Config) -> Result<(), (String, String)> {
@@ -210,6 +213,14 @@ pub(super) fn room_limits(
     if l.max_members_listed == 0 {
         return Err((key("max_members_listed"), "must be at least 1".into()));
     }
+    // A resend comes within seconds of a reconnect; a day bounds what Redis is asked to keep
+    // (its key's TTL) far inside what it accepts.
+    if l.dedup_window_ms > MAX_DEDUP_WINDOW_MS {
+        return Err((
+            key("dedup_window_ms"),
+            format!("must be at most {MAX_DEDUP_WINDOW_MS} (a day)"),
+        ));
+    }
     Ok(())
 }
 
@@ -244,6 +255,10 @@ mod tests {
             ("[log]\nlevel = \"[[\"", "log.level"),
             ("[rooms.\"x\"]\nmax_members = 0", "rooms.\"x\".max_members"),
             ("[rooms.\"x\"]\nfoo = 1", "rooms.\"x\".foo"),
+            (
+                "[rooms.\"x\"]\ndedup_window_ms = 86400001",
+                "rooms.\"x\".dedup_window_ms",
+            ),
             (
                 "[cluster]\nengine = \"redis\"\npresence_ttl_ms = 299",
                 "cluster.presence_ttl_ms",

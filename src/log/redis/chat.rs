@@ -102,8 +102,9 @@ impl RedisLog {
             Ok(Posted::Resent { seq, body }) => {
                 // No echo comes for a resend: its ack is the original, sent by the room now.
                 self.pending.remove(&id);
+                // unreachable: only a member's CHAT with a `ref` is looked up (see `append`).
                 let Some((to, r#ref)) = acked else {
-                    return Ok(Accepted::Published(seq, id));
+                    unreachable!("a resend always has its sender");
                 };
                 let ack = proto::with_ref(&proto::with_seq(&body, seq), &r#ref);
                 Ok(Accepted::Resent { to, ack })
