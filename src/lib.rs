@@ -26,6 +26,8 @@
 //! - [`config`]: the TOML schema, per-room limits, the auth key and which keys reload.
 //! - [`limits`]: the token bucket; [`names`]: validated user and room names and session ids.
 //! - [`error`]: `ChatError` (an ERROR reply) and `Fatal` (ends the stream); [`proto`]: the wire types.
+//! - [`client`]: the client library: one stream kept up across reconnects (backoff, heartbeats,
+//!   token refresh), rooms resumed without gap or duplicate, unanswered CHATs resent by `ref`.
 //! - [`metrics`]: every metric, and the `/metrics` endpoint; [`trim`]: gives idle allocator memory back.
 //!
 //! Dependency order (each depends only on those after it; the binaries may use anything):
@@ -37,11 +39,13 @@
 //! (`actors/mod.rs`), `request`; the mail names neither actor (a room holds a member's
 //! `SessionHandle`, a session learns which room closed by its `RoomId`), and a room leaves the
 //! registry through `env::Unregister`. `tests/layout.rs` fails on any import cycle, counting
-//! each of those (and each part of the edge) as a module of its own.
+//! each of those (and each part of the edge) as a module of its own. `client` stands apart: it
+//! uses only `proto` (the server side never imports it).
 
 pub mod actors;
 pub mod admin;
 pub mod census;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod edge;

@@ -1,25 +1,24 @@
-//! `chat-client`: an interactive (or scripted) client. Lines from stdin are posted to the current
-//! room; `/join R`, `/leave R`, `/room R` and `/quit` steer it. Incoming messages are printed as
-//! `[room] user: content`. At end of input it half-closes and prints what is still coming, like
-//! the original design's client.
+//! `chat-client`: an interactive (or scripted) client on the client library
+//! ([`chatrooms::client`]). Lines from stdin are posted to the current room; `/join R`,
+//! `/leave R`, `/room R` and `/quit` steer it. Incoming messages are printed as
+//! `[room] user: content`. It reconnects by itself and says so in plain words; at end of input
+//! it finishes what it sent, prints what is still coming, and exits. Errors it cannot recover
+//! from are one line on stderr and exit code 1.
 
-use std::time::Duration;
+use std::{convert::Infallible, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
-use chatrooms::proto::{Kind, Message, chat_service_client::ChatServiceClient};
+use chatrooms::client::{Client, ClientError, ClientOptions, Event, Events};
 use clap::Parser;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    sync::mpsc,
-};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::transport::{Certificate, ClientTlsConfig};
 
 /// Chat from the terminal or a script.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Server address.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    /// Server address: host:port, http://host:port or https://host:port.
+    #[arg(long, default_value = "127.0.0.1:50051")]
     server: String,
     /// Your name in the rooms.
     #[arg(long)]
@@ -30,6 +29,12 @@ struct Args {
     /// Seconds between heartbeats (PING), well under the server's idle timeout.
     #[arg(long, default_value_t = 30)]
     heartbeat_secs: u64,
+    /// Bearer token for a server in jwt mode.
+    #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (implies TLS).
+    #[arg(long)]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -63,123 +68,162 @@ fn parse_line(line: &str) -> Command {
     }
 }
 
-fn render(m: &Message) -> Option<String> {
-    let line = match m.kind() {
-        Kind::Chat | Kind::Unspecified => {
+/// The line printed for `event`, if any.
+fn render(event: &Event) -> Option<String> {
+    let line = match event {
+        Event::Message(m) => {
             let replay = if m.replay { " (earlier)" } else { "" };
             format!("[{}] {}: {}{replay}", m.room, m.user, m.content)
         }
-        Kind::Join => format!("* {} joined {}", m.user, m.room),
-        Kind::Leave => format!("* {} left {}", m.user, m.room),
-        Kind::Joined => format!(
+        Event::MemberJoined { room, user } => format!("* {user} joined {room}"),
+        Event::MemberLeft { room, user } => format!("* {user} left {room}"),
+        Event::Joined(joined) => format!(
             "* you joined {} ({} here: {})",
-            m.room,
-            m.members.len(),
-            m.members.join(", ")
+            joined.room,
+            joined.members.len(),
+            joined.members.join(", ")
         ),
-        Kind::Left => format!("* you left {}", m.room),
-        Kind::Error => format!("! {} ({}): {}", m.code, m.room, m.content),
-        Kind::Pong | Kind::Ping => return None,
+        Event::Left { room, reason } if reason.is_empty() => format!("* you left {room}"),
+        Event::Left { room, reason } => format!("* you left {room}: {reason}"),
+        Event::Error(e) => format!("! {} ({}): {}", e.code, e.room, e.reason),
+        Event::Reconnecting {
+            attempt,
+            delay,
+            reason,
+        } => format!(
+            "* reconnecting… (attempt {attempt} in {} ms; {reason})",
+            delay.as_millis()
+        ),
+        Event::Resumed {
+            room,
+            replayed,
+            truncated,
+        } => {
+            let plural = if *replayed == 1 { "" } else { "s" };
+            let mut line = format!("* back, {replayed} missed message{plural} replayed ({room})");
+            if *truncated {
+                line.push_str(&format!(
+                    "\n* some messages are no longer available ({room})"
+                ));
+            }
+            line
+        }
+        Event::Connected | Event::Closed(_) => return None,
     };
     Some(line)
 }
 
-fn request(kind: Kind, user: &str, room: &str, content: String) -> Message {
-    Message {
-        kind: kind.into(),
-        user: user.to_string(),
-        room: room.to_string(),
-        content,
-        ..Message::default()
+/// Prints every event until the client stops; the error it stopped with, if any.
+async fn print(mut events: Events) -> Result<(), ClientError> {
+    while let Some(event) = events.next().await {
+        if let Some(line) = render(&event) {
+            println!("{line}");
+        }
+        if let Event::Closed(error) = event {
+            return error.map_or(Ok(()), Err);
+        }
     }
+    Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let mut client = ChatServiceClient::connect(args.server.clone())
-        .await
-        .with_context(|| format!("cannot connect to {}", args.server))?;
-    let (tx, rx) = mpsc::channel(64);
-    let mut replies = client
-        .chat_stream(ReceiverStream::new(rx))
-        .await
-        .context("cannot open the chat stream")?
-        .into_inner();
-    let mut printer = tokio::spawn(async move {
-        while let Some(message) = replies.message().await? {
-            if let Some(line) = render(&message) {
-                println!("{line}");
-            }
-        }
-        Ok::<_, tonic::Status>(())
-    });
-
-    let user = args.user;
-    let mut room = args.room.unwrap_or_default();
-    let send = |m: Message| {
-        let tx = tx.clone();
-        async move { tx.send(m).await.is_ok() }
-    };
-    if !room.is_empty() {
-        send(request(Kind::Join, &user, &room, String::new())).await;
-    } else {
-        // Names the session at once, so the first line typed is not the first request.
-        send(request(Kind::Ping, &user, "", String::new())).await;
+fn options(args: &Args) -> anyhow::Result<ClientOptions> {
+    let heartbeat = Duration::from_secs(args.heartbeat_secs.max(1));
+    let mut options = ClientOptions::new(&args.server, &args.user)
+        .heartbeat(heartbeat, heartbeat.min(Duration::from_secs(10)));
+    if let Some(token) = args.token.clone() {
+        // A fixed token: when it expires, the one refresh gets it again and is refused.
+        options = options.token(move || {
+            let token = token.clone();
+            async move { Ok::<_, Infallible>(token) }
+        });
     }
+    if let Some(path) = &args.ca {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        options = options.tls(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)));
+    }
+    Ok(options)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let (client, events) = Client::connect(options(&args)?).await?;
+    let mut printer = tokio::spawn(print(events));
+    let mut room = args.room.unwrap_or_default();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(args.heartbeat_secs.max(1)));
-    heartbeat.tick().await;
-    let mut ended_early = None;
-    loop {
+    let mut sent = if room.is_empty() {
+        Ok(())
+    } else {
+        client.send_join(&room).await.map(drop)
+    };
+    // Replies are not awaited here: their outcome is printed from the events (an ERROR whose
+    // reply nobody awaits becomes one), so a line typed while reconnecting never blocks input.
+    while sent.is_ok() {
         let line = tokio::select! {
             line = lines.next_line() => line.context("reading stdin")?,
-            _ = heartbeat.tick() => {
-                send(request(Kind::Ping, &user, "", String::new())).await;
-                continue;
-            }
-            ended = &mut printer => {
-                ended_early = Some(ended);
-                break;
-            }
+            stopped = &mut printer => return Ok(stopped.context("printer task")??),
         };
         let Some(line) = line else { break };
-        let sent = match parse_line(&line) {
+        sent = match parse_line(&line) {
             Command::Quit => break,
-            Command::Nothing => true,
-            Command::Say(text) => send(request(Kind::Chat, &user, &room, text)).await,
+            Command::Nothing => Ok(()),
+            Command::Say(text) => client.send_post(&room, text).await.map(drop),
             Command::Join(r) => {
                 room = r;
-                send(request(Kind::Join, &user, &room, String::new())).await
+                client.send_join(&room).await.map(drop)
             }
-            Command::Leave(r) => send(request(Kind::Leave, &user, &r, String::new())).await,
+            Command::Leave(r) => client.send_leave(&r).await.map(drop),
             Command::Room(r) => {
                 room = r;
                 println!("* now posting to {room}");
-                true
+                Ok(())
             }
             Command::Unknown(l) => {
                 eprintln!("unknown command {l:?}: /join R, /leave R, /room R, /quit");
-                true
+                Ok(())
             }
         };
-        if !sent {
-            break;
-        }
     }
-    drop(tx); // CloseSend: the server delivers what is queued, then ends the stream.
-    let ended = match ended_early {
-        Some(ended) => ended,
-        None => printer.await,
+    // Delivers what was sent, half-closes, and prints what is still coming.
+    client.close().await;
+    Ok(printer.await.context("printer task")??)
+}
+
+/// `error` and its causes on one line.
+fn one_line(error: &anyhow::Error) -> String {
+    format!("{error:#}").replace(['\n', '\r'], " ")
+}
+
+fn main() -> ExitCode {
+    // A bug must not greet the user with a backtrace either (RUST_BACKTRACE=1 is common).
+    std::panic::set_hook(Box::new(|info| {
+        let what = info.to_string().replace(['\n', '\r'], " ");
+        eprintln!("chat-client: internal error: {what}");
+    }));
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("chat-client: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
     };
-    match ended.context("printer task")? {
-        Ok(()) => Ok(()),
-        Err(status) => anyhow::bail!("stream ended: {:?}: {}", status.code(), status.message()),
+    // `main` returning `Result` would print the error's Debug form (with a backtrace under
+    // RUST_BACKTRACE=1): one line instead.
+    let outcome = runtime.block_on(run(args));
+    // A blocking read of stdin may still be in progress: do not wait for it.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("chat-client: {}", one_line(&error));
+            ExitCode::FAILURE
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use chatrooms::client::{ChatMessage, ServerError};
+
     use super::*;
 
     #[test]
@@ -202,26 +246,45 @@ mod tests {
 
     #[test]
     fn rendering() {
-        let chat = Message {
-            kind: Kind::Chat.into(),
+        let chat = Event::Message(ChatMessage {
             room: "r".into(),
             user: "ada".into(),
             content: "hi".into(),
-            ..Message::default()
-        };
+            id: String::new(),
+            seq: 1,
+            epoch: String::new(),
+            timestamp: 0,
+            replay: false,
+        });
         assert_eq!(render(&chat).unwrap(), "[r] ada: hi");
-        let error = Message {
-            kind: Kind::Error.into(),
+        let error = Event::Error(ServerError {
             room: "r".into(),
             code: "room_full".into(),
-            content: "room is full".into(),
-            ..Message::default()
-        };
+            reason: "room is full".into(),
+        });
         assert_eq!(render(&error).unwrap(), "! room_full (r): room is full");
-        let pong = Message {
-            kind: Kind::Pong.into(),
-            ..Message::default()
+        assert!(render(&Event::Connected).is_none());
+        let back = |replayed, truncated| Event::Resumed {
+            room: "r".into(),
+            replayed,
+            truncated,
         };
-        assert!(render(&pong).is_none());
+        assert_eq!(
+            render(&back(2, false)).unwrap(),
+            "* back, 2 missed messages replayed (r)"
+        );
+        assert_eq!(
+            render(&back(1, true)).unwrap(),
+            "* back, 1 missed message replayed (r)\n* some messages are no longer available (r)"
+        );
+        let away = Event::Reconnecting {
+            attempt: 2,
+            delay: Duration::from_millis(150),
+            reason: "UNAVAILABLE: server shutting down".into(),
+        };
+        assert_eq!(
+            render(&away).unwrap(),
+            "* reconnecting… (attempt 2 in 150 ms; UNAVAILABLE: server shutting down)"
+        );
     }
 }

@@ -6,7 +6,10 @@
 pub mod admin;
 mod client;
 pub mod process;
+pub mod proxy;
+pub mod recorder;
 pub mod redis;
+pub mod tls;
 
 #[allow(unused_imports)] // as above: each test binary uses its own subset
 pub use client::{Client, raw_stream, small_window, small_window_client};
@@ -113,9 +116,21 @@ impl TestServer {
         TestServer::serve_on(listener, config)
     }
 
-    /// [`TestServer::start`] on `addr`: a server started again where a stopped one listened.
+    /// A server on `addr`, the address of a server that was shut down: a restart on the
+    /// same port. Binding is retried (bounded) while the kernel still holds the port.
     pub async fn start_at(addr: SocketAddr, toml: &str) -> TestServer {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
+                    // A poll interval, not a synchronisation: nothing tells when the port is free.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => panic!("cannot bind {addr} again: {error}"),
+            }
+        };
         TestServer::serve_on(listener, parse(toml))
     }
 
