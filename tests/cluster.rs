@@ -1011,3 +1011,150 @@ async fn a_ref_resent_to_the_other_node_is_deduplicated() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A resend answered by the dedup key can reach a node before that node has delivered the
+/// original (or the CHATs before it): its echo is still on the way, or was lost with the
+/// node's subscription and waits for the re-sync. The original ack must not overtake them, or
+/// a client that drops seqs it has seen would drop those CHATs: it comes with the original's
+/// fan-out, in seq order. Here the node's subscriber is kept away (Redis refuses its
+/// reconnect) while the CHATs are posted by another engine.
+#[tokio::test]
+async fn a_resend_ack_never_overtakes_chats_the_node_has_not_delivered() {
+    use bytes::Bytes;
+    use chatrooms::{
+        cluster::{Dedup, Posted, RedisEngine, Timeouts},
+        names::SessionId,
+    };
+    use prost::Message as _;
+
+    let redis = RedisServer::start();
+    let a = node(&[&redis], "a").await;
+    let mut ada = a.client("ada").await;
+    let mut bob = a.client("bob").await;
+    ada.join("r").await;
+    bob.join("r").await;
+    ada.expect(Kind::Join).await;
+    let other = RedisEngine::new(
+        &[redis.url()],
+        "other",
+        Timeouts {
+            response: Duration::from_secs(2),
+            connect: Duration::from_secs(2),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, other.last_seq("r"))
+            .await
+            .unwrap(),
+        Ok(0)
+    );
+
+    // Cut node a's subscriber and keep it from coming back: Redis takes no more connections
+    // than those open now, less the subscriber's.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let connected: usize = info
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let subscribers: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let subscribers = subscribers.lines().count();
+    assert!(subscribers > 0);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(connected - subscribers)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // Meanwhile someone posts, then ada's CHAT is posted with her ref (as if through a node
+    // she has since lost): node a has delivered neither.
+    let post = |id: &str, user: &str, content: &str, dedup: Option<Dedup>| {
+        let body = Message {
+            kind: Kind::Chat.into(),
+            user: user.into(),
+            room: "r".into(),
+            content: content.into(),
+            id: id.into(),
+            ..Message::default()
+        }
+        .encode_to_vec();
+        let (other, id) = (other.clone(), id.to_string());
+        async move {
+            let posting = other.post_chat("r", 100, &id, SessionId(1), Bytes::from(body), dedup);
+            tokio::time::timeout(WAIT, posting).await.unwrap().unwrap()
+        }
+    };
+    assert_eq!(post("id-1", "cy", "before", None).await, Posted::New(1));
+    let dedup = |r#ref: &str| {
+        Some(Dedup {
+            user: "ada".into(),
+            r#ref: r#ref.into(),
+            window: Duration::from_secs(60),
+        })
+    };
+    assert_eq!(
+        post("id-2", "ada", "typed", dedup("k1")).await,
+        Posted::New(2)
+    );
+    assert_eq!(
+        post("id-3", "ada", "typed too", dedup("k2")).await,
+        Posted::New(3)
+    );
+    // Ada resends on node a (the dedup key answers at once); so does another session of hers
+    // that joined since, whose replay already holds both CHATs.
+    ada.chat_with_ref("r", "typed", "k1").await;
+    let mut again = a.client("ada").await;
+    again.join("r").await;
+    let replayed = chats(&mut again, 3).await;
+    assert_eq!(seqs(&replayed), [1, 2, 3]);
+    assert!(replayed.iter().all(|m| m.replay && m.r#ref.is_empty()));
+    again.chat_with_ref("r", "typed too", "k2").await;
+
+    // Redis takes connections again: node a re-subscribes and fetches what it missed.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(10_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let refs = |seen: Vec<Message>| -> Vec<(u64, String)> {
+        seen.into_iter().map(|m| (m.seq, m.r#ref)).collect()
+    };
+    let expected = [(1, ""), (2, "k1"), (3, "")].map(|(s, r)| (s, r.to_string()));
+    assert_eq!(refs(chats(&mut ada, 3).await), expected);
+    assert_eq!(refs(chats(&mut again, 1).await), [(3, "k2".to_string())]);
+    let expected = [(1, ""), (2, ""), (3, "")].map(|(s, r)| (s, r.to_string()));
+    assert_eq!(refs(chats(&mut bob, 3).await), expected);
+    // Nothing twice: the next CHAT anyone sees is the next one.
+    bob.chat("r", "after").await;
+    for member in [&mut ada, &mut again, &mut bob] {
+        let next = chats(member, 1).await.remove(0);
+        assert_eq!((next.seq, next.content.as_str()), (4, "after"));
+    }
+    a.shutdown().await;
+}

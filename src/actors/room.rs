@@ -135,12 +135,15 @@ impl Room {
     fn fan_out(&mut self, appended: &Appended) {
         let started = std::time::Instant::now();
         for (id, member) in &self.members {
-            if member.live_after >= appended.seq {
+            let ack = appended.ack.as_ref().filter(|(sender, _)| sender == id);
+            // A sender's ack answers its request, even for a CHAT its replay held already (a
+            // resend that rode the original's fan-out).
+            if member.live_after >= appended.seq && ack.is_none() {
                 continue;
             }
-            let message = match &appended.ack {
-                Some((sender, r#ref)) if sender == id => proto::with_ref(&appended.live, r#ref),
-                _ => appended.live.clone(),
+            let message = match ack {
+                Some((_, r#ref)) => proto::with_ref(&appended.live, r#ref),
+                None => appended.live.clone(),
             };
             match member.tx.try_deliver(message) {
                 Delivery::Sent => {}

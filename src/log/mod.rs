@@ -121,6 +121,10 @@ pub enum Accepted {
     /// `dedup_window_ms`: not posted again; `ack` (the original CHAT with the `ref`, as its
     /// sender got it) goes to session `to` alone.
     Resent { to: SessionId, ack: Bytes },
+    /// A resend, as above, of a CHAT the Redis log has not delivered here yet: the original
+    /// ack goes to its sender with that CHAT's fan-out, so it never overtakes the CHATs before
+    /// it.
+    ResentWithEcho,
 }
 
 impl Accepted {
@@ -129,7 +133,7 @@ impl Accepted {
         match self {
             Accepted::Appended(appended, id) => Some((appended.seq, id.clone())),
             Accepted::Published(seq, id) => Some((*seq, id.clone())),
-            Accepted::Resent { .. } => None,
+            Accepted::Resent { .. } | Accepted::ResentWithEcho => None,
         }
     }
 }

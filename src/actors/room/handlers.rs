@@ -170,6 +170,7 @@ impl Room {
                 metrics::get().resends_deduplicated.increment(1);
                 self.deliver(to, ack);
             }
+            log::Accepted::ResentWithEcho => metrics::get().resends_deduplicated.increment(1),
         }
         self.drop_failed(ctx);
     }

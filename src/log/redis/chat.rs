@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{RedisLog, unavailable};
+use super::{RedisLog, sync::body_id, unavailable};
 use crate::{
     cluster::{Dedup, Posted, RedisEngine, Unavailable},
     config::RoomLimits,
@@ -100,12 +100,20 @@ impl RedisLog {
         match result {
             Ok(Posted::New(seq)) => Ok(Accepted::Published(seq, id)),
             Ok(Posted::Resent { seq, body }) => {
-                // No echo comes for a resend: its ack is the original, sent by the room now.
+                // No echo comes for a resend: its ack is the original.
                 self.pending.remove(&id);
                 // unreachable: only a member's CHAT with a `ref` is looked up (see `append`).
                 let Some((to, r#ref)) = acked else {
                     unreachable!("a resend always has its sender");
                 };
+                if seq > self.seq {
+                    // Not delivered here yet: the original's echo (or one before it) is still
+                    // on its way, or waits for a re-sync. Sent now, the ack would overtake
+                    // those CHATs; it rides the original's fan-out instead, like a new CHAT's.
+                    let entry = (to, r#ref, Instant::now(), None);
+                    self.pending.insert(body_id(&body), entry);
+                    return Ok(Accepted::ResentWithEcho);
+                }
                 let ack = proto::with_ref(&proto::with_seq(&body, seq), &r#ref);
                 Ok(Accepted::Resent { to, ack })
             }

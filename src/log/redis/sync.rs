@@ -64,8 +64,8 @@ fn random_fraction() -> f64 {
     random as f64 / (1u64 << 53) as f64
 }
 
-/// The message id inside an encoded CHAT (only on the rare gap-filling paths).
-fn body_id(body: &[u8]) -> String {
+/// The message id inside an encoded CHAT (only on rare paths: gap fills, early resends).
+pub(super) fn body_id(body: &[u8]) -> String {
     <proto::Message as prost::Message>::decode(body)
         .map(|m| m.id)
         .unwrap_or_default()
