@@ -63,6 +63,46 @@ async fn scripted_chat_client_joins_posts_and_prints_the_room() {
     assert_eq!(watcher.expect(Kind::Leave).await.user, "alice");
 }
 
+/// A line the client library refuses (over its content limit) is reported on stderr in one
+/// line, and the lines after it are still posted.
+#[tokio::test]
+async fn a_line_too_long_to_send_is_reported_and_the_next_lines_still_go() {
+    let server = TestServer::start("").await;
+    let mut watcher = server.client("watcher").await;
+    watcher.join("general").await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chat-client"))
+        .args(["--server", &server.addr.to_string(), "--user", "alice"])
+        .args(["--room", "general"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let long = "x".repeat(2 << 20);
+    let script = format!("before\n{long}\nafter\n");
+    stdin.write_all(script.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("client exits after its input ends")
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        ["! not sent: content is 2097152 bytes, over the client's limit of 1046528"],
+    );
+    assert!(stdout.contains("[general] alice: after"), "{stdout}");
+    assert_eq!(watcher.expect(Kind::Join).await.user, "alice");
+    assert_eq!(watcher.expect(Kind::Chat).await.content, "before");
+    assert_eq!(watcher.expect(Kind::Chat).await.content, "after");
+}
+
 /// A running `chat-client` whose stdout lines are collected as they come.
 struct Running {
     child: tokio::process::Child,

@@ -2,8 +2,9 @@
 //! ([`chatrooms::client`]). Lines from stdin are posted to the current room; `/join R`,
 //! `/leave R`, `/room R` and `/quit` steer it. Incoming messages are printed as
 //! `[room] user: content`. It reconnects by itself and says so in plain words; at end of input
-//! it finishes what it sent, prints what is still coming, and exits. Errors it cannot recover
-//! from are one line on stderr and exit code 1.
+//! it finishes what it sent, prints what is still coming, and exits. A line it will not send
+//! (longer than the library's content limit) is one `! not sent: …` line on stderr, and the
+//! next lines go on. Errors it cannot recover from are one line on stderr and exit code 1.
 
 use std::{convert::Infallible, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -149,20 +150,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut printer = tokio::spawn(print(events));
     let mut room = args.room.unwrap_or_default();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut sent = if room.is_empty() {
-        Ok(())
-    } else {
-        client.send_join(&room).await.map(drop)
-    };
+    let mut first = (!room.is_empty()).then(|| Command::Join(room.clone()));
     // Replies are not awaited here: their outcome is printed from the events (an ERROR whose
     // reply nobody awaits becomes one), so a line typed while reconnecting never blocks input.
-    while sent.is_ok() {
-        let line = tokio::select! {
-            line = lines.next_line() => line.context("reading stdin")?,
-            stopped = &mut printer => return Ok(stopped.context("printer task")??),
+    loop {
+        let command = match first.take() {
+            Some(command) => command,
+            None => {
+                let line = tokio::select! {
+                    line = lines.next_line() => line.context("reading stdin")?,
+                    stopped = &mut printer => return Ok(stopped.context("printer task")??),
+                };
+                let Some(line) = line else { break };
+                parse_line(&line)
+            }
         };
-        let Some(line) = line else { break };
-        sent = match parse_line(&line) {
+        let sent = match command {
             Command::Quit => break,
             Command::Nothing => Ok(()),
             Command::Say(text) => client.send_post(&room, text).await.map(drop),
@@ -181,6 +184,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Ok(())
             }
         };
+        match sent {
+            Ok(()) => {}
+            // The client stopped: the printer says why.
+            Err(ClientError::Closed) => break,
+            // Refused before it was sent (too long): that line only.
+            Err(error) => eprintln!("! not sent: {error}"),
+        }
     }
     // Delivers what was sent, half-closes, and prints what is still coming.
     client.close().await;
