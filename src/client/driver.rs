@@ -200,7 +200,7 @@ impl Driver {
             let wait = sleep(delay);
             tokio::pin!(wait);
             loop {
-                if self.closing && self.pending.users() == 0 {
+                if self.closing && (self.pending.users() == 0 || self.unheard()) {
                     return Ok(None);
                 }
                 tokio::select! {
@@ -220,6 +220,12 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Nobody can learn anything from this client any more: every handle, the event stream
+    /// and every reply are gone. Then it does not reconnect for the requests still pending.
+    fn unheard(&self) -> bool {
+        self.events.is_closed() && !self.pending.awaited()
     }
 
     /// Hands `event` to the application; waits while its queue is full.

@@ -133,7 +133,9 @@ impl Client {
 
     /// Finishes: requests already queued are still answered (sent again across reconnects),
     /// then the stream is half-closed, what the server still sends is delivered, and the event
-    /// stream ends with `Event::Closed(None)`. Returns once the close is queued.
+    /// stream ends with `Event::Closed(None)`. Returns once the close is queued. Dropping every
+    /// handle does the same, except that once the events and every [`Reply`] are dropped too,
+    /// a disconnected client stops instead of reconnecting for requests nobody waits for.
     pub async fn close(&self) {
         let _ = self.commands.send(Command::Close).await;
     }

@@ -119,6 +119,16 @@ impl Request {
         )
     }
 
+    /// Whether someone still waits for the answer (holds its `Reply`).
+    fn awaited(&self) -> bool {
+        match self {
+            Request::Join { reply, .. } => !reply.is_closed(),
+            Request::Leave { reply, .. } => !reply.is_closed(),
+            Request::Chat { reply, .. } => !reply.is_closed(),
+            Request::Resume { .. } | Request::Marker => false,
+        }
+    }
+
     /// Ends the request with `error`, wherever it waits.
     pub(crate) fn fail(self, error: ClientError) {
         match self {
@@ -189,6 +199,11 @@ impl Pending {
     /// The user's requests still waiting (a close waits for them).
     pub(crate) fn users(&self) -> usize {
         self.requests.values().filter(|r| r.is_users()).count()
+    }
+
+    /// Whether anyone still waits for the answer to one of the user's requests.
+    pub(crate) fn awaited(&self) -> bool {
+        self.requests.values().any(Request::awaited)
     }
 
     /// Everything waiting, oldest first, emptied.

@@ -95,11 +95,17 @@ impl Proxy {
 
     /// Waits until more than `n` connections have been accepted.
     pub async fn wait_accepted_over(&self, n: usize) {
-        let mut accepted = self.accepted.clone();
-        timeout(WAIT, accepted.wait_for(|count| *count > n))
+        timeout(WAIT, self.accepted_over(n))
             .await
-            .unwrap_or_else(|_| panic!("no connection beyond {n}"))
-            .unwrap();
+            .unwrap_or_else(|_| panic!("no connection beyond {n}"));
+    }
+
+    /// Returns once more than `n` connections have been accepted (unbounded: the caller
+    /// bounds it, e.g. to assert that none comes).
+    pub async fn accepted_over(&self, n: usize) {
+        let mut accepted = self.accepted.clone();
+        // unwrap: the sender lives in the accept task, aborted only when the proxy drops.
+        accepted.wait_for(|count| *count > n).await.unwrap();
     }
 }
 
