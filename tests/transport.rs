@@ -195,3 +195,35 @@ async fn the_metrics_endpoint_closes_a_socket_that_never_sends_its_request() {
         .unwrap();
     assert!(String::from_utf8_lossy(&until_closed(&mut scrape).await).starts_with("HTTP/1.1 200"));
 }
+
+/// Frames longer than any room accepts draw on a server-wide budget of 32 × `max_frame_bytes`
+/// that each stream holds until it ends. One client opening 32 streams with one such frame
+/// each, then idling, used to hold it all for as long as it liked: every other stream's long
+/// frame (and everything it sent after it) then waited without end. A stream that needs the
+/// budget now takes it back from the stream that has held it longest, which ends.
+#[tokio::test]
+async fn streams_holding_the_large_frame_budget_cannot_starve_another_stream() {
+    let server = TestServer::start(
+        "[server]\nmax_frame_bytes = 16384\n[limits]\nrate_per_sec = 100000\nburst = 100000\n",
+    )
+    .await;
+    let long = "x".repeat(16 * 1024 - 64);
+    let mut hoarders = Vec::new();
+    for n in 0..32 {
+        let mut hoarder = server.client(&format!("hoarder{n}")).await;
+        hoarder.join("r").await;
+        hoarder.chat("r", &long).await;
+        hoarder.expect_error("message_too_large").await;
+        hoarders.push(hoarder);
+    }
+    let mut honest = server.client("honest").await;
+    honest.join("r").await;
+    honest.chat("r", &"y".repeat(8 * 1024)).await;
+    let refused = honest.until(|m| m.kind() == Kind::Error).await;
+    assert_eq!(refused.code, "message_too_large", "{refused:?}");
+    honest.chat("r", "and the stream goes on").await;
+    honest.until(|m| m.kind() == Kind::Chat).await;
+    // The budget came from the oldest holder, whose stream ended.
+    let status = hoarders[0].expect_end(tonic::Code::ResourceExhausted).await;
+    assert!(status.message().contains("budget"), "{status:?}");
+}

@@ -144,7 +144,7 @@ impl Config {
 
     /// The largest request any room accepts: the largest `max_message_bytes` plus the
     /// envelope. `server.max_frame_bytes` is at least this; frames above it are refused in-band,
-    /// and draw on the transport's budget of large frames (`transport::rechunk`).
+    /// and draw on the transport's budget of large frames (`transport::rechunk::FrameLimits`).
     pub fn largest_request_bytes(&self) -> usize {
         self.resolved.largest_message_bytes() + ENVELOPE_BYTES
     }

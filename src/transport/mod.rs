@@ -10,6 +10,7 @@
 //! accepting and ask every connection to finish (GOAWAY), then wait for them.
 
 pub mod accept;
+mod frame_limits;
 pub mod handshake;
 pub mod rechunk;
 pub mod reset;

@@ -13,13 +13,10 @@
 //! Frame lengths ([`FrameLimits`]): a frame over `server.max_frame_bytes` ends the stream with
 //! RESOURCE_EXHAUSTED before its body is read. A frame longer than the largest request any room
 //! accepts is still decoded (so that its sender hears `message_too_large` or `invalid_room`
-//! in-band), but since tonic's buffer then keeps that size for the rest of the stream, the
-//! stream first takes the frame's length from a server-wide budget of
-//! [`LARGE_FRAMES`] × `max_frame_bytes` and holds it until it ends. A stream that finds the
-//! budget spent is simply not read until bytes come back; frames any room accepts never wait.
+//! in-band), its length first taken from the large-frame budget (`frame_limits`); frames any
+//! room accepts pass freely.
 
 use std::{
-    future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
@@ -27,46 +24,17 @@ use std::{
 
 use bytes::{Buf, Bytes};
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+
+use super::frame_limits::Hold;
+pub use super::frame_limits::{FrameLimits, LARGE_FRAMES};
 
 /// Largest piece of a DATA frame given to the decoder at once.
 pub const MAX_PIECE: usize = 2 * 1024;
-
-/// Frames of `max_frame_bytes` the streams of one server may hold at once beyond the largest
-/// request a room accepts (the bytes of 32 such frames: 32 MiB with the defaults).
-pub const LARGE_FRAMES: usize = 32;
 
 /// A gRPC frame starts with a compression flag and a big-endian u32 length.
 const PREFIX_BYTES: usize = 5;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Acquiring = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
-
-/// How long a request frame may be; shared by every stream of a server.
-#[derive(Debug, Clone)]
-pub struct FrameLimits {
-    /// Longer frames end the stream.
-    max_frame_bytes: usize,
-    /// Frames up to this long pass freely; longer ones draw on `large_frames` first.
-    free_bytes: usize,
-    large_frames: Arc<Semaphore>,
-}
-
-impl FrameLimits {
-    /// `free_bytes` (the largest request any room accepts) must not exceed `max_frame_bytes`.
-    pub fn new(max_frame_bytes: usize, free_bytes: usize) -> FrameLimits {
-        FrameLimits {
-            max_frame_bytes,
-            free_bytes: free_bytes.min(max_frame_bytes),
-            large_frames: Arc::new(Semaphore::new(LARGE_FRAMES * max_frame_bytes)),
-        }
-    }
-
-    /// Bytes of the large-frame budget no stream holds now.
-    pub fn large_frame_bytes_free(&self) -> usize {
-        self.large_frames.available_permits()
-    }
-}
 
 /// `body`, its DATA frames cut into pieces of at most [`MAX_PIECE`] bytes, its gRPC frames'
 /// lengths checked against [`FrameLimits`].
@@ -77,9 +45,8 @@ pub struct Rechunked<B> {
     limits: FrameLimits,
     framing: Framing,
     /// The large-frame bytes this stream holds: as many as its largest large frame, the size
-    /// tonic's buffer keeps until the stream ends.
-    held: Option<OwnedSemaphorePermit>,
-    acquiring: Option<Acquiring>,
+    /// tonic's buffer keeps until the stream ends (or another stream takes them back).
+    hold: Option<Arc<Hold>>,
     /// A frame of this length is over the limit: the stream fails once the bytes before it
     /// are passed on.
     over: Option<usize>,
@@ -92,35 +59,13 @@ impl<B> Rechunked<B> {
             rest: Bytes::new(),
             limits,
             framing: Framing::default(),
-            held: None,
-            acquiring: None,
+            hold: None,
             over: None,
         }
     }
 
     fn held_bytes(&self) -> usize {
-        self.held
-            .as_ref()
-            .map_or(0, OwnedSemaphorePermit::num_permits)
-    }
-
-    /// Takes from the budget what the current frame needs beyond what the stream holds.
-    fn poll_hold(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let more = self.framing.needs - self.held_bytes();
-        let acquiring = self.acquiring.get_or_insert_with(|| {
-            let more = u32::try_from(more).unwrap_or(u32::MAX);
-            Box::pin(self.limits.large_frames.clone().acquire_many_owned(more))
-        });
-        let acquired = ready!(acquiring.as_mut().poll(cx));
-        self.acquiring = None;
-        // The semaphore is never closed: an error cannot happen.
-        if let Ok(permit) = acquired {
-            match &mut self.held {
-                Some(held) => held.merge(permit),
-                None => self.held = Some(permit),
-            }
-        }
-        Poll::Ready(())
+        self.hold.as_ref().map_or(0, |hold| hold.bytes())
     }
 }
 
@@ -138,6 +83,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(hold) = &this.hold
+            && hold.taken(cx.waker())
+        {
+            return Poll::Ready(Some(Err(budget_taken())));
+        }
         loop {
             if let Some(len) = this.over {
                 let max = this.limits.max_frame_bytes;
@@ -161,7 +111,10 @@ where
                 continue;
             }
             if this.framing.waits(this.held_bytes()) {
-                ready!(this.poll_hold(cx));
+                let more = this.framing.needs - this.held_bytes();
+                if !this.limits.take(&mut this.hold, more) {
+                    return Poll::Ready(Some(Err(budget_taken())));
+                }
             }
             let limit = this.rest.len().min(MAX_PIECE);
             let pass = match this
@@ -196,6 +149,13 @@ where
     }
 }
 
+/// Why a stream whose large-frame bytes were taken back ends.
+fn budget_taken() -> BoxError {
+    Box::new(tonic::Status::resource_exhausted(
+        "the large-frame budget this stream held was needed by another stream",
+    ))
+}
+
 /// Where a request stream stands in its gRPC framing.
 #[derive(Debug, Default)]
 struct Framing {
@@ -217,7 +177,7 @@ enum Scan {
 }
 
 impl Framing {
-    /// Whether the current frame's body waits for budget the stream does not hold yet.
+    /// Whether the current frame's body needs budget the stream does not hold yet.
     fn waits(&self, held: usize) -> bool {
         self.body_left > 0 && self.needs > held
     }
@@ -356,11 +316,24 @@ mod tests {
         assert_eq!(read_all(&mut body).await.1, None);
     }
 
+    /// Reads the body's pieces until `n` bytes have passed.
+    async fn pass<B>(body: &mut Rechunked<B>, n: usize) -> Vec<u8>
+    where
+        Rechunked<B>: Body<Data = Bytes, Error = BoxError> + Unpin,
+    {
+        let mut passed = Vec::new();
+        while passed.len() < n {
+            let piece = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            passed.extend_from_slice(&piece);
+        }
+        passed
+    }
+
     #[tokio::test]
-    async fn large_frames_wait_for_the_budget_and_hold_it_until_the_stream_ends() {
+    async fn large_frames_hold_the_budget_and_the_oldest_holders_give_it_up_when_it_is_spent() {
         let limits = FrameLimits::new(1000, 100);
         let budget = LARGE_FRAMES * 1000;
-        // Streams holding the whole budget: each took one full-size frame.
+        // Streams holding the whole budget: each took one full-size frame, oldest first.
         let mut holders = Vec::new();
         for _ in 0..LARGE_FRAMES {
             let (tx, body) = fed();
@@ -368,37 +341,42 @@ mod tests {
                 .await
                 .unwrap();
             let mut body = Rechunked::new(body, limits.clone());
-            let mut passed = 0;
-            while passed < PREFIX_BYTES + 1000 {
-                passed += body
-                    .frame()
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .into_data()
-                    .unwrap()
-                    .len();
-            }
+            pass(&mut body, PREFIX_BYTES + 1000).await;
             holders.push((tx, body));
         }
         assert_eq!(limits.large_frame_bytes_free(), 0);
-        // Small frames still pass on another stream; a large one waits after its prefix.
+        // Another stream's small frame passes freely; its large one takes its length back
+        // from the oldest holder at once instead of waiting.
         let (tx, body) = fed();
-        let stream = [frame(100, 2), frame(101, 3)].concat();
-        tx.send(Ok(Frame::data(Bytes::from(stream)))).await.unwrap();
-        let mut waiting = Rechunked::new(body, limits.clone());
-        let mut passed = Vec::new();
-        while passed.len() < 2 * PREFIX_BYTES + 100 {
-            let piece = waiting.frame().await.unwrap().unwrap().into_data().unwrap();
-            passed.extend_from_slice(&piece);
-        }
-        let next = tokio::time::timeout(std::time::Duration::from_millis(50), waiting.frame());
-        assert!(next.await.is_err(), "the large frame's body waits");
-        drop(holders.pop());
-        let piece = waiting.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(piece.len(), 101);
+        let stream = [frame(100, 2), frame(101, 3), frame(50, 4)].concat();
+        tx.send(Ok(Frame::data(Bytes::from(stream.clone()))))
+            .await
+            .unwrap();
+        let mut newcomer = Rechunked::new(body, limits.clone());
+        assert_eq!(pass(&mut newcomer, stream.len()).await, stream);
         assert_eq!(limits.large_frame_bytes_free(), 1000 - 101);
-        drop((waiting, tx, holders));
-        assert_eq!(limits.large_frame_bytes_free(), budget);
+        // The oldest holder ends at its next read.
+        let (_, oldest) = &mut holders[0];
+        let ended = oldest.frame().await.unwrap().unwrap_err().to_string();
+        assert!(ended.contains("needed by another stream"), "{ended}");
+        // The next stream short of bytes takes them from the next oldest, and only from it.
+        let (tx2, body) = fed();
+        tx2.send(Ok(Frame::data(Bytes::from(frame(1000, 6)))))
+            .await
+            .unwrap();
+        let mut second = Rechunked::new(body, limits.clone());
+        pass(&mut second, PREFIX_BYTES + 1000).await;
+        let (_, gone) = &mut holders[1];
+        assert!(gone.frame().await.unwrap().is_err());
+        let (tx_kept, kept) = &mut holders[2];
+        tx_kept
+            .send(Ok(Frame::data(Bytes::from(frame(10, 5)))))
+            .await
+            .unwrap();
+        assert_eq!(pass(kept, PREFIX_BYTES + 10).await.len(), PREFIX_BYTES + 10);
+        // 899 were free, 101 more were wanted, a whole holder's 1000 came back.
+        assert_eq!(limits.large_frame_bytes_free(), 899);
+        drop((newcomer, tx, second, tx2, holders));
+        assert_eq!(limits.large_frame_bytes_free(), budget, "all given back");
     }
 }
