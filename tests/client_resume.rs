@@ -2,8 +2,9 @@
 //! fault-injecting proxy: over many cuts, stalls and mid-frame cuts with another user posting
 //! the whole time, every message is delivered once and every typed CHAT is posted once; a CHAT
 //! whose ack was lost is resent and the room holds it once; a server restarted on the same
-//! port is followed, the lost history reported and the new seqs delivered; heartbeats keep a
-//! quiet session past the idle timeout.
+//! port is followed, the lost history reported and the new seqs delivered; a room left before
+//! its first CHAT is resumed from its start, whole; heartbeats keep a quiet session past the
+//! idle timeout.
 
 mod common;
 
@@ -300,6 +301,62 @@ async fn a_server_restarted_on_the_same_port_is_followed_and_the_lost_history_re
     assert_eq!(epochs[3], epochs[5]);
     assert_ne!(epochs[0], epochs[3], "a new incarnation of the room's seq");
     alice.post("r", "alice is back").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_saw_no_chat_yet_resumes_the_room_from_its_start() {
+    let server = TestServer::start(CONFIG).await;
+    let proxy = Proxy::start(server.addr).await;
+    let (alice, events) = Client::connect(fast(&proxy.addr.to_string(), "alice"))
+        .await
+        .unwrap();
+    let alice_events = Recorder::start(events);
+    alice.join("quiet").await.unwrap();
+    // Her connection breaks before the room's first CHAT, and she cannot come back for now:
+    // the proxy sends new connections to a port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    proxy.retarget(closed);
+    proxy.inject(Fault::Cut);
+    // The server saw her go (her session left the room) before anyone posts.
+    server.wait_session_actors(0).await;
+    // More than history_on_join (20) are posted while she is away.
+    let mut bob = server.client("bob").await;
+    bob.join("quiet").await;
+    let posted: Vec<String> = (0..25).map(|i| format!("m{i}")).collect();
+    for content in &posted {
+        let r#ref = bob.chat("quiet", content).await;
+        bob.until(|m| m.r#ref == r#ref).await;
+    }
+    proxy.retarget(server.addr);
+    let resumed = alice_events
+        .wait_for("Resumed", |events| {
+            events.iter().find_map(|event| match event {
+                Event::Resumed {
+                    room,
+                    replayed,
+                    truncated,
+                } => Some((room.clone(), *replayed, *truncated)),
+                _ => None,
+            })
+        })
+        .await;
+    assert_eq!(resumed, ("quiet".to_string(), 25, false));
+    bob.chat("quiet", "live").await;
+    alice_events.wait_content("quiet", "live").await;
+    let seen: Vec<(String, u64)> = alice_events
+        .messages("quiet")
+        .into_iter()
+        .map(|m| (m.content, m.seq))
+        .collect();
+    let expected: Vec<(String, u64)> = posted
+        .into_iter()
+        .chain(["live".to_string()])
+        .zip(1..)
+        .collect();
+    assert_eq!(seen, expected, "every message once, none missing");
 }
 
 #[tokio::test]

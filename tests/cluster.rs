@@ -553,6 +553,32 @@ async fn joiners_on_another_node_get_replay_then_live_without_gap_or_duplicate()
 }
 
 #[tokio::test]
+async fn a_quiet_rooms_epoch_from_a_join_on_one_node_is_kept_by_the_first_chat_on_another() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], "a").await, node(&[&redis], "b").await);
+    let mut ada = a.client("ada").await;
+    let epoch = ada.join("quiet").await.epoch;
+    assert_eq!(epoch.len(), 16, "JOINED carries an epoch before any CHAT");
+    let mut bob = b.client("bob").await;
+    assert_eq!(bob.join("quiet").await.epoch, epoch);
+    // More than history_on_join (5), all in the epoch ada was told.
+    for n in 1..=8 {
+        bob.chat("quiet", &format!("m{n}")).await;
+    }
+    let acks = chats(&mut bob, 8).await;
+    assert!(acks.iter().all(|m| m.epoch == epoch), "{acks:?}");
+    assert!(chats(&mut ada, 8).await.iter().all(|m| m.epoch == epoch));
+    // A member that saw none of them resumes on the other node from the epoch's start.
+    let mut cy = b.client("cy").await;
+    let joined = cy.join_resuming("quiet", 0, &epoch).await;
+    assert_eq!((joined.seq, joined.replay_truncated), (8, false));
+    assert_eq!(seqs(&chats(&mut cy, 8).await), (1..=8).collect::<Vec<_>>());
+    cy.expect_silence().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_announcement_reaches_every_node_with_the_next_seq() {
     use chatrooms::proto::admin::{AnnounceRequest, admin_service_client::AdminServiceClient};
     let redis = RedisServer::start();

@@ -862,10 +862,44 @@ async fn room_keys_expire_when_nothing_uses_them_any_more() {
         .unwrap();
     assert!(pttl > 0 && pttl <= 3 * 600, "presence: {pttl}");
 
-    // `[cluster] retention_secs` applies from the room's next CHAT.
+    // A room that was only joined holds its seq and epoch for the retention too, no log.
+    timeout(
+        WAIT,
+        engine.join("quiet", SessionId(2), "ada", ttl, 10, Bytes::new()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let quiet = RoomKeys::new("quiet");
+    for key in [&quiet.seq, &quiet.epoch] {
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            pttl > thirty_days - 60_000 && pttl <= thirty_days,
+            "{key}: {pttl}"
+        );
+    }
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&quiet.log)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+
+    // `[cluster] retention_secs` applies from the room's next CHAT or JOIN.
     engine.set_retention(Duration::from_secs(120));
     publish(&engine, "kept", 10, "again").await;
-    for key in [&keys.seq, &keys.log, &keys.epoch] {
+    timeout(
+        WAIT,
+        engine.join("quiet", SessionId(3), "bob", ttl, 10, Bytes::new()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    for key in [&keys.seq, &keys.log, &keys.epoch, &quiet.seq, &quiet.epoch] {
         let pttl: i64 = redis::cmd("PTTL")
             .arg(key)
             .query_async(&mut conn)
@@ -876,7 +910,7 @@ async fn room_keys_expire_when_nothing_uses_them_any_more() {
 }
 
 #[tokio::test]
-async fn the_epoch_is_created_with_the_seq_and_a_lost_seq_starts_a_new_one() {
+async fn the_epoch_is_created_by_the_first_join_and_a_lost_seq_starts_a_new_one() {
     let redis = RedisServer::start();
     let engine = engine(&[redis.url()], "a");
     let ttl = Duration::from_secs(60);
@@ -892,44 +926,75 @@ async fn the_epoch_is_created_with_the_seq_and_a_lost_seq_starts_a_new_one() {
             .unwrap()
         }
     };
-    assert_eq!(join(1).await.epoch, "", "no sequence before the first CHAT");
-    publish(&engine, "r", 10, "one").await;
-    let (seq, epoch) = timeout(WAIT, engine.sequence("r")).await.unwrap().unwrap();
-    assert_eq!((seq, epoch.len()), (1, 16));
+    let sequence = || async { timeout(WAIT, engine.sequence("r")).await.unwrap().unwrap() };
+    let first = join(1).await;
+    let epoch = first.epoch.clone();
+    assert_eq!(
+        (first.seq, epoch.len()),
+        (0, 16),
+        "a sequence from the first JOIN"
+    );
+    assert_eq!(sequence().await, (0, epoch.clone()));
     assert_eq!(join(2).await.epoch, epoch);
+    publish(&engine, "r", 10, "one").await;
     publish(&engine, "r", 10, "two").await;
     assert_eq!(
-        timeout(WAIT, engine.sequence("r")).await.unwrap().unwrap(),
+        sequence().await,
         (2, epoch.clone()),
-        "one epoch while the seq lives"
+        "the first CHAT keeps the epoch the joiners were told"
     );
-    // The seq key is gone (expired, or lost with Redis's data): the count starts over in a new
-    // epoch, even though the old epoch key is still there.
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys = RoomKeys::new("r");
+    // The seq key alone is gone (it expired or was evicted without the others): the epoch key
+    // is not reused, or seq 1 would come again in an epoch whose 1 and 2 clients have seen.
     let _: () = redis::cmd("DEL")
         .arg(&keys.seq)
         .query_async(&mut conn)
         .await
         .unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(&keys.log)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    assert_eq!(
+        sequence().await,
+        (0, String::new()),
+        "no sequence without its seq"
+    );
     assert_eq!(publish(&engine, "r", 10, "again").await, 1);
-    let (seq, fresh) = timeout(WAIT, engine.sequence("r")).await.unwrap().unwrap();
+    let (seq, fresh) = sequence().await;
     assert_eq!(seq, 1);
     assert_ne!(fresh, epoch);
-    let stored = timeout(WAIT, engine.replay("r", 0, 1, 1))
+    // The old log went with the old sequence: only the new seq 1 is there.
+    let stored = timeout(WAIT, engine.replay("r", 0, 10, 1))
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(stored.len(), 1);
     assert_eq!(
         split_epoch(&stored[0].1),
-        (Bytes::from_static(b"again"), fresh)
+        (Bytes::from_static(b"again"), fresh.clone())
     );
+    // The same through a JOIN: a new sequence at 0 in a new epoch, which its CHATs keep.
+    let _: () = redis::cmd("DEL")
+        .arg(&keys.seq)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let rejoined = join(3).await;
+    assert_eq!(rejoined.seq, 0);
+    assert!(rejoined.epoch != fresh && rejoined.epoch != epoch);
+    assert_eq!(publish(&engine, "r", 10, "after").await, 1);
+    assert_eq!(sequence().await, (1, rejoined.epoch.clone()));
+    // An epoch key lost alone: the count goes on in a new epoch (resumes naming the lost one
+    // are void).
+    let _: () = redis::cmd("DEL")
+        .arg(&keys.epoch)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let joined = join(4).await;
+    assert_eq!(joined.seq, 1);
+    assert!(joined.epoch.len() == 16 && joined.epoch != rejoined.epoch);
+    assert_eq!(publish(&engine, "r", 10, "on").await, 2);
+    assert_eq!(sequence().await, (2, joined.epoch));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,15 +180,16 @@ impl Room {
             if failure == Delivery::Full {
                 end_slow_consumer(&self.name, id, &member);
             }
-            self.depart(id, &member.user, ctx);
+            self.depart(id, &member.user, true, ctx);
         }
     }
 
-    /// Records in the log that `user`'s session `id` left: the memory log tells the other
-    /// members at once; the Redis log publishes the LEAVE, whose echo reaches the members of
-    /// every node in the room's one order, and the room waits for it.
-    fn depart(&mut self, id: SessionId, user: &UserName, ctx: &mut Context<Self>) {
-        match self.log.leave(id, user) {
+    /// Records in the log that `user`'s session `id` left (`ended`: without a LEAVE, so it may
+    /// come back to resume): the memory log tells the other members at once; the Redis log
+    /// publishes the LEAVE, whose echo reaches the members of every node in the room's one
+    /// order, and the room waits for it.
+    fn depart(&mut self, id: SessionId, user: &UserName, ended: bool, ctx: &mut Context<Self>) {
+        match self.log.leave(id, user, ended) {
             log::Answer::Now(presence) => self.tell(&presence),
             log::Answer::Echo(removed) => {
                 use actix::{ActorFutureExt, WrapFuture};

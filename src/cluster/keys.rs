@@ -28,10 +28,11 @@ pub fn shard_for(room: &str, shards: usize) -> usize {
 /// the scripts that touch several of them stay legal there.
 #[derive(Debug, Clone)]
 pub struct RoomKeys {
-    /// INCR counter: the room's last seq.
+    /// The room's last seq; 0 from the room's first JOIN until its first CHAT. Its presence
+    /// marks the room's sequence: without it, the next JOIN or CHAT starts a new one.
     pub seq: String,
     /// The epoch of the room's current seq (16 hex digits), created with the seq key and
-    /// expiring with it.
+    /// expiring with it; never read without it.
     pub epoch: String,
     /// Stream of CHAT bodies; entry id `<seq>-1`, field `b`.
     pub log: String,

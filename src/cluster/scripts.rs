@@ -12,9 +12,10 @@ use redis::Script;
 macro_rules! prelude {
     () => {
         r#"
--- A room's seq and log outlive its last CHAT (and its last member: refresh) by `[cluster]
--- retention_secs` (publish_chat's ARGV[7]; 30 days when a caller leaves it out), so rooms never
+-- A room's seq, epoch and log outlive its last CHAT and its last member (join, refresh) by
+-- `[cluster] retention_secs` (an ARGV; 30 days when a caller leaves it out), so rooms never
 -- used again do not hold Redis memory forever; a room idle for longer starts over at seq 1.
+-- Every script that sets one of their expiries sets all three alike, so they go together.
 local RETENTION_MS = 2592000000
 -- One payload field: byte length, ':', bytes (payload.rs).
 local function field(s)
@@ -28,6 +29,28 @@ end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- The room's seq and epoch, starting its sequence (seq 0 in `fresh`, the log dropped) when
+-- the seq key is missing. The seq key marks the sequence: an epoch key without it (left by a
+-- seq key that expired or was evicted alone) is never reused, or the count would restart at 1
+-- under an epoch whose higher seqs clients have seen, and they would drop the new CHATs as
+-- duplicates. A seq key without an epoch gets `fresh` (the count goes on; resumes naming the
+-- lost epoch are void, so truncated).
+local function sequence(seq_key, epoch_key, log_key, fresh, retention)
+  local seq = redis.call('GET', seq_key)
+  local epoch = false
+  if seq then
+    epoch = redis.call('GET', epoch_key)
+  else
+    seq = '0'
+    redis.call('DEL', log_key)
+    redis.call('SET', seq_key, seq, 'PX', retention)
+  end
+  if not epoch then
+    epoch = fresh
+    redis.call('SET', epoch_key, epoch, 'PX', retention)
+  end
+  return seq, epoch
 end
 -- Removes every presence entry whose expiry is past and publishes a leave (no body) for each.
 -- Inside a script this is atomic, so exactly one caller ever announces a given expiry.
@@ -53,8 +76,10 @@ pub(crate) struct Scripts {
     /// Returns `{1, seq}` for a CHAT posted, `{0, seq, body}` for a resend of one the dedup key
     /// holds (nothing written or published).
     pub publish_chat: Script,
-    /// KEYS: presence, seq, epoch. ARGV: channel, node, session, user, ttl_ms, max_members,
-    /// body. Returns `{0}` when full, else `{1, seq, {member...}, epoch}`.
+    /// KEYS: presence, seq, epoch, log. ARGV: channel, node, session, user, ttl_ms,
+    /// max_members, body, retention_ms, a fresh epoch. Starts the room's sequence (seq 0 in
+    /// the fresh epoch) when its seq key is missing. Returns `{0}` when full, else
+    /// `{1, seq, {member...}, epoch}`.
     pub join: Script,
     /// KEYS: presence. ARGV: channel, node, session, user, body. Returns 1 if it was present.
     pub leave: Script,
@@ -112,23 +137,15 @@ if KEYS[4] then
       string.sub(prior, colon + len + 1)}
   end
 end
-local current = redis.call('GET', KEYS[1])
+-- The first CHAT after a JOIN finds the sequence the JOIN started, and keeps its epoch.
+local retention = tonumber(ARGV[7]) or RETENTION_MS
+local current, epoch = sequence(KEYS[1], KEYS[3], KEYS[2], ARGV[8], retention)
 local seq = (tonumber(current) or 0) + 1
 local s = int(seq)
-local retention = tonumber(ARGV[7]) or RETENTION_MS
--- The epoch is created with the seq: a seq key that is gone (first CHAT, expired, lost with
--- Redis's data) starts a new one. A seq from before epochs existed gets one too.
-local epoch = false
-if current then
-  epoch = redis.call('GET', KEYS[3])
-end
-if not epoch then
-  epoch = ARGV[8]
-end
 -- The epoch is appended to the encoded CHAT as protobuf field 13 (`epoch`, tag 0x6a), so every
 -- copy (live, gap fill, replay) carries it; epochs are 16 bytes, a one-byte length.
 local body = ARGV[6] .. '\106' .. string.char(#epoch) .. epoch
--- XADD first: if it fails (say, a stream id out of order) nothing is written and no seq is burnt.
+-- XADD before the seq is stored: if it fails (say, a stream id out of order) no seq is burnt.
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], s .. '-1', 'b', body)
 redis.call('SET', KEYS[1], s, 'PX', retention)
 redis.call('SET', KEYS[3], epoch, 'PX', retention)
@@ -154,13 +171,19 @@ end
 redis.call('ZADD', KEYS[1], int(now + tonumber(ARGV[5])), member)
 -- The set itself goes once no node refreshes it any more.
 redis.call('PEXPIRE', KEYS[1], 3 * tonumber(ARGV[5]))
+-- The room's sequence exists from its first JOIN, so every JOINED carries an epoch; a member
+-- keeps it for the retention from now, as `refresh` does.
+local retention = tonumber(ARGV[8]) or RETENTION_MS
+local seq, epoch = sequence(KEYS[2], KEYS[3], KEYS[4], ARGV[9], retention)
+redis.call('PEXPIRE', KEYS[2], retention)
+redis.call('PEXPIRE', KEYS[3], retention)
+redis.call('PEXPIRE', KEYS[4], retention)
 -- A session joining again only extends its entry: the others saw it join already.
 if not present then
   redis.call('PUBLISH', ARGV[1],
     field('J') .. field(ARGV[2]) .. field(ARGV[3]) .. field(ARGV[4]) .. field(ARGV[7]))
 end
-return {1, redis.call('GET', KEYS[2]) or '0', redis.call('ZRANGE', KEYS[1], 0, -1),
-  redis.call('GET', KEYS[3]) or ''}
+return {1, seq, redis.call('ZRANGE', KEYS[1], 0, -1), epoch}
 "#
     )),
     leave: Script::new(concat!(

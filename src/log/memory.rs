@@ -3,9 +3,11 @@
 //! at once inside the room's handler and the room's mailbox order is the room's order. Presence
 //! truth is the room's own member table, so a JOIN or LEAVE is told to the members directly.
 //!
-//! The epoch is drawn with the room's first CHAT and kept while the room runs: a room that
-//! stops (empty for `empty_room_ttl_ms`, or the server restarted) starts over at seq 1 in a
-//! new one.
+//! The epoch is drawn when the room starts, so its first JOINED carries it, and kept while the
+//! room runs: a room that stops (empty for `empty_room_ttl_ms`, or the server restarted)
+//! starts over at seq 1 in a new one. A room whose epoch a JOINED told a member who then went
+//! without a LEAVE (its stream broke) is kept for `empty_room_ttl_ms` like one with history,
+//! even without a CHAT: that member may come back to resume from the epoch's start.
 
 use std::{sync::Arc, time::Instant};
 
@@ -23,19 +25,25 @@ use crate::{
 pub struct MemoryLog {
     /// Sequence number of the last accepted CHAT.
     seq: u64,
-    /// This incarnation of the room's sequence; empty until its first CHAT.
+    /// This incarnation of the room's sequence, drawn when the room starts.
     epoch: String,
     history: History,
     dedup: Dedup,
+    /// A JOINED has told some member the epoch.
+    told: bool,
+    /// A member went without a LEAVE after the epoch was told: it may resume in this epoch.
+    awaited: bool,
 }
 
 impl MemoryLog {
     pub fn new(limits: &RoomLimits, budget: Arc<HistoryBudget>) -> MemoryLog {
         MemoryLog {
             seq: 0,
-            epoch: String::new(),
+            epoch: names::new_epoch(),
             history: History::new(limits.history, limits.history_bytes, budget.clone()),
             dedup: Dedup::new(budget),
+            told: false,
+            awaited: false,
         }
     }
 
@@ -44,9 +52,15 @@ impl MemoryLog {
     }
 
     /// A room that accepted a CHAT keeps counting where it was even if its history has been
-    /// trimmed away; one that never accepted one (JOIN/LEAVE only) holds nothing.
+    /// trimmed away; one that never accepted one holds only its epoch, worth keeping once a
+    /// member told it went without a LEAVE (JOIN/LEAVE churn holds nothing).
     pub fn keeps_anything(&self) -> bool {
-        self.seq > 0 || !self.history.is_empty()
+        self.seq > 0 || !self.history.is_empty() || self.awaited
+    }
+
+    /// A member left; `ended`: without a LEAVE (its stream ended), so it may come back.
+    pub fn left(&mut self, ended: bool) {
+        self.awaited |= ended && self.told;
     }
 
     /// Assigns the next seq, encodes the CHAT once and keeps it in the history (and, with a
@@ -70,9 +84,6 @@ impl MemoryLog {
             }
             _ => None,
         };
-        if self.epoch.is_empty() {
-            self.epoch = names::new_epoch();
-        }
         self.seq += 1;
         let message = super::chat(room, user, content, self.seq, &self.epoch);
         let live = proto::encode(&message);
@@ -92,7 +103,8 @@ impl MemoryLog {
 
     /// A JOIN needs nothing of anyone else here: JOINED carries the current seq and epoch, the
     /// replay is a slice of the ring, and the members already here are told at once.
-    pub fn admit(&self, joining: &Joining, limits: &RoomLimits) -> Admitted {
+    pub fn admit(&mut self, joining: &Joining, limits: &RoomLimits) -> Admitted {
+        self.told |= joining.replay_wanted;
         if joining.rejoin {
             // A repeated JOIN only gets its ack: the live traffic since the first one is
             // already in the session's stream.
@@ -106,7 +118,7 @@ impl MemoryLog {
         let (replay, replay_truncated) = if joining.replay_wanted {
             let resume = Resume::of(joining.since_seq, &joining.epoch, &self.epoch, self.seq);
             let (first, replay) = self.replay(resume.after, limits.history_on_join);
-            let truncated = resume.truncated(joining.since_seq, self.seq, first);
+            let truncated = resume.truncated(self.seq, first);
             (replay, truncated)
         } else {
             (Vec::new(), false)
@@ -126,16 +138,16 @@ impl MemoryLog {
         }
     }
 
-    /// The retained CHATs after `after`, or the newest `history_on_join` when it is 0, with
-    /// the seq of the first. The ring is one gapless run ending at the room's last seq.
-    fn replay(&self, after: u64, history_on_join: usize) -> (Option<u64>, Vec<Bytes>) {
-        let replay: Vec<Bytes> = if after == 0 {
-            self.history
+    /// The retained CHATs after `after`, or the newest `history_on_join` when it is `None`,
+    /// with the seq of the first. The ring is one gapless run ending at the room's last seq.
+    fn replay(&self, after: Option<u64>, history_on_join: usize) -> (Option<u64>, Vec<Bytes>) {
+        let replay: Vec<Bytes> = match after {
+            None => self
+                .history
                 .last(history_on_join)
                 .map(proto::as_replay)
-                .collect()
-        } else {
-            self.history.after(after).map(proto::as_replay).collect()
+                .collect(),
+            Some(after) => self.history.after(after).map(proto::as_replay).collect(),
         };
         let first = (!replay.is_empty()).then(|| self.seq + 1 - replay.len() as u64);
         (first, replay)
@@ -228,16 +240,13 @@ mod tests {
     fn a_join_replays_after_since_seq_and_announces_the_joiner_to_the_others() {
         let limits = RoomLimits::default();
         let mut log = log(&limits);
-        assert!(!log.keeps_anything(), "a fresh room keeps nothing");
-        assert_eq!(
-            log.admit(&joining(false, 0, ""), &limits).epoch,
-            "",
-            "no CHAT yet"
-        );
+        let told = log.admit(&joining(false, 0, ""), &limits).epoch;
+        assert_eq!(told.len(), 16, "an epoch before the first CHAT");
         for n in 0..5 {
             append(&mut log, "ada", &n.to_string(), None, &limits);
         }
         let epoch = log.epoch.clone();
+        assert_eq!(epoch, told, "the first CHAT keeps it");
         let admitted = log.admit(&joining(false, 3, &epoch), &limits);
         assert_eq!((admitted.seq, admitted.live_after), (5, 5));
         assert_eq!(
@@ -260,6 +269,46 @@ mod tests {
     }
 
     #[test]
+    fn a_quiet_room_is_kept_once_a_member_told_its_epoch_went_without_a_leave() {
+        let limits = RoomLimits::default();
+        let mut log = log(&limits);
+        log.left(true);
+        assert!(!log.keeps_anything(), "nobody was told the epoch");
+        log.admit(&joining(false, 0, ""), &limits);
+        log.left(false);
+        assert!(!log.keeps_anything(), "a LEAVE does not come back");
+        log.left(true);
+        assert!(log.keeps_anything(), "a broken stream may resume");
+    }
+
+    #[test]
+    fn a_resume_from_the_epochs_start_replays_all_that_is_retained() {
+        let limits = RoomLimits {
+            history: 4,
+            history_on_join: 1,
+            ..RoomLimits::default()
+        };
+        let mut log = log(&limits);
+        let epoch = log.admit(&joining(false, 0, ""), &limits).epoch;
+        for n in 0..3 {
+            append(&mut log, "ada", &n.to_string(), None, &limits);
+        }
+        let whole = log.admit(&joining(false, 0, &epoch), &limits);
+        assert_eq!(
+            (seqs(&whole), whole.replay_truncated),
+            (vec![1, 2, 3], false)
+        );
+        for n in 3..6 {
+            append(&mut log, "ada", &n.to_string(), None, &limits);
+        }
+        let passed = log.admit(&joining(false, 0, &epoch), &limits);
+        assert_eq!(
+            (seqs(&passed), passed.replay_truncated),
+            (vec![3, 4, 5, 6], true)
+        );
+    }
+
+    #[test]
     fn a_resume_the_ring_cannot_serve_says_it_is_truncated() {
         let limits = RoomLimits {
             history: 3,
@@ -271,7 +320,7 @@ mod tests {
             append(&mut log, "ada", &n.to_string(), None, &limits);
         }
         let epoch = log.epoch.clone();
-        let admit = |since, epoch: &str| log.admit(&joining(false, since, epoch), &limits);
+        let mut admit = |since, epoch: &str| log.admit(&joining(false, since, epoch), &limits);
         // The ring holds 4..=6: after 3 is whole, after 2 lost seq 3.
         let whole = admit(3, &epoch);
         assert_eq!(

@@ -12,8 +12,8 @@
 //! log's channel work (subscribing, gap fills, re-syncs, presence refresh) is written against.
 //!
 //! Both engines answer the same contract for resuming and resending: a room's sequence has an
-//! epoch (created with its first CHAT, new whenever the count starts over), a JOIN's `since_seq`
-//! is read against it ([`resume`]), and a CHAT whose `(user, ref)` the room accepted within
+//! epoch (there from the room's first JOIN, so every JOINED carries one; new whenever the count
+//! starts over), a JOIN's `since_seq` is read against it ([`resume`]), and a CHAT whose `(user, ref)` the room accepted within
 //! `dedup_window_ms` is answered with its original ack instead of being posted again
 //! ([`Accepted::Resent`]).
 
@@ -93,7 +93,7 @@ enum Reply {
 pub struct Admitted {
     /// The JOINED's `seq`.
     pub seq: u64,
-    /// The JOINED's `epoch`: the room's, empty while its sequence has not started.
+    /// The JOINED's `epoch`: the room's.
     pub epoch: String,
     /// The JOINED's `replay_truncated` (see [`Resume::truncated`]).
     pub replay_truncated: bool,
@@ -168,7 +168,8 @@ impl RoomLog {
     }
 
     /// Whether the room is worth keeping for `empty_room_ttl_ms` once empty: only the memory
-    /// log keeps something (seq and history) a fresh room could not read back.
+    /// log keeps something (seq, history, an epoch a member may resume in) a fresh room could
+    /// not read back.
     pub fn keeps_anything(&self) -> bool {
         match self {
             RoomLog::Memory(log) => log.keeps_anything(),
@@ -250,15 +251,24 @@ impl RoomLog {
         }
     }
 
-    /// A member left: the memory log answers with the LEAVE to tell; the Redis log publishes it
-    /// (its echo tells every node) and answers once it did. Call [`RoomLog::left`] then.
-    pub fn leave(&mut self, session: SessionId, user: &UserName) -> Answer<Presence, ()> {
+    /// A member left — `ended`: without a LEAVE, its stream ended, so it may come back to
+    /// resume. The memory log answers with the LEAVE to tell; the Redis log publishes it (its
+    /// echo tells every node) and answers once it did. Call [`RoomLog::left`] then.
+    pub fn leave(
+        &mut self,
+        session: SessionId,
+        user: &UserName,
+        ended: bool,
+    ) -> Answer<Presence, ()> {
         match self {
-            RoomLog::Memory(_) => Answer::Now(Presence {
-                kind: Kind::Leave,
-                user: user.to_string(),
-                except: None,
-            }),
+            RoomLog::Memory(log) => {
+                log.left(ended);
+                Answer::Now(Presence {
+                    kind: Kind::Leave,
+                    user: user.to_string(),
+                    except: None,
+                })
+            }
             RoomLog::Redis(log) => Answer::Echo(log.leave(session, user)),
         }
     }

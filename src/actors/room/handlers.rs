@@ -217,6 +217,8 @@ impl Handler<Leave> for Room {
             .members
             .remove(&leave.session)
             .ok_or(ChatError::NotAMember)?;
+        // No LEAVE: the session is ending, and its client may come back to resume.
+        let ended = leave.ack.is_none();
         if let Some(r#ref) = leave.ack {
             self.remember_departed(leave.session, member.bucket.clone());
             let left = proto::Message {
@@ -228,7 +230,7 @@ impl Handler<Leave> for Room {
                 end_slow_consumer(&self.name, leave.session, &member);
             }
         }
-        self.depart(leave.session, &member.user, ctx);
+        self.depart(leave.session, &member.user, ended, ctx);
         self.drop_failed(ctx);
         Ok(())
     }
@@ -287,7 +289,7 @@ impl Handler<Close> for Room {
                 id: self.id,
             });
             // Nobody is left to tell here; the Redis log still tells the other nodes.
-            self.depart(*id, &member.user, ctx);
+            self.depart(*id, &member.user, false, ctx);
         }
         // Stopping now: mail still queued (a JOIN, a CHAT) fails and the sender sees the room
         // gone, as with an expired room.

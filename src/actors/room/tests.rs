@@ -230,9 +230,10 @@ async fn a_joiner_does_not_hear_of_a_member_found_gone_while_its_join_is_announc
 async fn an_empty_room_that_kept_nothing_stops_once_its_leavers_buckets_refill() {
     let mut fx = Fixture::start(RoomLimits::default());
     let _ada = fx.join(1, "ada", 64, 0).await;
+    // A LEAVE: ada is not coming back to resume.
     let leave = Leave {
         session: SessionId(1),
-        ack: None,
+        ack: Some("l1".into()),
         reason: String::new(),
     };
     fx.room.send(leave).await.unwrap().unwrap();
@@ -277,6 +278,28 @@ async fn an_empty_room_with_history_keeps_it_for_its_ttl_then_stops_on_a_paused_
     let snapshot = fx.room.send(Inspect { members: false }).await.unwrap();
     assert_eq!(snapshot.last_seq, 1, "with its history");
     tokio::time::sleep(Duration::from_millis(200)).await;
+    settle().await;
+    assert!(!fx.room.connected(), "stopped once the TTL passed");
+}
+
+#[actix::test]
+async fn a_quiet_room_whose_member_went_without_a_leave_keeps_its_epoch_for_its_ttl() {
+    let mut fx = Fixture::start(RoomLimits {
+        empty_room_ttl_ms: 30_000,
+        ..RoomLimits::default()
+    });
+    let mut ada = fx.join(1, "ada", 64, 0).await;
+    let epoch = next(&mut ada).await.epoch;
+    tokio::time::pause();
+    // Ada's session ended (no LEAVE): she may come back with since_seq 0 in this epoch.
+    fx.room.send(leave(1)).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(29_900)).await;
+    settle().await;
+    assert!(fx.room.connected(), "kept through its TTL without a CHAT");
+    let mut again = fx.join(2, "ada", 64, 0).await;
+    assert_eq!(next(&mut again).await.epoch, epoch);
+    fx.room.send(leave(2)).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(30_100)).await;
     settle().await;
     assert!(!fx.room.connected(), "stopped once the TTL passed");
 }

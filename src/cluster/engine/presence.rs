@@ -15,7 +15,7 @@ use crate::{
         keys::{RoomKeys, parse_presence_member},
         scripts::SCRIPTS,
     },
-    names::SessionId,
+    names::{self, SessionId},
 };
 
 /// One presence entry, as stored: which node, which of its sessions, which user.
@@ -40,7 +40,8 @@ pub struct LocalPresence {
 pub struct Joined {
     /// The room's last seq at the moment of the join.
     pub seq: u64,
-    /// The epoch of that seq; empty while the room has none (no CHAT since it started over).
+    /// The epoch of that seq (the join starts the room's sequence, at seq 0 in a fresh epoch,
+    /// when it has none).
     pub epoch: String,
     /// Every live entry of every node, the joiner included (a user with two sessions appears
     /// twice; dedupe for display if wanted).
@@ -50,7 +51,9 @@ pub struct Joined {
 impl RedisEngine {
     /// Adds this node's `session` to the room's presence (expiring after `ttl` unless refreshed)
     /// unless the room already has `max_members` live entries over all nodes, and publishes the
-    /// join. Expired entries are swept (and announced) first, so they never count.
+    /// join. Expired entries are swept (and announced) first, so they never count. The room's
+    /// sequence is started (seq 0, a fresh epoch) if it has none, and kept for the retention
+    /// from now.
     pub async fn join(
         &self,
         room: &str,
@@ -69,6 +72,8 @@ impl RedisEngine {
             millis(ttl).into_bytes(),
             max_members.to_string().into_bytes(),
             join_body.to_vec(),
+            self.retention_arg(),
+            names::new_epoch().into_bytes(),
         ];
         let reply = self
             .call(room, "join", move |mut conn| async move {
@@ -77,6 +82,7 @@ impl RedisEngine {
                     .key(keys.presence)
                     .key(keys.seq)
                     .key(keys.epoch)
+                    .key(keys.log)
                     .arg(&args[..])
                     .invoke_async::<Value>(&mut conn)
                     .await

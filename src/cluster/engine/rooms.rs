@@ -1,7 +1,7 @@
 //! A room's order and history in Redis: [`RedisEngine::post_chat`] assigns the seq (and the
-//! epoch with a new seq), appends to the room's stream, remembers a `ref` for the dedup window
-//! and publishes, in one script; [`RedisEngine::replay`] and [`RedisEngine::last_seq`] read them
-//! back. Called by the Redis log (`crate::log::redis`).
+//! epoch when the room's sequence starts here), appends to the room's stream, remembers a
+//! `ref` for the dedup window and publishes, in one script; [`RedisEngine::replay`] and
+//! [`RedisEngine::last_seq`] read them back. Called by the Redis log (`crate::log::redis`).
 
 use std::time::Duration;
 
@@ -141,7 +141,8 @@ impl RedisEngine {
         Ok(entries)
     }
 
-    /// The room's last seq (0 before its first CHAT) and its epoch (empty then).
+    /// The room's last seq (0 before its first CHAT) and its epoch; empty when the room has no
+    /// sequence (its seq key is missing: an epoch key left without it is not the room's).
     pub async fn sequence(&self, room: &str) -> Result<(u64, String), Unavailable> {
         let keys = RoomKeys::new(room);
         let (seq, epoch) = self
@@ -153,7 +154,10 @@ impl RedisEngine {
                     .await
             })
             .await?;
-        Ok((seq.unwrap_or(0), epoch.unwrap_or_default()))
+        match seq {
+            Some(seq) => Ok((seq, epoch.unwrap_or_default())),
+            None => Ok((0, String::new())),
+        }
     }
 
     /// The room's last seq (0 before its first CHAT).

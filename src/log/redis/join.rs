@@ -1,5 +1,6 @@
 //! A JOIN through Redis: one script checks the room's size over all nodes, adds the presence
-//! entry and publishes the JOIN, and answers the seq, its epoch and every node's members; the
+//! entry and publishes the JOIN, starts the room's sequence (seq 0 in a fresh epoch) if it has
+//! none, and answers the seq, its epoch and every node's members; the
 //! joiner's replay (where it starts decided by [`Resume`]) is read up to that seq, so it joins
 //! live traffic without a gap or a repeat.
 
@@ -40,6 +41,7 @@ impl RedisLog {
         let name = self.name.to_string();
         let (ttl, max_members) = (joining.presence_ttl, limits.max_members);
         let (since_seq, history_on_join) = (joining.since_seq, limits.history_on_join);
+        let history = limits.history;
         let epoch = joining.epoch.clone();
         let (session, user) = (joining.session, joining.user.to_string());
         let (rejoin, replay_wanted) = (joining.rejoin, joining.replay_wanted);
@@ -77,11 +79,15 @@ impl RedisLog {
                         })?
                 };
                 let resume = Resume::of(since_seq, &epoch, &joined.epoch, joined.seq);
+                // The engine reads `since_seq = 0` as "the newest n"; from an epoch's start,
+                // n is as many as a replay may hold (`newest_within` in `admit`).
+                let (after, newest) = match resume.after {
+                    None => (0, history_on_join),
+                    Some(0) => (0, history),
+                    Some(after) => (after, 0),
+                };
                 let replay = if replay_wanted && !rejoin {
-                    match engine
-                        .replay(&name, resume.after, history_on_join, joined.seq)
-                        .await
-                    {
+                    match engine.replay(&name, after, newest, joined.seq).await {
                         Ok(replay) => replay,
                         Err(error) => {
                             // Joined in Redis but refused here: take the entry back (its LEAVE
@@ -131,7 +137,7 @@ impl RedisLog {
         let replay = newest_within(replay, limits.history, limits.history_bytes);
         let replay_truncated = joining.replay_wanted
             && !joining.rejoin
-            && resume.truncated(joining.since_seq, joined.seq, replay.first().map(|r| r.0));
+            && resume.truncated(joined.seq, replay.first().map(|r| r.0));
         let replay = replay
             .into_iter()
             .map(|(seq, body)| proto::as_replay(&proto::with_seq(&body, seq)))
