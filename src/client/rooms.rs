@@ -100,7 +100,9 @@ impl Rooms {
     ) {
         let room = self.room(room, Status::Joined);
         room.status = Status::Joined;
-        let had_position = room.last_seq > 0;
+        // A position is a seq seen, or an epoch told (a room joined before its first CHAT:
+        // resumed with since_seq 0 in that epoch, from its start).
+        let had_position = room.last_seq > 0 || !room.epoch.is_empty();
         // A room whose seq went back started over, even on a server without epochs.
         let started_over = had_position && (room.epoch != epoch || seq < room.last_seq);
         room.epoch = epoch.to_string();
@@ -255,6 +257,30 @@ mod tests {
         assert_eq!(rooms.end_replays(11), [resumed("r", 2, true)]);
         assert!(rooms.accept("r", "f", 3, false));
         assert!(!rooms.accept("r", "f", 3, false));
+    }
+
+    #[test]
+    fn a_room_joined_before_its_first_chat_resumes_from_the_epochs_start() {
+        let mut rooms = Rooms::default();
+        rooms.on_joined("r", "e", 0, false, 1, false);
+        assert_eq!(rooms.end_replays(2), []);
+        assert_eq!(rooms.position("r"), (0, "e".into()));
+        rooms.abandon_replays();
+        // Everything since seq 0 is replayed: whole.
+        rooms.on_joined("r", "e", 3, false, 3, true);
+        for seq in 1..=3 {
+            assert!(rooms.accept("r", "e", seq, true));
+        }
+        assert_eq!(rooms.end_replays(4), [resumed("r", 3, false)]);
+        // The same from seq 0 of an epoch the room no longer has: truncated, even if the
+        // server (one without this rule) does not say so and the replay starts at 1.
+        let mut rooms = Rooms::default();
+        rooms.on_joined("r", "e", 0, false, 1, false);
+        assert_eq!(rooms.end_replays(2), []);
+        rooms.on_joined("r", "f", 2, false, 3, true);
+        assert!(rooms.accept("r", "f", 1, true));
+        assert!(rooms.accept("r", "f", 2, true));
+        assert_eq!(rooms.end_replays(4), [resumed("r", 2, true)]);
     }
 
     #[test]
