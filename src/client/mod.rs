@@ -20,7 +20,8 @@
 //! with [`ClientError::Unauthenticated`].
 //!
 //! **Resume.** On every new stream the client joins each of its rooms again with `since_seq`
-//! and `epoch` of the last message it delivered, then sends every unanswered request again in
+//! and `epoch` of the last message it delivered (in a room where none came yet, `since_seq` 0
+//! and the epoch of its JOINED: everything posted since), then sends every unanswered request again in
 //! order with its original `ref`: the server acknowledges a CHAT it already accepted (within
 //! its `dedup_window_ms`) with the original ack instead of posting it twice. Messages are
 //! delivered once each, deduplicated by room, epoch and seq. Once a room's replay is over,

@@ -20,6 +20,7 @@ pub(crate) enum Status {
 #[derive(Debug)]
 struct Room {
     status: Status,
+    /// The epoch of `last_seq`: of the last CHAT delivered, or of the JOINED before any.
     epoch: String,
     /// The highest seq delivered in `epoch`, or passed over on purpose (the history before a
     /// join that the replay did not hold).

@@ -322,7 +322,7 @@ pub struct RoomLimits {
     /// Encoded bytes the room retains for replay; the oldest go first, whichever of this and
     /// `history` is reached first.
     pub history_bytes: usize,
-    /// Replayed to a JOIN with `since_seq = 0`.
+    /// Replayed to a JOIN with `since_seq = 0` and no epoch.
     pub history_on_join: usize,
     /// Token bucket per member per room.
     pub rate_per_sec: f64,
