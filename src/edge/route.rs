@@ -172,7 +172,9 @@ impl hyper::body::Body for OutboundBody {
                     // unwrap-free: a message is far below 4 GiB (bounded by the queue's bytes).
                     data.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
                     data.put_slice(&message);
-                    if data.len() >= FRAME_BYTES {
+                    // hyper asks again once it has sent this; an empty queue polled now would
+                    // only register the waker twice.
+                    if data.len() >= FRAME_BYTES || this.stream.is_drained() {
                         break;
                     }
                 }
