@@ -60,6 +60,9 @@ impl StreamReset {
 pub struct Resettable<F: ?Sized> {
     reset: Arc<StreamReset>,
     deadline: Option<Pin<Box<Sleep>>>,
+    /// The task's waker is in `reset` (a task's waker stays the same for its life: once is
+    /// enough, and saves two atomic operations on every poll).
+    registered: bool,
     task: Pin<Box<F>>,
 }
 
@@ -68,6 +71,7 @@ impl<F: ?Sized> Resettable<F> {
         Resettable {
             reset: Arc::default(),
             deadline: None,
+            registered: false,
             task,
         }
     }
@@ -86,7 +90,10 @@ impl<F: Future<Output = ()> + ?Sized> Future for Resettable<F> {
             return Poll::Ready(());
         }
         // Registered before reading the flag: an `arm` racing with this poll is seen or wakes us.
-        this.reset.task.register(cx.waker());
+        if !this.registered {
+            this.reset.task.register(cx.waker());
+            this.registered = true;
+        }
         if !this.reset.is_armed() {
             return Poll::Pending;
         }

@@ -12,13 +12,12 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, OnceLock, PoisonError,
         atomic::{AtomicU8, Ordering},
     },
     task::{Context, Poll, Wake, Waker},
 };
 
-use atomic_waker::AtomicWaker;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::{coalesce::FlushGate, reset::Resettable, wakes::ConnectionWaker};
@@ -50,8 +49,8 @@ const RUNNING_WOKEN: u8 = 2;
 #[derive(Default)]
 struct StreamWake {
     state: AtomicU8,
-    /// The set's waker for this task.
-    set: AtomicWaker,
+    /// The set's waker for this task, the same for the task's life: set on its first run.
+    set: OnceLock<Waker>,
 }
 
 impl Wake for StreamWake {
@@ -65,8 +64,9 @@ impl Wake for StreamWake {
         if let Err(IDLE) =
             self.state
                 .compare_exchange(RUNNING, RUNNING_WOKEN, Ordering::AcqRel, Ordering::Acquire)
+            && let Some(set) = self.set.get()
         {
-            self.set.wake();
+            set.wake_by_ref();
         }
     }
 }
@@ -92,7 +92,9 @@ impl Future for StreamTask {
         // through what it has (its own task would have had a whole budget to itself).
         let budget = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         budget.made_progress();
-        this.wake.set.register(cx.waker());
+        if this.wake.set.get().is_none() {
+            let _ = this.wake.set.set(cx.waker().clone());
+        }
         let mut own = Context::from_waker(&this.waker);
         for _ in 0..RERUNS {
             this.wake.state.store(RUNNING, Ordering::Release);
