@@ -6,8 +6,9 @@
 //!     └──────────── OutboundStream ◀── SessionTx (bounded queue, try_deliver) ◀─────────── fan-out ─────┘
 //! ```
 //!
-//! - [`transport`]: accepting, handshake, HTTP/2 serving, request frame limits; resets streams
-//!   the session ended.
+//! - [`transport`]: accepting, handshake, HTTP/2 serving with each connection's streams run
+//!   by its own task and its writes merged (one write per pass, wake-ups batched per fan-out);
+//!   request frame limits; resets streams the session ended.
 //! - [`edge`]: the gRPC edge: the `ChatStream` handler, codec, outbound queue, session table,
 //!   admission limits and token auth.
 //! - [`actors`]: Session (identity, joined rooms, timers) and Room (members, rate buckets, expiry,

@@ -1,5 +1,6 @@
-//! The generated `chat.v1` types (chat and admin), the chat server stub, and the few
-//! constructors and encoders the actors need. Generated code stays behind this module.
+//! The generated `chat.v1` types (chat and admin) and the few constructors and encoders the
+//! actors need. Generated code stays behind this module. (The chat server is not generated:
+//! see `edge::route`.)
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -18,13 +19,6 @@ pub mod admin {
         GetRoomResponse, KickMode, KickRequest, KickResponse, ListRoomsRequest, ListRoomsResponse,
         RoomMember, RoomSummary, admin_service_client, admin_service_server, kick_request,
     };
-}
-
-/// Server side of `ChatService`; its responses are pre-encoded [`Bytes`] (see `codec`).
-#[allow(clippy::all, missing_docs)]
-pub mod chat_service_server {
-    include!(concat!(env!("OUT_DIR"), "/chat.v1.ChatService.rs"));
-    pub use chat_service_server::*;
 }
 
 /// Descriptors of `chat.proto` and `admin.proto`, for gRPC reflection.

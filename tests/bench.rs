@@ -113,6 +113,18 @@ async fn tiny_run_delivers_everything_it_expects_and_reports_each_watched_proces
     assert!(processes[0]["cpu_s"].as_f64() > Some(0.0), "{report}");
     let total = report["server_cpu_s"].as_f64().expect("the total CPU");
     assert!((total - cpu_sum).abs() < 0.011, "{report}");
+    // The measured window's CPU, divided by that window's deliveries.
+    let window_cpu = report["server_cpu_window_s"]
+        .as_f64()
+        .expect("the window's CPU");
+    let per_delivery = report["server_cpu_us_per_delivery"]
+        .as_f64()
+        .expect("µs per delivery");
+    let delivered = report["delivered"].as_f64().expect("a count");
+    assert!(
+        (per_delivery - window_cpu * 1e6 / delivered).abs() < 0.001,
+        "{report}"
+    );
     // Neither process alone is the server.
     assert_eq!(report["server_pid"], Value::Null, "{report}");
     assert_eq!(report["server_peak_rss_kb"], Value::Null, "{report}");

@@ -33,6 +33,7 @@ use crate::{
     metrics,
     names::{RoomName, SessionId, UserName},
     proto,
+    transport::wakes,
 };
 
 /// Mail that may wait for a room; senders beyond it wait (back-pressure), they are not dropped.
@@ -119,6 +120,7 @@ impl Room {
 
     /// Pushes `message` to every member but `except`.
     fn broadcast(&mut self, message: &Bytes, except: Option<SessionId>) {
+        let _wakes = wakes::Batch::hold();
         for (id, member) in &self.members {
             if Some(*id) == except {
                 continue;
@@ -134,6 +136,8 @@ impl Room {
     /// cover it gets the same bytes, the sender its copy with its `ref`.
     fn fan_out(&mut self, appended: &Appended) {
         let started = std::time::Instant::now();
+        // Each connection is woken once, after the loop, with all its members' messages queued.
+        let wakes = wakes::Batch::hold();
         for (id, member) in &self.members {
             let ack = appended.ack.as_ref().filter(|(sender, _)| sender == id);
             // A sender's ack answers its request, even for a CHAT its replay held already (a
@@ -150,6 +154,7 @@ impl Room {
                 failure => self.failed.push((*id, failure)),
             }
         }
+        drop(wakes);
         metrics::get().fanout.record(started.elapsed());
     }
 

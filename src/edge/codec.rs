@@ -1,7 +1,8 @@
-//! The server's gRPC codec: requests are decoded with prost (into `proto::Message`, named by the
-//! generated service), responses are [`Bytes`] already encoded by the room that produced them,
-//! written out as they are. An undecodable request ends the stream with INVALID_ARGUMENT. Generic
-//! over the request type so that this module does not import `proto`, which imports it.
+//! The chat codec: messages are decoded with prost into `T` (`proto::Message`, named by the
+//! chat route) and an undecodable one ends the stream with INVALID_ARGUMENT; messages sent are
+//! [`Bytes`] already encoded, written as they are. The server uses only the decoder (its
+//! responses are framed by `route`); the whole codec serves a client that sends raw frames.
+//! Generic over the decoded type so that this module does not import `proto`.
 
 use std::{fmt, marker::PhantomData};
 
@@ -12,20 +13,15 @@ use tonic::{
     codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
 };
 
-/// Initial per-stream codec buffers. Chat messages are small and most sessions are idle, so start
-/// small (tonic's default is 8 KiB each way); buffers grow for larger frames. Measured with
+/// Initial per-stream decode buffer. Chat messages are small and most sessions are idle, so
+/// start small (tonic's default is 8 KiB); the buffer grows for larger frames. Measured with
 /// `chat-bench --scenario idle` (sessions multiplexed 50 per connection): 9.8 KB of server RSS
-/// per session at 1 KiB, 8.2 KB at 256 bytes, 8.0 KB at 128 bytes.
+/// per session at 1 KiB, 8.2 KB at 256 bytes, 8.0 KB at 128 bytes (both codec buffers then).
 const BUFFER_BYTES: usize = 128;
-/// Bytes gathered into one write before the encoder yields to the transport. tonic's encode
-/// buffer grows to about this plus one message and keeps that size while the stream lives (about
-/// 33 KB per sender idle after a flood of 4 KB CHATs). 8 KiB would keep a quarter of that, but
-/// cost fan-out capacity: `chat-bench --scenario fanout`, interleaved runs on one box, passed
-/// 759,400 deliveries/s at p99 33–56 ms with 32 KiB and failed that step at p99 121–124 ms with
-/// 8 KiB. The real fix is a response body without tonic's buffer (the write-path work).
+/// Bytes gathered before tonic's encoder or decoder yields.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
-/// Encodes pre-encoded [`Bytes`], decodes `T` (the chat service's request message).
+/// Encodes pre-encoded [`Bytes`], decodes `T`.
 pub struct ChatCodec<T>(PhantomData<fn() -> T>);
 
 impl<T> Default for ChatCodec<T> {
@@ -51,7 +47,7 @@ impl<T: Message + Default + Send + 'static> Codec for ChatCodec<T> {
     }
 
     fn decoder(&mut self) -> RequestDecoder<T> {
-        RequestDecoder(PhantomData)
+        RequestDecoder::default()
     }
 }
 
@@ -72,7 +68,14 @@ impl Encoder for PreEncoded {
     }
 }
 
+/// Decodes `T` (on the server, the chat service's request message).
 pub struct RequestDecoder<T>(PhantomData<fn() -> T>);
+
+impl<T> Default for RequestDecoder<T> {
+    fn default() -> Self {
+        RequestDecoder(PhantomData)
+    }
+}
 
 impl<T> fmt::Debug for RequestDecoder<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

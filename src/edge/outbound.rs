@@ -199,6 +199,14 @@ impl OutboundStream {
     }
 }
 
+impl OutboundStream {
+    /// Nothing is queued (nor being queued: a delivery counts its bytes before it queues).
+    /// Lets a reader stop before it would poll an empty queue and register its waker.
+    pub fn is_drained(&self) -> bool {
+        self.shared.queued_bytes.load(Ordering::Acquire) == 0
+    }
+}
+
 impl Drop for OutboundStream {
     fn drop(&mut self) {
         self.flush_count();

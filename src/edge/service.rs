@@ -10,7 +10,7 @@ use std::{
 use actix::Addr;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 use super::outbound::{OutboundStream, SessionTx};
 use crate::{
@@ -19,8 +19,7 @@ use crate::{
     error::Fatal,
     hub::Hub,
     limits::TokenBucket,
-    metrics,
-    proto::{self, chat_service_server::ChatService},
+    metrics, proto,
     transport::reset::StreamReset,
 };
 
@@ -34,14 +33,13 @@ impl ChatEdge {
     }
 }
 
-#[tonic::async_trait]
-impl ChatService for ChatEdge {
-    type ChatStreamStream = OutboundStream;
-
-    async fn chat_stream(
+impl ChatEdge {
+    /// One `ChatStream` call: admits it, starts its session and its request reader, and
+    /// returns the session's queue, which [`super::route`] sends as the response.
+    pub async fn chat_stream(
         &self,
         request: Request<Streaming<proto::Message>>,
-    ) -> Result<Response<OutboundStream>, Status> {
+    ) -> Result<OutboundStream, Status> {
         let authorized = match &self.hub.verifier {
             Some(verifier) => Some(verifier.verify(request.metadata())?),
             None => None,
@@ -79,7 +77,7 @@ impl ChatService for ChatEdge {
             forward_requests(&hub, request.into_inner(), session, stopped_rx).await;
             drop(census);
         });
-        Ok(Response::new(outbound.holding(permit)))
+        Ok(outbound.holding(permit))
     }
 }
 

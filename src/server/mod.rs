@@ -34,13 +34,10 @@ use crate::{
     admin::{AdminAuth, AdminEdge, cluster::Operators},
     cluster::{RedisEngine, Timeouts},
     config::{ClusterEngine, Config},
-    edge::service::ChatEdge,
+    edge::{route::ChatRoute, service::ChatEdge},
     hub::Hub,
     metrics,
-    proto::{
-        FILE_DESCRIPTOR_SET, admin::admin_service_server::AdminServiceServer,
-        chat_service_server::ChatServiceServer,
-    },
+    proto::{FILE_DESCRIPTOR_SET, admin::admin_service_server::AdminServiceServer},
     runtime::ActorRuntime,
     transport,
 };
@@ -147,8 +144,7 @@ impl Server {
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let chat = ChatServiceServer::new(ChatEdge::new(hub.clone()))
-            .max_decoding_message_size(hub.frame_limit());
+        let chat = ChatRoute::new(ChatEdge::new(hub.clone()), hub.frame_limit());
         let metrics_task = metrics_listener.map(|l| {
             info!(listen = %l.local_addr().map_or("?".into(), |a| a.to_string()), "serving /metrics");
             tokio::spawn(metrics::serve(l, metrics::install()))

@@ -1,7 +1,9 @@
 //! The HTTP/2 transport: accepting connections, the handshake, and serving gRPC on each with
-//! hyper. It replaces tonic's own server loop for three things that loop cannot do: end a stream
-//! on the wire when the session ends it ([`reset`]), bound what a connection may hold before it
-//! has spoken HTTP/2 ([`handshake`]), and survive running out of descriptors ([`accept`]).
+//! hyper. It replaces tonic's own server loop for what that loop cannot do: end a stream on the
+//! wire when the session ends it ([`reset`]), bound what a connection may hold before it has
+//! spoken HTTP/2 ([`handshake`]), survive running out of descriptors ([`accept`]), and write a
+//! fan-out's frames for one connection together: the connection's task runs its streams
+//! ([`streams`]), woken once per fan-out ([`wakes`]), and writes once per pass ([`coalesce`]).
 //!
 //! Connections are capped by `server.max_connections` (accepting waits for a place) and per
 //! client IP by `server.max_connections_per_ip` (one over it is closed at once), each one
@@ -10,16 +12,19 @@
 //! accepting and ask every connection to finish (GOAWAY), then wait for them.
 
 pub mod accept;
+pub mod coalesce;
 mod frame_limits;
 pub mod handshake;
 pub mod rechunk;
 pub mod reset;
+pub mod streams;
+pub mod wakes;
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Incoming, header};
+use hyper::{Request, Response, StatusCode, body::Incoming, header, server::conn::http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -30,9 +35,10 @@ use tracing::{debug, warn};
 
 use self::{
     accept::{Acceptor, PerIp},
+    coalesce::{Coalesced, FlushGate},
     handshake::read_preface,
     rechunk::{FrameLimits, Rechunked},
-    reset::StreamExecutor,
+    streams::{ConnectionStreams, StreamExecutor},
 };
 
 /// How a connection is served.
@@ -68,15 +74,6 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let routes = routes.prepare();
-    let mut h2 = hyper::server::conn::http2::Builder::new(StreamExecutor);
-    h2.timer(TokioTimer::new())
-        .keep_alive_interval(settings.keepalive_interval)
-        .keep_alive_timeout(settings.keepalive_timeout)
-        .max_concurrent_streams(settings.max_concurrent_streams)
-        .max_send_buf_size(settings.stream_send_buffer)
-        .initial_stream_window_size(STREAM_RECEIVE_WINDOW)
-        .initial_connection_window_size(CONNECTION_RECEIVE_WINDOW);
-    let h2 = Arc::new(h2);
     let places = Arc::new(Semaphore::new(settings.max_connections));
     let (closing_tx, closing) = watch::channel(false);
     let mut acceptor = Acceptor::new(listener);
@@ -101,7 +98,6 @@ pub async fn serve(
         };
         let connection = Connection {
             settings: settings.clone(),
-            h2: h2.clone(),
             routes: routes.clone(),
             info: TcpConnectInfo {
                 local_addr: Some(local),
@@ -122,9 +118,21 @@ pub async fn serve(
     Ok(())
 }
 
+/// hyper's HTTP/2 server for one connection, its streams run by `executor`.
+fn http2(settings: &Settings, executor: StreamExecutor) -> http2::Builder<StreamExecutor> {
+    let mut h2 = http2::Builder::new(executor);
+    h2.timer(TokioTimer::new())
+        .keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_timeout)
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_send_buf_size(settings.stream_send_buffer)
+        .initial_stream_window_size(STREAM_RECEIVE_WINDOW)
+        .initial_connection_window_size(CONNECTION_RECEIVE_WINDOW);
+    h2
+}
+
 struct Connection {
     settings: Settings,
-    h2: Arc<hyper::server::conn::http2::Builder<StreamExecutor>>,
     routes: Routes,
     info: TcpConnectInfo,
 }
@@ -173,12 +181,15 @@ impl Connection {
                 routes.call(request).await
             }
         });
-        let connection = self.h2.serve_connection(TokioIo::new(io), service);
+        let mut streams = ConnectionStreams::new();
+        let gate = Arc::new(FlushGate::default());
+        let io = TokioIo::new(Coalesced::new(io, gate.clone()));
+        let connection = http2(&self.settings, streams.executor()).serve_connection(io, service);
         tokio::pin!(connection);
         let mut asked_to_close = false;
         loop {
             tokio::select! {
-                result = connection.as_mut() => {
+                result = std::future::poll_fn(|cx| streams.poll_with(connection.as_mut(), &gate, cx)) => {
                     if let Err(error) = result {
                         debug!(?peer, %error, "connection ended");
                     }

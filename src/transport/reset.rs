@@ -1,8 +1,8 @@
 //! Ending an HTTP/2 stream on the wire without the client's help. hyper writes a response body
 //! only while the stream has send capacity: a client that stops granting window leaves the body
 //! unpolled, so a status the session sets is never seen and the stream, its queue and its buffers
-//! stay until the connection closes. Every stream task is therefore spawned through
-//! [`StreamExecutor`], which runs it inside a [`StreamReset`] scope: the gRPC handler picks the
+//! stay until the connection closes. Every stream task is therefore run as a [`Resettable`],
+//! inside a [`StreamReset`] scope (see [`super::streams`]): the gRPC handler picks the
 //! scope up ([`StreamReset::current`]) and hands it to the session's send handle, and once a
 //! stream is ended that way the task is dropped if it has not finished within [`RESET_GRACE`].
 //! Dropping it makes h2 reset the stream (RST_STREAM CANCEL) and discard what it buffered.
@@ -37,8 +37,8 @@ pub struct StreamReset {
 }
 
 impl StreamReset {
-    /// The switch of the stream whose task is running this code, if it runs under
-    /// [`StreamExecutor`] (the in-process transport); `None` elsewhere.
+    /// The switch of the stream whose task is running this code, if it runs as a
+    /// [`Resettable`] (the in-process transport); `None` elsewhere.
     pub fn current() -> Option<Arc<StreamReset>> {
         STREAM.try_with(Arc::clone).ok()
     }
@@ -55,30 +55,29 @@ impl StreamReset {
     }
 }
 
-/// The executor hyper spawns each HTTP/2 stream's task on: a tokio task, made resettable.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StreamExecutor;
+/// One HTTP/2 stream's task, made resettable: it runs inside its [`StreamReset`] scope, and once
+/// the switch is armed it is dropped unless it finishes within [`RESET_GRACE`].
+pub struct Resettable<F: ?Sized> {
+    reset: Arc<StreamReset>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// The task's waker is in `reset` (a task's waker stays the same for its life: once is
+    /// enough, and saves two atomic operations on every poll).
+    registered: bool,
+    task: Pin<Box<F>>,
+}
 
-impl<F> hyper::rt::Executor<F> for StreamExecutor
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, task: F) {
-        tokio::spawn(Resettable {
-            task: Box::pin(task),
+impl<F: ?Sized> Resettable<F> {
+    pub fn new(task: Pin<Box<F>>) -> Resettable<F> {
+        Resettable {
             reset: Arc::default(),
             deadline: None,
-        });
+            registered: false,
+            task,
+        }
     }
 }
 
-struct Resettable<F> {
-    task: Pin<Box<F>>,
-    reset: Arc<StreamReset>,
-    deadline: Option<Pin<Box<Sleep>>>,
-}
-
-impl<F: Future<Output = ()>> Future for Resettable<F> {
+impl<F: Future<Output = ()> + ?Sized> Future for Resettable<F> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -91,7 +90,10 @@ impl<F: Future<Output = ()>> Future for Resettable<F> {
             return Poll::Ready(());
         }
         // Registered before reading the flag: an `arm` racing with this poll is seen or wakes us.
-        this.reset.task.register(cx.waker());
+        if !this.registered {
+            this.reset.task.register(cx.waker());
+            this.registered = true;
+        }
         if !this.reset.is_armed() {
             return Poll::Pending;
         }
@@ -106,7 +108,6 @@ impl<F: Future<Output = ()>> Future for Resettable<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::rt::Executor;
     use tokio::sync::oneshot;
 
     /// A task that never finishes on its own, holding `_held` until it is dropped.
@@ -120,7 +121,7 @@ mod tests {
     async fn an_armed_stuck_task_is_dropped_after_the_grace() {
         let (switch_tx, switch_rx) = oneshot::channel();
         let (held_tx, mut held_rx) = oneshot::channel::<()>();
-        StreamExecutor.execute(stuck(switch_tx, held_tx));
+        tokio::spawn(Resettable::new(Box::pin(stuck(switch_tx, held_tx))));
         let switch = switch_rx.await.unwrap();
         // Not armed: the task lives on, however long.
         tokio::time::sleep(RESET_GRACE * 10).await;

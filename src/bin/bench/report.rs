@@ -133,6 +133,9 @@ pub fn build_report(shared: &Shared) -> Value {
         "ended_by_server": shared.ended_by_server.snapshot(),
         "transport_failures": shared.transport_failures.snapshot(),
         "loadgen_cpu_s": cpu_seconds("self"),
+        // The measured window only (the process totals below include start-up and JOINs).
+        "server_cpu_window_s": summary.server_cpu_s,
+        "server_cpu_us_per_delivery": summary.server_cpu_us_per_delivery,
     });
     // unwrap: `json!` of an object literal is an object
     let fields = report.as_object_mut().unwrap();
@@ -324,6 +327,16 @@ fn render_table(report: &Value, mode: Mode) -> String {
             ),
         );
     }
+    if !report["server_cpu_us_per_delivery"].is_null() {
+        line(
+            "server CPU",
+            format!(
+                "{} s in the measured window: {} µs per delivery",
+                r("server_cpu_window_s"),
+                r("server_cpu_us_per_delivery")
+            ),
+        );
+    }
     if !report["server_rss_joined_kb"].is_null() {
         line(
             "server RSS",
@@ -366,7 +379,7 @@ fn render_table(report: &Value, mode: Mode) -> String {
     if let Some(steps) = report["steps"].as_array() {
         writeln!(
             out,
-            "\n{:>4} {:>10} {:>9} {:>11} {:>11} {:>9} {:>12} {:>8} {:>8} {:>8}  ok",
+            "\n{:>4} {:>10} {:>9} {:>11} {:>11} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8}  ok",
             "step",
             "rate/s",
             "sent",
@@ -376,14 +389,15 @@ fn render_table(report: &Value, mode: Mode) -> String {
             "deliv/s",
             "p50 ms",
             "p99 ms",
-            "max ms"
+            "max ms",
+            "µs/deliv"
         )
         .ok();
         for s in steps {
             let f = |key: &str| show(&s[key]);
             writeln!(
                 out,
-                "{:>4} {:>10} {:>9} {:>11} {:>11} {:>9} {:>12} {:>8} {:>8} {:>8}  {}{}",
+                "{:>4} {:>10} {:>9} {:>11} {:>11} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8}  {}{}",
                 f("step"),
                 format!("{:.2}", s["rate"].as_f64().unwrap_or(0.0)),
                 f("sent"),
@@ -394,6 +408,7 @@ fn render_table(report: &Value, mode: Mode) -> String {
                 f("p50_ms"),
                 f("p99_ms"),
                 f("max_ms"),
+                f("server_cpu_us_per_delivery"),
                 if s["ok"] == json!(true) { "yes" } else { "no" },
                 if s["partial"] == json!(true) {
                     " (partial)"
@@ -723,6 +738,20 @@ mod tests {
             [
                 "server      pid 12: peak RSS - kB, CPU - s",
                 "server CPU  - s, the 2 processes together",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_window_cpu_per_delivery_gets_its_line() {
+        let mut report = report_of(&[process(4242, 98_000, Some(15.02))]);
+        report["server_cpu_window_s"] = json!(3.1);
+        report["server_cpu_us_per_delivery"] = json!(1.55);
+        assert_eq!(
+            server_lines(&report),
+            [
+                "server      pid 4242: peak RSS 98000 kB, CPU 15.02 s",
+                "server CPU  3.1 s in the measured window: 1.55 µs per delivery",
             ]
         );
     }

@@ -81,6 +81,10 @@ pub struct StepResult {
     pub server_cpu_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loadgen_cpu_s: Option<f64>,
+    /// The server's CPU microseconds per delivery counted in the window: what one delivery
+    /// costs, which stays comparable across rates where the CPU seconds do not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_delivery: Option<f64>,
     /// Everything expected arrived, p99 within [`FIND_MAX_P99_MS`], no stream ended.
     pub ok: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -131,6 +135,10 @@ impl StepResult {
             streams_ended: c.streams_ended,
             server_cpu_s: c.server_cpu_s,
             loadgen_cpu_s: c.loadgen_cpu_s,
+            server_cpu_us_per_delivery: c
+                .server_cpu_s
+                .filter(|_| c.delivered > 0)
+                .map(|cpu| round(cpu * 1e6 / c.delivered as f64, 3)),
             ok: !c.partial
                 && c.expected.is_some_and(|e| e > 0 && c.delivered == e)
                 && p99_ms.is_some_and(|p| p <= FIND_MAX_P99_MS)
@@ -186,5 +194,34 @@ mod tests {
         assert_eq!(full.deliveries_per_sec, 50.0);
         assert!(!StepResult::new(counts(99, 0)).ok);
         assert!(!StepResult::new(counts(100, 1)).ok);
+    }
+
+    #[test]
+    fn server_cpu_is_divided_by_the_deliveries_of_the_window() {
+        let latency = new_histogram();
+        let counts = |delivered, server_cpu_s| StepCounts {
+            step: 0,
+            rate: 20.0,
+            sent: 10_000,
+            delivered,
+            expected: Some(delivered),
+            window: Duration::from_secs(10),
+            latency: &latency,
+            streams_ended: 0,
+            server_cpu_s,
+            loadgen_cpu_s: None,
+            partial: false,
+        };
+        // 2,000,000 deliveries for 3.1 CPU seconds: 1.55 µs each.
+        let step = StepResult::new(counts(2_000_000, Some(3.1)));
+        assert_eq!(step.server_cpu_us_per_delivery, Some(1.55));
+        assert_eq!(
+            StepResult::new(counts(0, Some(3.1))).server_cpu_us_per_delivery,
+            None
+        );
+        assert_eq!(
+            StepResult::new(counts(2_000_000, None)).server_cpu_us_per_delivery,
+            None
+        );
     }
 }

@@ -1,0 +1,280 @@
+//! The `chat.v1.ChatService` route, in place of a generated server: it decodes the request
+//! stream with [`RequestDecoder`] and answers with [`OutboundBody`], which frames the
+//! session's queued messages (already encoded by the room) straight into HTTP/2 DATA frames:
+//! every message waiting when the stream is polled goes into one frame, with no encode buffer
+//! kept per stream. The end of the queue becomes the trailers: `grpc-status` 0, or the status
+//! the session was ended with.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, header};
+use hyper::body::Frame;
+use tokio_stream::Stream;
+use tonic::{Status, Streaming, body::Body, codegen::Service, server::NamedService};
+
+use super::{codec::RequestDecoder, outbound::OutboundStream, service::ChatEdge};
+
+/// The one method of the service.
+const CHAT_STREAM: &str = "/chat.v1.ChatService/ChatStream";
+/// A gRPC message's prefix: the compression flag and the length (gRPC over HTTP/2,
+/// "Length-Prefixed-Message").
+const PREFIX_BYTES: usize = 5;
+/// Messages gathered into one DATA frame, at most (h2 splits larger ones into frames of the
+/// peer's maximum frame size, 16 KiB by default).
+const FRAME_BYTES: usize = 16 * 1024;
+
+/// `ChatEdge` as a tower service on the transport's routes.
+#[derive(Clone)]
+pub struct ChatRoute {
+    edge: Arc<ChatEdge>,
+    /// Largest request message accepted (`hub.frame_limit()`).
+    max_request_bytes: usize,
+}
+
+impl ChatRoute {
+    pub fn new(edge: ChatEdge, max_request_bytes: usize) -> ChatRoute {
+        ChatRoute {
+            edge: Arc::new(edge),
+            max_request_bytes,
+        }
+    }
+}
+
+impl NamedService for ChatRoute {
+    const NAME: &'static str = "chat.v1.ChatService";
+}
+
+impl Service<http::Request<Body>> for ChatRoute {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let route = self.clone();
+        Box::pin(async move { Ok(route.respond(request).await) })
+    }
+}
+
+impl ChatRoute {
+    async fn respond(&self, request: http::Request<Body>) -> http::Response<Body> {
+        if request.uri().path() != CHAT_STREAM {
+            return Status::unimplemented("").into_http();
+        }
+        // No compression is offered (gRPC's "identity" only), as before with tonic's defaults.
+        if let Some(encoding) = request.headers().get("grpc-encoding")
+            && encoding != "identity"
+        {
+            let mut refusal = Status::unimplemented(format!(
+                "Content is compressed with `{}` which isn't supported",
+                String::from_utf8_lossy(encoding.as_bytes())
+            ))
+            .into_http();
+            refusal
+                .headers_mut()
+                .insert("grpc-accept-encoding", HeaderValue::from_static("identity"));
+            return refusal;
+        }
+        let (parts, body) = request.into_parts();
+        let requests = Streaming::new_request(
+            RequestDecoder::default(),
+            body,
+            None,
+            Some(self.max_request_bytes),
+        );
+        let request = tonic::Request::from_http(http::Request::from_parts(parts, requests));
+        match self.edge.chat_stream(request).await {
+            Ok(outbound) => {
+                let mut response = http::Response::new(Body::new(OutboundBody::new(outbound)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/grpc"),
+                );
+                response
+            }
+            Err(status) => status.into_http(),
+        }
+    }
+}
+
+/// A session's response body: its queued messages as gRPC messages, then the trailers.
+#[derive(Debug)]
+pub struct OutboundBody {
+    stream: OutboundStream,
+    /// The trailers, once the queue has ended; `None` again once sent.
+    trailers: Option<HeaderMap>,
+    ended: bool,
+}
+
+impl OutboundBody {
+    pub fn new(stream: OutboundStream) -> OutboundBody {
+        OutboundBody {
+            stream,
+            trailers: None,
+            ended: false,
+        }
+    }
+
+    /// Ends the body after what was framed: with the status's trailers, or `grpc-status: 0`.
+    fn end_with(&mut self, status: Option<Status>) {
+        let mut trailers = HeaderMap::with_capacity(2);
+        match status {
+            Some(status) => {
+                if status.add_header(&mut trailers).is_err() {
+                    // A message that cannot be a header value: the code alone still tells.
+                    trailers.clear();
+                    trailers.insert("grpc-status", code_header(status.code()));
+                }
+            }
+            None => {
+                trailers.insert("grpc-status", code_header(tonic::Code::Ok));
+            }
+        }
+        self.trailers = Some(trailers);
+    }
+}
+
+fn code_header(code: tonic::Code) -> HeaderValue {
+    HeaderValue::from(code as i32)
+}
+
+impl hyper::body::Body for OutboundBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let mut data: Option<BytesMut> = None;
+        while this.trailers.is_none() {
+            match Pin::new(&mut this.stream).poll_next(cx) {
+                Poll::Ready(Some(Ok(message))) => {
+                    let data = data.get_or_insert_with(|| {
+                        BytesMut::with_capacity(PREFIX_BYTES + message.len())
+                    });
+                    data.reserve(PREFIX_BYTES + message.len());
+                    data.put_u8(0);
+                    // unwrap-free: a message is far below 4 GiB (bounded by the queue's bytes).
+                    data.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
+                    data.put_slice(&message);
+                    // hyper asks again once it has sent this; an empty queue polled now would
+                    // only register the waker twice.
+                    if data.len() >= FRAME_BYTES || this.stream.is_drained() {
+                        break;
+                    }
+                }
+                Poll::Ready(Some(Err(status))) => this.end_with(Some(status)),
+                Poll::Ready(None) => this.end_with(None),
+                Poll::Pending => break,
+            }
+        }
+        if let Some(data) = data {
+            return Poll::Ready(Some(Ok(Frame::data(data.freeze()))));
+        }
+        match this.trailers.take() {
+            Some(trailers) => {
+                this.ended = true;
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            None => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{edge::outbound::SessionTx, error::Fatal};
+    use http_body_util::BodyExt;
+    use hyper::body::Body as _;
+
+    async fn frame(body: &mut OutboundBody) -> Frame<Bytes> {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(2), body.frame()).await;
+        // unwrap: the test fails here if no frame comes.
+        frame.unwrap().unwrap().unwrap()
+    }
+
+    /// The gRPC messages of one DATA frame.
+    fn messages(mut data: Bytes) -> Vec<Bytes> {
+        let mut messages = Vec::new();
+        while !data.is_empty() {
+            assert_eq!(data[0], 0, "not compressed");
+            let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+            messages.push(data.slice(PREFIX_BYTES..PREFIX_BYTES + len));
+            data = data.slice(PREFIX_BYTES + len..);
+        }
+        messages
+    }
+
+    #[tokio::test]
+    async fn what_is_queued_goes_out_in_one_frame_and_a_clean_end_is_status_0() {
+        let (tx, stream) = SessionTx::channel(16, 1 << 20, None);
+        let mut body = OutboundBody::new(stream);
+        for message in ["one", "two", "three"] {
+            tx.try_deliver(Bytes::from(message));
+        }
+        let data = frame(&mut body).await.into_data().unwrap();
+        assert_eq!(messages(data), ["one", "two", "three"]);
+        tx.try_deliver(Bytes::from_static(b"last"));
+        drop(tx);
+        let data = frame(&mut body).await.into_data().unwrap();
+        assert_eq!(messages(data), ["last"]);
+        let trailers = frame(&mut body).await.into_trailers().unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_ended_session_ends_with_its_status_and_drops_the_backlog() {
+        let (tx, stream) = SessionTx::channel(16, 1 << 20, None);
+        let mut body = OutboundBody::new(stream);
+        tx.try_deliver(Bytes::from_static(b"never sent"));
+        tx.end(Fatal::SlowConsumer);
+        let trailers = frame(&mut body).await.into_trailers().unwrap();
+        assert_eq!(
+            trailers["grpc-status"],
+            (tonic::Code::ResourceExhausted as i32).to_string()
+        );
+        assert!(trailers.contains_key("grpc-message"));
+        assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_large_backlog_is_cut_into_frames_of_about_frame_bytes() {
+        let (tx, stream) = SessionTx::channel(64, 1 << 20, None);
+        let mut body = OutboundBody::new(stream);
+        for _ in 0..40 {
+            tx.try_deliver(Bytes::from(vec![b'x'; 1000]));
+        }
+        let mut sizes = Vec::new();
+        let mut received = 0;
+        while received < 40 {
+            let data = frame(&mut body).await.into_data().unwrap();
+            sizes.push(data.len());
+            received += messages(data).len();
+        }
+        assert_eq!(received, 40);
+        // 17 messages of 1,005 bytes pass 16 KiB: two full frames, then the other 6.
+        assert_eq!(sizes, [17 * 1005, 17 * 1005, 6 * 1005]);
+    }
+}
