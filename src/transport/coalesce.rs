@@ -33,9 +33,18 @@ pub struct FlushGate {
     holding: AtomicBool,
     /// The driver is making its end-of-pass flush: a flush now writes.
     now: AtomicBool,
+    /// Writes pass straight through: a connection with one stream has no other stream's frames
+    /// to wait for, and its pass then needs no second poll for the flush.
+    direct: AtomicBool,
 }
 
 impl FlushGate {
+    /// Whether this pass may hold flushes (the connection runs several streams) or writes
+    /// go straight through.
+    pub fn set_direct(&self, direct: bool) {
+        self.direct.store(direct, Ordering::Release);
+    }
+
     /// Whether the IO holds bytes that still need the end-of-pass flush.
     pub fn is_holding(&self) -> bool {
         self.holding.load(Ordering::Acquire)
@@ -101,6 +110,9 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
     }
 
     fn poll_hold(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if self.pending.is_empty() && self.gate.direct.load(Ordering::Acquire) {
+            return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        }
         if self.pending.len() >= WRITE_AT {
             std::task::ready!(self.poll_write_held(cx))?;
         }
@@ -136,7 +148,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
     }
 
     /// Vectored, so that h2 hands over large payloads as they are instead of copying them
-    /// into its own buffer first: they are copied once, here.
+    /// into its own buffer first: they are copied once, here (or not at all when direct).
     fn is_write_vectored(&self) -> bool {
         true
     }
@@ -148,7 +160,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         if self.pending.is_empty() {
             return Pin::new(&mut self.inner).poll_flush(cx);
         }
-        if self.pending.len() < WRITE_AT && !self.gate.now.load(Ordering::Acquire) {
+        let hold =
+            !self.gate.now.load(Ordering::Acquire) && !self.gate.direct.load(Ordering::Acquire);
+        if self.pending.len() < WRITE_AT && hold {
             self.gate.holding.store(true, Ordering::Release);
             return Poll::Ready(Ok(()));
         }
@@ -185,6 +199,21 @@ mod tests {
             }
             self.writes.push(buf.to_vec());
             Poll::Ready(Ok(buf.len()))
+        }
+
+        /// One write per call, like `writev`.
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            if self.stuck {
+                return Poll::Pending;
+            }
+            let write: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let len = write.len();
+            self.writes.push(write);
+            Poll::Ready(Ok(len))
         }
 
         fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -228,6 +257,21 @@ mod tests {
             0,
             "an idle connection holds no buffer"
         );
+    }
+
+    #[test]
+    fn a_connection_with_one_stream_writes_straight_through() {
+        let gate = Arc::new(FlushGate::default());
+        gate.set_direct(true);
+        let mut io = Coalesced::new(Recording::default(), gate.clone());
+        frame(&mut io, b"h1", b"payload-1");
+        assert_eq!(
+            io.inner.writes,
+            [b"h1payload-1".to_vec()],
+            "written at once"
+        );
+        assert!(!gate.is_holding());
+        assert_eq!(io.pending.capacity(), 0, "nothing copied");
     }
 
     #[test]

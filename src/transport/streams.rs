@@ -13,7 +13,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, OnceLock, PoisonError,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, Ordering},
     },
     task::{Context, Poll, Wake, Waker},
 };
@@ -118,8 +118,15 @@ impl Future for StreamTask {
 /// What hyper spawns a connection's stream tasks on (one per connection).
 #[derive(Clone)]
 pub struct StreamExecutor {
-    /// Streams hyper opened since the connection task last took them.
-    opened: Arc<Mutex<Vec<StreamTask>>>,
+    opened: Arc<Opened>,
+}
+
+/// Streams hyper opened since the connection task last took them.
+#[derive(Default)]
+struct Opened {
+    tasks: Mutex<Vec<StreamTask>>,
+    /// `tasks` is not empty: read without the lock on every pass.
+    any: AtomicBool,
 }
 
 impl<F> hyper::rt::Executor<F> for StreamExecutor
@@ -130,30 +137,39 @@ where
         let task = StreamTask::new(task);
         // A stream opens only inside the connection's own poll; the lock is never contended.
         self.opened
+            .tasks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(task);
+        self.opened.any.store(true, Ordering::Release);
     }
 }
 
 /// The running streams of one connection, polled by its task.
 pub struct ConnectionStreams {
-    opened: Arc<Mutex<Vec<StreamTask>>>,
+    opened: Arc<Opened>,
     running: FuturesUnordered<StreamTask>,
     /// What a ready stream wakes: the connection's task, batched per waking thread.
-    connection: Arc<ConnectionWaker>,
-    /// `connection` as a `Waker`, made once.
-    waker: Waker,
+    streams: Arc<ConnectionWaker>,
+    streams_waker: Waker,
+    /// What the connection itself (h2, its socket, its timers) wakes. Apart from `streams`
+    /// so that a pass can tell the two apart: h2 wakes the connection for every frame a
+    /// stream queues, and the pass polls the connection right after its streams anyway.
+    io: Arc<ConnectionWaker>,
+    io_waker: Waker,
 }
 
 impl Default for ConnectionStreams {
     fn default() -> Self {
-        let connection = Arc::new(ConnectionWaker::default());
+        let streams = Arc::new(ConnectionWaker::default());
+        let io = Arc::new(ConnectionWaker::default());
         ConnectionStreams {
             opened: Arc::default(),
             running: FuturesUnordered::new(),
-            waker: Waker::from(connection.clone()),
-            connection,
+            streams_waker: Waker::from(streams.clone()),
+            streams,
+            io_waker: Waker::from(io.clone()),
+            io,
         }
     }
 }
@@ -172,54 +188,72 @@ impl ConnectionStreams {
 
     /// One pass over `connection` and its streams: the ready streams first, so that the
     /// frames they queue go out in the connection's write of the same pass, then the
-    /// connection, then any stream it opened meanwhile; last, if the connection's IO holds
-    /// bytes (see [`FlushGate`]), the connection once more with flushes writing.
+    /// connection, then any stream it opened or woke meanwhile; last, if the connection's IO
+    /// holds bytes (see [`FlushGate`]), the connection once more with flushes writing. Wake-ups
+    /// during the pass are only noted ([`ConnectionWaker`]); one the pass did not act on
+    /// wakes the task again at its end.
     pub fn poll_with<C: Future>(
         &mut self,
         mut connection: Pin<&mut C>,
         gate: &FlushGate,
         cx: &mut Context<'_>,
     ) -> Poll<C::Output> {
-        self.connection.task.register(cx.waker());
-        self.connection.begin();
-        let done = self.poll_rounds(connection.as_mut(), cx);
-        self.connection.end(cx);
+        self.streams.task.register(cx.waker());
+        self.io.task.register(cx.waker());
+        gate.set_direct(self.running.len() + self.opened_len() <= 1);
+        self.streams.begin();
+        self.io.begin();
+        let done = self.poll_rounds(connection.as_mut());
+        self.streams.end(cx);
+        self.io.end(cx);
         match done {
-            Poll::Pending if gate.is_holding() => gate.flushing(|| connection.as_mut().poll(cx)),
+            Poll::Pending if gate.is_holding() => {
+                let mut io_cx = Context::from_waker(&self.io_waker);
+                gate.flushing(|| connection.as_mut().poll(&mut io_cx))
+            }
             done => done,
         }
     }
 
-    fn poll_rounds<C: Future>(
-        &mut self,
-        mut connection: Pin<&mut C>,
-        cx: &mut Context<'_>,
-    ) -> Poll<C::Output> {
+    fn poll_rounds<C: Future>(&mut self, mut connection: Pin<&mut C>) -> Poll<C::Output> {
+        let io_waker = self.io_waker.clone();
+        let mut io_cx = Context::from_waker(&io_waker);
         for _ in 0..ROUNDS {
             self.poll_streams();
-            if let Poll::Ready(done) = connection.as_mut().poll(cx) {
+            // The frames the streams queued woke the connection: polled now in any case.
+            self.io.take_woken();
+            if let Poll::Ready(done) = connection.as_mut().poll(&mut io_cx) {
                 return Poll::Ready(done);
             }
-            // Streams the connection opened, or woke (it read a WINDOW_UPDATE, a reset), or
-            // that a room woke meanwhile: run them in this pass rather than the next turn.
+            // Streams the connection opened or woke (it read a WINDOW_UPDATE, a reset), or
+            // that a room woke meanwhile, or the connection woke itself: run them in this pass
+            // rather than the next turn.
             let opened = self.take_opened();
-            if !self.connection.take_woken() && !opened {
+            let streams = self.streams.take_woken();
+            let io = self.io.take_woken();
+            if !(opened || streams || io) {
                 return Poll::Pending;
             }
         }
         // Still busy: the rest is for the next turn.
-        cx.waker().wake_by_ref();
+        self.io.wake_self();
         Poll::Pending
     }
 
     /// Moves the streams hyper opened into the running set; whether there were any.
     fn take_opened(&mut self) -> bool {
-        let mut opened = self.opened.lock().unwrap_or_else(PoisonError::into_inner);
-        let any = !opened.is_empty();
+        if !self.opened.any.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        let mut opened = self
+            .opened
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for task in opened.drain(..) {
             self.running.push(task);
         }
-        any
+        true
     }
 
     /// Runs every ready stream until it waits again; finished streams leave the set. The set
@@ -228,20 +262,24 @@ impl ConnectionStreams {
     /// poll of the connection.
     fn poll_streams(&mut self) {
         self.take_opened();
-        let mut streams_cx = Context::from_waker(&self.waker);
+        let mut streams_cx = Context::from_waker(&self.streams_waker);
         for _ in 0..ROUNDS {
             while let Poll::Ready(Some(())) = self.running.poll_next_unpin(&mut streams_cx) {}
-            if !self.connection.take_woken() {
+            if !self.streams.take_woken() {
                 return;
             }
         }
         // Still busy: leave the wake-up for the connection's rounds to see.
-        self.connection.wake_self();
+        self.streams.wake_self();
     }
 
     /// Streams running or opened and not yet run.
     pub fn len(&self) -> usize {
-        self.running.len() + self.opened.lock().map_or(0, |opened| opened.len())
+        self.running.len() + self.opened_len()
+    }
+
+    fn opened_len(&self) -> usize {
+        self.opened.tasks.lock().map_or(0, |opened| opened.len())
     }
 
     pub fn is_empty(&self) -> bool {
