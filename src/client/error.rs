@@ -40,8 +40,9 @@ pub enum ClientError {
     Closed,
 }
 
-/// A gRPC code as the specification spells it (`PERMISSION_DENIED`).
-pub(crate) fn code_name(code: Code) -> &'static str {
+/// A gRPC code as the specification spells it (`PERMISSION_DENIED`), as in the README's
+/// protocol table.
+pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

@@ -69,7 +69,7 @@ mod outbox;
 mod pending;
 mod rooms;
 
-pub use error::ClientError;
+pub use error::{ClientError, code_name};
 pub use event::{Ack, ChatMessage, Event, Joined, ServerError};
 pub use handle::{Client, Events, Reply};
 pub use options::{ClientOptions, TokenFuture, TokenSource};
