@@ -6,7 +6,7 @@
 //! and then h2 itself, which writes them all together: one task wake-up and one write per
 //! connection per fan-out instead of one per member.
 //!
-//! Each stream runs inside its [`StreamReset`] scope (see [`super::reset`]).
+//! Each stream runs inside its [`super::reset::StreamReset`] scope.
 
 use std::{
     future::Future,
