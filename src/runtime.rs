@@ -3,6 +3,7 @@
 //! every session and room is started with `start_in_arbiter` on one of these handles.
 
 use std::{
+    cell::Cell,
     io,
     sync::{
         Arc,
@@ -18,12 +19,31 @@ use actix_rt::{Arbiter, ArbiterHandle, System};
 pub struct Arbiters {
     handles: Arc<[ArbiterHandle]>,
     next: Arc<AtomicUsize>,
+    /// Tells this runtime's arbiter threads from other runtimes' (tests run several servers).
+    runtime: usize,
 }
+
+thread_local! {
+    /// On an arbiter thread: the number of the runtime it belongs to.
+    static RUNTIME: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+static RUNTIMES: AtomicUsize = AtomicUsize::new(0);
 
 impl Arbiters {
     pub fn next(&self) -> &ArbiterHandle {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         &self.handles[i % self.handles.len()]
+    }
+
+    /// The arbiter this code runs on, or else the next one. A session starts on its
+    /// connection's thread, so its stream's requests reach it without crossing threads.
+    pub fn here_or_next(&self) -> ArbiterHandle {
+        if RUNTIME.get() == Some(self.runtime) {
+            Arbiter::current()
+        } else {
+            self.next().clone()
+        }
     }
 }
 
@@ -40,6 +60,7 @@ impl ActorRuntime {
     /// Starts `threads` arbiters (at least one).
     pub fn start(threads: usize) -> io::Result<ActorRuntime> {
         let threads = threads.max(1);
+        let runtime = RUNTIMES.fetch_add(1, Ordering::Relaxed);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("actix-system".into())
@@ -55,6 +76,10 @@ impl ActorRuntime {
                     }
                 };
                 let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
+                for handle in &handles {
+                    // Runs before anything else is spawned on that arbiter (its queue is FIFO).
+                    handle.spawn_fn(move || RUNTIME.set(Some(runtime)));
+                }
                 let _ = ready_tx.send(Ok((System::current(), handles)));
                 // Returns once `System::stop` is called; the system has then asked every arbiter
                 // to stop, and joining them makes sure every actor has been dropped.
@@ -71,6 +96,7 @@ impl ActorRuntime {
             arbiters: Arbiters {
                 handles: handles.into(),
                 next: Arc::new(AtomicUsize::new(0)),
+                runtime,
             },
             system,
             thread: Some(thread),

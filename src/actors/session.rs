@@ -83,7 +83,7 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts the session of one stream on the next arbiter.
+    /// Starts the session of one stream on its connection's arbiter (or the next one).
     pub fn start(
         env: Arc<SessionEnv>,
         id: SessionId,
@@ -91,7 +91,7 @@ impl Session {
         stopped: oneshot::Sender<()>,
         authorized: Option<Authorized>,
     ) -> Addr<Session> {
-        let arbiter = env.rooms.arbiters.next().clone();
+        let arbiter = env.rooms.arbiters.here_or_next();
         // unwrap: the configuration was validated, default_room included.
         let default_room = RoomName::parse(&env.rooms.config().server.default_room).unwrap();
         let census = env.rooms.census.enter(Living::SessionActor);

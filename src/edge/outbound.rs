@@ -6,22 +6,19 @@
 //! has its HTTP/2 stream reset instead of holding it open.
 
 use std::{
+    collections::VecDeque,
     future::Future,
     pin::Pin,
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, MutexGuard, OnceLock,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
-use atomic_waker::AtomicWaker;
 use bytes::Bytes;
-use tokio::sync::{
-    Notify,
-    mpsc::{self, error::TrySendError},
-};
+use tokio::sync::Notify;
 use tokio_stream::Stream;
 use tonic::Status;
 
@@ -37,26 +34,60 @@ pub enum Delivery {
     Closed,
 }
 
+/// The messages waiting for the response stream, and how to wake it. One lock per delivery and
+/// one per drain (however many messages it takes), in place of a channel's semaphore, block
+/// list and second waker for `fatal`.
+#[derive(Debug, Default)]
+struct Queue {
+    messages: VecDeque<Bytes>,
+    bytes: usize,
+    /// The response stream's waker, kept between waits so a wake-up does not clone it.
+    waker: Option<Waker>,
+    /// The response stream waits on `waker` for a message or an end.
+    waiting: bool,
+    /// The response stream finished (or was dropped): deliveries are refused.
+    closed: bool,
+}
+
+impl Queue {
+    fn wake(&mut self) {
+        if std::mem::take(&mut self.waiting)
+            && let Some(waker) = &self.waker
+        {
+            waker.wake_by_ref();
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
-    fatal: OnceLock<Fatal>,
-    /// Bytes queued and not yet taken by the response stream.
-    queued_bytes: AtomicUsize,
+    queue: Mutex<Queue>,
+    max_messages: usize,
     max_bytes: usize,
+    fatal: OnceLock<Fatal>,
+    /// Live [`SessionTx`] clones; the stream ends cleanly after its backlog when none is left.
+    senders: AtomicUsize,
     /// The transport's reset switch for this stream (absent outside the server's transport).
     reset: Option<Arc<StreamReset>>,
-    /// The response stream's task, woken when `fatal` is set so it ends even with a full queue.
-    waker: AtomicWaker,
     /// Set when the transport drops the response stream.
     finished: AtomicBool,
     finished_notify: Notify,
 }
 
 impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding the lock leaves a consistent queue (no step is half done).
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn end(&self, fatal: Fatal) {
         let at_once = !fatal.drains_first();
+        // Set before the lock is taken: a stream that locks after this sees it, one that
+        // locked before registered its waker, which is woken here.
         if self.fatal.set(fatal).is_ok() {
-            self.waker.wake();
+            self.queue().wake();
             if at_once && let Some(reset) = &self.reset {
                 reset.arm();
             }
@@ -77,10 +108,26 @@ impl StreamEnder {
 }
 
 /// Cheap to clone: every room a session joins holds one.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SessionTx {
-    tx: mpsc::Sender<Bytes>,
     shared: Arc<Shared>,
+}
+
+impl Clone for SessionTx {
+    fn clone(&self) -> SessionTx {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        SessionTx {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for SessionTx {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.queue().wake();
+        }
+    }
 }
 
 impl SessionTx {
@@ -92,24 +139,23 @@ impl SessionTx {
         max_bytes: usize,
         reset: Option<Arc<StreamReset>>,
     ) -> (SessionTx, OutboundStream) {
-        let (tx, rx) = mpsc::channel(capacity);
         let shared = Arc::new(Shared {
-            fatal: OnceLock::new(),
-            queued_bytes: AtomicUsize::new(0),
+            queue: Mutex::new(Queue::default()),
+            max_messages: capacity.max(1),
             max_bytes,
+            fatal: OnceLock::new(),
+            senders: AtomicUsize::new(1),
             reset,
-            waker: AtomicWaker::new(),
             finished: AtomicBool::new(false),
             finished_notify: Notify::new(),
         });
         let stream = OutboundStream {
-            rx,
             shared: shared.clone(),
             done: false,
             permit: None,
             uncounted: 0,
         };
-        (SessionTx { tx, shared }, stream)
+        (SessionTx { shared }, stream)
     }
 
     /// Queues `message` without waiting.
@@ -117,20 +163,21 @@ impl SessionTx {
         if self.is_ended() {
             return Delivery::Closed;
         }
-        let len = message.len();
-        let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        let mut queue = self.shared.queue();
+        if queue.closed {
+            return Delivery::Closed;
+        }
         // An empty queue takes any one message, so a single large one is not a slow consumer.
-        if before > 0 && before + len > self.shared.max_bytes {
-            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        if !queue.messages.is_empty()
+            && (queue.messages.len() >= self.shared.max_messages
+                || queue.bytes + message.len() > self.shared.max_bytes)
+        {
             return Delivery::Full;
         }
-        let refused = match self.tx.try_send(message) {
-            Ok(()) => return Delivery::Sent,
-            Err(TrySendError::Full(_)) => Delivery::Full,
-            Err(TrySendError::Closed(_)) => Delivery::Closed,
-        };
-        self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-        refused
+        queue.bytes += message.len();
+        queue.messages.push_back(message);
+        queue.wake();
+        Delivery::Sent
     }
 
     /// Ends the stream with `fatal`'s status; the first reason given wins.
@@ -175,10 +222,18 @@ impl SessionTx {
     }
 }
 
+/// What [`OutboundStream::poll_drain`] did.
+#[derive(Debug)]
+pub enum Drained {
+    /// It handed over one or more messages; more may be queued.
+    Messages,
+    /// The stream ends after what was handed over before: with this status, or cleanly.
+    End(Option<Status>),
+}
+
 /// The response body of one `ChatStream` call.
 #[derive(Debug)]
 pub struct OutboundStream {
-    rx: mpsc::Receiver<Bytes>,
     shared: Arc<Shared>,
     done: bool,
     /// The session's place in the session table, given back with the stream. Held as any
@@ -199,17 +254,12 @@ impl OutboundStream {
     }
 }
 
-impl OutboundStream {
-    /// Nothing is queued (nor being queued: a delivery counts its bytes before it queues).
-    /// Lets a reader stop before it would poll an empty queue and register its waker.
-    pub fn is_drained(&self) -> bool {
-        self.shared.queued_bytes.load(Ordering::Acquire) == 0
-    }
-}
-
 impl Drop for OutboundStream {
     fn drop(&mut self) {
         self.flush_count();
+        if !self.done {
+            self.close();
+        }
         if self.permit.is_some() {
             // A session ends, for the metrics, when the transport lets go of its stream.
             metrics::session_ended(
@@ -237,53 +287,95 @@ impl OutboundStream {
         }
     }
 
+    /// Refuses further deliveries and drops what is queued (now, not when the transport drops
+    /// the stream).
+    fn close(&mut self) {
+        let backlog = {
+            let mut queue = self.shared.queue();
+            queue.closed = true;
+            queue.bytes = 0;
+            queue.waker = None;
+            std::mem::take(&mut queue.messages)
+        };
+        drop(backlog);
+    }
+
     /// Ends the stream, with the status of `fatal` if there is one.
-    fn finish(&mut self) -> Poll<Option<Result<Bytes, Status>>> {
+    fn finish(&mut self) -> Drained {
         self.flush_count();
         self.done = true;
-        self.rx.close();
-        // What was queued goes now, not when the transport drops the stream.
-        while self.rx.try_recv().is_ok() {}
-        self.shared.queued_bytes.store(0, Ordering::Release);
-        Poll::Ready(self.shared.fatal.get().map(|f| Err(Status::from(f))))
+        self.close();
+        Drained::End(self.shared.fatal.get().map(Status::from))
+    }
+
+    /// Hands queued messages to `put`, oldest first, until `budget` bytes of them were handed
+    /// over (at least one) or the queue is empty; all under one lock.
+    pub fn poll_drain(
+        &mut self,
+        cx: &mut Context<'_>,
+        budget: usize,
+        mut put: impl FnMut(Bytes),
+    ) -> Poll<Drained> {
+        if self.done {
+            return Poll::Ready(Drained::End(None));
+        }
+        let fatal = self.shared.fatal.get();
+        if fatal.is_some_and(|f| !f.drains_first()) {
+            return Poll::Ready(self.finish());
+        }
+        let mut queue = self.shared.queue();
+        let mut taken = 0;
+        let mut count = 0;
+        while taken < budget
+            && let Some(message) = queue.messages.pop_front()
+        {
+            taken += message.len();
+            count += 1;
+            put(message);
+        }
+        if count > 0 {
+            queue.bytes -= taken;
+            let emptied = queue.messages.is_empty();
+            drop(queue);
+            self.uncounted += count;
+            if emptied || self.uncounted >= COUNT_BATCH {
+                self.flush_count();
+            }
+            return Poll::Ready(Drained::Messages);
+        }
+        // Empty: every sender gone (the session ended) or a draining end reached its end.
+        if self.shared.senders.load(Ordering::Acquire) == 0 || self.shared.fatal.get().is_some() {
+            drop(queue);
+            return Poll::Ready(self.finish());
+        }
+        if !queue
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            queue.waker = Some(cx.waker().clone());
+        }
+        queue.waiting = true;
+        drop(queue);
+        self.flush_count();
+        Poll::Pending
     }
 }
 
 impl Stream for OutboundStream {
     type Item = Result<Bytes, Status>;
 
+    /// One message at a time (the route drains several at once with `poll_drain`).
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if this.done {
             return Poll::Ready(None);
         }
-        if this.shared.fatal.get().is_some_and(|f| !f.drains_first()) {
-            return this.finish();
-        }
-        match this.rx.poll_recv(cx) {
-            Poll::Ready(Some(message)) => {
-                this.shared
-                    .queued_bytes
-                    .fetch_sub(message.len(), Ordering::AcqRel);
-                this.uncounted += 1;
-                if this.uncounted >= COUNT_BATCH {
-                    this.flush_count();
-                }
-                Poll::Ready(Some(Ok(message)))
-            }
-            // Every sender is gone: the session ended; say why if it was not a clean end.
-            Poll::Ready(None) => this.finish(),
-            Poll::Pending => {
-                this.flush_count();
-                // Registered only when about to wait (not on every message), then `fatal` is
-                // read again: an `end()` racing with this poll is either seen here or wakes us.
-                this.shared.waker.register(cx.waker());
-                if this.shared.fatal.get().is_some() {
-                    this.finish()
-                } else {
-                    Poll::Pending
-                }
-            }
+        let mut message = None;
+        match this.poll_drain(cx, 1, |m| message = Some(m)) {
+            Poll::Ready(Drained::Messages) => Poll::Ready(message.map(Ok)),
+            Poll::Ready(Drained::End(status)) => Poll::Ready(status.map(Err)),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -362,6 +454,41 @@ mod tests {
         drop(tx);
         assert_eq!(stream.next().await.unwrap().unwrap(), "last");
         assert!(stream.next().await.is_none());
+    }
+
+    /// The stream waits (registering its waker) for each of these in turn: a delivery, the
+    /// last sender going.
+    #[tokio::test]
+    async fn a_waiting_stream_is_woken_by_a_delivery_and_by_its_last_sender_going() {
+        let (tx, mut stream) = SessionTx::channel(4, 1 << 20, None);
+        let second = tx.clone();
+        let waiter = tokio::spawn(async move {
+            let first = stream.next().await;
+            let end = stream.next().await;
+            (first, end)
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(tx.try_deliver(Bytes::from_static(b"hi")), Delivery::Sent);
+        drop(tx);
+        tokio::task::yield_now().await;
+        drop(second);
+        let (first, end) = tokio::time::timeout(std::time::Duration::from_secs(2), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(first.unwrap().unwrap(), "hi");
+        assert!(end.is_none(), "a clean end once every sender is gone");
+    }
+
+    #[tokio::test]
+    async fn a_closed_stream_refuses_deliveries_and_frees_its_backlog() {
+        let (tx, stream) = SessionTx::channel(4, 1 << 20, None);
+        let message = Bytes::from(vec![b'x'; 100]);
+        assert_eq!(tx.try_deliver(message.clone()), Delivery::Sent);
+        assert!(!message.is_unique(), "queued");
+        drop(stream);
+        assert!(message.is_unique(), "the backlog went with the stream");
+        assert_eq!(tx.try_deliver(message), Delivery::Closed);
     }
 
     #[tokio::test]

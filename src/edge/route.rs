@@ -16,10 +16,13 @@ use std::{
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, header};
 use hyper::body::Frame;
-use tokio_stream::Stream;
 use tonic::{Status, Streaming, body::Body, codegen::Service, server::NamedService};
 
-use super::{codec::RequestDecoder, outbound::OutboundStream, service::ChatEdge};
+use super::{
+    codec::RequestDecoder,
+    outbound::{Drained, OutboundStream},
+    service::ChatEdge,
+};
 
 /// The one method of the service.
 const CHAT_STREAM: &str = "/chat.v1.ChatService/ChatStream";
@@ -161,26 +164,20 @@ impl hyper::body::Body for OutboundBody {
             return Poll::Ready(None);
         }
         let mut data: Option<BytesMut> = None;
-        while this.trailers.is_none() {
-            match Pin::new(&mut this.stream).poll_next(cx) {
-                Poll::Ready(Some(Ok(message))) => {
-                    let data = data.get_or_insert_with(|| {
-                        BytesMut::with_capacity(PREFIX_BYTES + message.len())
-                    });
-                    data.reserve(PREFIX_BYTES + message.len());
-                    data.put_u8(0);
-                    // unwrap-free: a message is far below 4 GiB (bounded by the queue's bytes).
-                    data.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
-                    data.put_slice(&message);
-                    // hyper asks again once it has sent this; an empty queue polled now would
-                    // only register the waker twice.
-                    if data.len() >= FRAME_BYTES || this.stream.is_drained() {
-                        break;
-                    }
-                }
-                Poll::Ready(Some(Err(status))) => this.end_with(Some(status)),
-                Poll::Ready(None) => this.end_with(None),
-                Poll::Pending => break,
+        if this.trailers.is_none() {
+            let put = |message: Bytes| {
+                let data = data
+                    .get_or_insert_with(|| BytesMut::with_capacity(PREFIX_BYTES + message.len()));
+                data.reserve(PREFIX_BYTES + message.len());
+                data.put_u8(0);
+                // unwrap-free: a message is far below 4 GiB (bounded by the queue's bytes).
+                data.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
+                data.put_slice(&message);
+            };
+            match this.stream.poll_drain(cx, FRAME_BYTES, put) {
+                // hyper asks again once it has sent this frame.
+                Poll::Ready(Drained::Messages) | Poll::Pending => {}
+                Poll::Ready(Drained::End(status)) => this.end_with(status),
             }
         }
         if let Some(data) = data {

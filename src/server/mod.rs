@@ -192,6 +192,7 @@ impl Server {
                 config.largest_request_bytes(),
             ),
             tls,
+            threads: Some(hub.arbiters.clone()),
         };
         let trimmer = tokio::spawn(crate::trim::keep_trimming());
         let serve = transport::serve(listener, settings, routes, async {

@@ -5,7 +5,7 @@
 //! fan-out's frames for one connection together: the connection's task runs its streams
 //! ([`streams`]), woken once per fan-out ([`wakes`]), and writes once per pass ([`coalesce`]).
 //!
-//! Connections are capped by `server.max_connections` (accepting waits for a place) and per
+//! Connections are served on the actor threads (`Settings::threads`). Connections are capped by `server.max_connections` (accepting waits for a place) and per
 //! client IP by `server.max_connections_per_ip` (one over it is closed at once), each one
 //! must finish TLS and send the HTTP/2 preface within `server.handshake_timeout_ms`, and only
 //! gRPC requests (POST, `application/grpc*`) reach the services. Shutdown is in two steps: stop
@@ -56,6 +56,10 @@ pub struct Settings {
     /// How long a request frame may be, and the budget of long ones.
     pub frames: FrameLimits,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The actor threads, which serve the connections too (round-robin): a room's fan-out then
+    /// wakes most connections on its own thread or in one batch per other thread, and a
+    /// session's requests reach its actor on the same thread. `None`: the caller's runtime.
+    pub threads: Option<crate::runtime::Arbiters>,
 }
 
 /// What the client may send before we read it: per stream and per connection. Small on purpose:
@@ -105,8 +109,26 @@ pub async fn serve(
             },
         };
         let closing = closing.clone();
-        tokio::spawn(async move {
-            connection.run(tcp, closing).await;
+        let Some(threads) = &settings.threads else {
+            tokio::spawn(async move {
+                connection.run(tcp, closing).await;
+                drop((place, ip_place));
+            });
+            continue;
+        };
+        // Moved to the arbiter's own reactor, so its readiness wakes that thread directly.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(error) => {
+                warn!(%peer, %error, "connection closed: cannot move it to an actor thread");
+                continue;
+            }
+        };
+        threads.next().spawn(async move {
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => connection.run(tcp, closing).await,
+                Err(error) => warn!(%peer, %error, "connection closed: cannot register it"),
+            }
             drop((place, ip_place));
         });
     }
