@@ -30,6 +30,11 @@ thread_local! {
 
 static RUNTIMES: AtomicUsize = AtomicUsize::new(0);
 
+/// Whether this thread is an arbiter's: tasks spawned here with `spawn_local` stay here.
+pub fn on_actor_thread() -> bool {
+    RUNTIME.get().is_some()
+}
+
 impl Arbiters {
     pub fn next(&self) -> &ArbiterHandle {
         let i = self.next.fetch_add(1, Ordering::Relaxed);

@@ -161,8 +161,8 @@ pub struct ConnectionStreams {
 
 impl Default for ConnectionStreams {
     fn default() -> Self {
-        let streams = Arc::new(ConnectionWaker::default());
-        let io = Arc::new(ConnectionWaker::default());
+        let streams = Arc::new(ConnectionWaker::here());
+        let io = Arc::new(ConnectionWaker::here());
         ConnectionStreams {
             opened: Arc::default(),
             running: FuturesUnordered::new(),

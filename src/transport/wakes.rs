@@ -1,18 +1,20 @@
 //! Wake-ups of connection tasks, batched per thread. A room's fan-out makes one stream after
-//! another ready; each stream wakes its connection's task, and a task woken from outside the
-//! transport's threads is scheduled at once, so a connection could run (and write) before the
-//! fan-out has reached its other members. Inside a [`Batch`] those wake-ups are held and
-//! released together when the batch ends: each connection is woken once per fan-out, after it,
-//! and finds every stream the fan-out reached ready.
+//! another ready; each stream wakes its connection's task, and a task woken from another
+//! thread is scheduled at once, so a connection could run (and write) before the fan-out has
+//! reached its other members. Inside a [`Batch`] those wake-ups are held and released together
+//! when the batch ends: each connection is woken once per fan-out, after it, and finds every
+//! stream the fan-out reached ready. Connections on the batch's own thread are woken directly;
+//! those of another actor thread are handed to that thread's [`Relay`] in one go, so a fan-out
+//! costs one cross-thread wake-up per thread rather than one per connection.
 
 use std::{
     cell::RefCell,
     marker::PhantomData,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
-    task::{Context, Wake},
+    task::{Context, Poll, Wake},
 };
 
 use atomic_waker::AtomicWaker;
@@ -32,6 +34,100 @@ struct Held {
     depth: usize,
     /// Kept between batches, so that holding a wake-up does not allocate.
     wakers: Vec<Arc<ConnectionWaker>>,
+}
+
+thread_local! {
+    /// This actor thread's relay, started with its first connection.
+    static HOME: RefCell<Option<Arc<Relay>>> = const { RefCell::new(None) };
+}
+
+/// Wakes, on its own actor thread, the connections other threads hand it. Off the actor
+/// threads there is none (a multi-thread runtime moves tasks between threads: no home).
+#[derive(Debug, Default)]
+pub struct Relay {
+    pending: Mutex<Vec<Arc<ConnectionWaker>>>,
+    task: atomic_waker::AtomicWaker,
+    /// Woken and not yet run: further hand-overs need no wake-up.
+    scheduled: AtomicBool,
+}
+
+impl Relay {
+    /// This thread's relay (started here on first use), if this is an actor thread.
+    fn here() -> Option<Arc<Relay>> {
+        if !crate::runtime::on_actor_thread() {
+            return None;
+        }
+        let relay = HOME.with(|home| {
+            home.borrow_mut()
+                .get_or_insert_with(|| {
+                    let relay = Arc::new(Relay::default());
+                    tokio::task::spawn_local(relay.clone().run());
+                    relay
+                })
+                .clone()
+        });
+        Some(relay)
+    }
+
+    /// Runs for as long as the thread's runtime: wakes what was handed over.
+    async fn run(self: Arc<Relay>) {
+        let mut batch = Vec::new();
+        std::future::poll_fn(|cx| {
+            self.task.register(cx.waker());
+            // Cleared before taking: a hand-over after the take finds it clear and wakes us.
+            self.scheduled.store(false, Ordering::SeqCst);
+            std::mem::swap(
+                &mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner),
+                &mut batch,
+            );
+            for connection in batch.drain(..) {
+                connection.task.wake();
+            }
+            Poll::<()>::Pending
+        })
+        .await;
+    }
+
+    /// Hands `connections` (all of this relay's) over, with one wake-up at most.
+    fn hand_over(&self, connections: impl Iterator<Item = Arc<ConnectionWaker>>) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(connections);
+        if !self.scheduled.swap(true, Ordering::SeqCst) {
+            self.task.wake();
+        }
+    }
+}
+
+/// Wakes each held connection: directly when it lives on this thread (or has no home), else
+/// through its thread's relay, once per relay.
+fn release(wakers: &mut Vec<Arc<ConnectionWaker>>) {
+    let here = HOME.with(|home| home.borrow().clone());
+    let at_home = |waker: &ConnectionWaker| match (&waker.home, &here) {
+        (None, _) => true,
+        (Some(home), Some(here)) => Arc::ptr_eq(home, here),
+        (Some(_), None) => false,
+    };
+    for waker in wakers.iter() {
+        waker.held.store(false, Ordering::Release);
+    }
+    wakers.retain(|waker| {
+        let local = at_home(waker);
+        if local {
+            waker.task.wake();
+        }
+        !local
+    });
+    // Grouped by relay, then handed over a group at a time.
+    wakers.sort_unstable_by_key(|waker| waker.home.as_ref().map(Arc::as_ptr));
+    while let Some(home) = wakers.last().and_then(|waker| waker.home.clone()) {
+        let start = wakers
+            .iter()
+            .rposition(|waker| !waker.home.as_ref().is_some_and(|h| Arc::ptr_eq(h, &home)))
+            .map_or(0, |i| i + 1);
+        home.hand_over(wakers.drain(start..));
+    }
 }
 
 /// Holds the wake-ups of connection tasks made on this thread until it is dropped.
@@ -58,10 +154,7 @@ impl Drop for Batch {
             (held.depth == 0).then(|| std::mem::take(&mut held.wakers))
         });
         let Some(mut wakers) = wakers else { return };
-        for waker in wakers.drain(..) {
-            waker.held.store(false, Ordering::Release);
-            waker.task.wake();
-        }
+        release(&mut wakers);
         // Give the (now empty) vector back for its capacity, unless a wake-up above was held
         // meanwhile and a new one took its place.
         HELD.with(|held| {
@@ -84,6 +177,8 @@ pub struct ConnectionWaker {
     state: AtomicU8,
     /// Already held by a batch: a second wake-up in it adds nothing.
     held: AtomicBool,
+    /// The relay of the actor thread the connection runs on.
+    home: Option<Arc<Relay>>,
 }
 
 const IDLE: u8 = 0;
@@ -91,6 +186,14 @@ const RUNNING: u8 = 1;
 const RUNNING_WOKEN: u8 = 2;
 
 impl ConnectionWaker {
+    /// The waker of a connection whose task runs on this thread.
+    pub fn here() -> ConnectionWaker {
+        ConnectionWaker {
+            home: Relay::here(),
+            ..ConnectionWaker::default()
+        }
+    }
+
     /// The connection's task starts a pass.
     pub fn begin(&self) {
         self.state.store(RUNNING, Ordering::Release);
@@ -245,6 +348,62 @@ mod tests {
         );
         Waker::from(connection).wake_by_ref();
         assert_eq!(counting.0.load(Ordering::Relaxed), 2, "idle: wakes at once");
+    }
+
+    type Report = (usize, std::thread::ThreadId);
+
+    /// Tells the test which connection was woken, and on which thread.
+    struct Reporting(usize, std::sync::Mutex<std::sync::mpsc::Sender<Report>>);
+
+    impl Wake for Reporting {
+        fn wake(self: Arc<Self>) {
+            let here = std::thread::current().id();
+            let _ = self.1.lock().unwrap().send((self.0, here));
+        }
+    }
+
+    #[test]
+    fn a_batch_hands_another_actor_threads_connections_to_that_threads_relay() {
+        use std::time::Duration;
+        let runtime = crate::runtime::ActorRuntime::start(2).unwrap();
+        let arbiters = runtime.arbiters();
+        let (home, other) = (arbiters.next().clone(), arbiters.next().clone());
+        let (woken_tx, woken) = std::sync::mpsc::channel();
+        let (made_tx, made) = std::sync::mpsc::channel();
+        home.spawn(async move {
+            let connections: Vec<Arc<ConnectionWaker>> = (0..10)
+                .map(|i| {
+                    let connection = Arc::new(ConnectionWaker::here());
+                    let task = Reporting(i, std::sync::Mutex::new(woken_tx.clone()));
+                    connection.task.register(&Waker::from(Arc::new(task)));
+                    connection
+                })
+                .collect();
+            made_tx
+                .send((connections, std::thread::current().id()))
+                .unwrap();
+        });
+        let (connections, home_thread) = made.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(connections.iter().all(|c| c.home.is_some()), "homed");
+        other.spawn(async move {
+            let _batch = Batch::hold();
+            for connection in &connections {
+                for _ in 0..3 {
+                    Waker::from(connection.clone()).wake_by_ref();
+                }
+            }
+        });
+        let mut seen: Vec<usize> = (0..10)
+            .map(|_| {
+                let (i, thread) = woken.recv_timeout(Duration::from_secs(5)).expect("relayed");
+                assert_eq!(thread, home_thread, "woken by the relay on its own thread");
+                i
+            })
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>(), "each connection once");
+        drop(runtime);
+        assert!(woken.try_recv().is_err(), "and no more");
     }
 
     #[test]
