@@ -1,6 +1,7 @@
 //! The actor runtime: an actix `System` on a thread of its own with one arbiter (event-loop
-//! thread) per core. Actors cannot be started from tonic's tasks (they have no `LocalSet`), so
-//! every session and room is started with `start_in_arbiter` on one of these handles.
+//! thread) per core. Every session and room is started with `start_in_arbiter` on one of these
+//! handles, and the transport serves each connection on one of them too (a session starts on
+//! its connection's arbiter), so a delivery crosses threads only when its room runs elsewhere.
 
 use std::{
     cell::Cell,

@@ -25,9 +25,11 @@ pub struct ServerConfig {
     /// Concurrent streams (sessions) one HTTP/2 connection may carry.
     pub max_concurrent_streams: u32,
     pub tcp_nodelay: bool,
-    /// Actix arbiter threads running the session and room actors; 0 = one per core.
+    /// Actix arbiter threads running the session and room actors and serving the connections;
+    /// 0 = one per core.
     pub actor_threads: usize,
-    /// Tokio worker threads running the gRPC transport; 0 = one per core.
+    /// Tokio worker threads running the accept loop, /metrics and the Redis clients; 0 = one
+    /// per core.
     pub io_threads: usize,
     /// Open sessions one user name may hold; 0 = no limit.
     pub max_sessions_per_user: usize,
