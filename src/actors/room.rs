@@ -27,7 +27,7 @@ use crate::{
     census::{Counted, Living},
     cluster::Published,
     config::RoomLimits,
-    edge::outbound::Delivery,
+    edge::outbound::{Delivery, Framed},
     limits::TokenBucket,
     log::{self, Appended, LogHost, MemoryLog, Presence, RedisLog, RoomLog},
     metrics,
@@ -121,11 +121,12 @@ impl Room {
     /// Pushes `message` to every member but `except`.
     fn broadcast(&mut self, message: &Bytes, except: Option<SessionId>) {
         let _wakes = wakes::Batch::hold();
+        let message = Framed::new(message);
         for (id, member) in &self.members {
             if Some(*id) == except {
                 continue;
             }
-            match member.tx.try_deliver(message.clone()) {
+            match member.tx.try_deliver_framed(&message) {
                 Delivery::Sent => {}
                 failure => self.failed.push((*id, failure)),
             }
@@ -138,6 +139,7 @@ impl Room {
         let started = std::time::Instant::now();
         // Each connection is woken once, after the loop, with all its members' messages queued.
         let wakes = wakes::Batch::hold();
+        let live = Framed::new(&appended.live);
         for (id, member) in &self.members {
             let ack = appended.ack.as_ref().filter(|(sender, _)| sender == id);
             // A sender's ack answers its request, even for a CHAT its replay held already (a
@@ -145,11 +147,13 @@ impl Room {
             if member.live_after >= appended.seq && ack.is_none() {
                 continue;
             }
-            let message = match ack {
-                Some((_, r#ref)) => proto::with_ref(&appended.live, r#ref),
-                None => appended.live.clone(),
+            let delivery = match ack {
+                Some((_, r#ref)) => member
+                    .tx
+                    .try_deliver(proto::with_ref(&appended.live, r#ref)),
+                None => member.tx.try_deliver_framed(&live),
             };
-            match member.tx.try_deliver(message) {
+            match delivery {
                 Delivery::Sent => {}
                 failure => self.failed.push((*id, failure)),
             }

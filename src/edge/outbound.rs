@@ -34,12 +34,39 @@ pub enum Delivery {
     Closed,
 }
 
+/// A gRPC message's prefix: the compression flag and the length (gRPC over HTTP/2,
+/// "Length-Prefixed-Message").
+pub const PREFIX_BYTES: usize = 5;
+
+/// An encoded message behind its gRPC prefix, ready to be a DATA frame's payload as it is. A
+/// fan-out frames its message once and queues the same bytes for every member, so the
+/// response body of a member with one message waiting sends them without a copy.
+#[derive(Debug, Clone)]
+pub struct Framed(Bytes);
+
+impl Framed {
+    pub fn new(message: &[u8]) -> Framed {
+        let mut framed = Vec::with_capacity(PREFIX_BYTES + message.len());
+        framed.push(0);
+        // A message is far below 4 GiB (bounded by max_frame_bytes or the queue's bytes).
+        let len = u32::try_from(message.len()).unwrap_or(u32::MAX);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(message);
+        Framed(Bytes::from(framed))
+    }
+
+    /// The message without its prefix: what the queue's byte bound counts.
+    fn message_len(&self) -> usize {
+        self.0.len() - PREFIX_BYTES
+    }
+}
+
 /// The messages waiting for the response stream, and how to wake it. One lock per delivery and
 /// one per drain (however many messages it takes), in place of a channel's semaphore, block
 /// list and second waker for `fatal`.
 #[derive(Debug, Default)]
 struct Queue {
-    messages: VecDeque<Bytes>,
+    messages: VecDeque<Framed>,
     bytes: usize,
     /// The response stream's waker, kept between waits so a wake-up does not clone it.
     waker: Option<Waker>,
@@ -160,6 +187,11 @@ impl SessionTx {
 
     /// Queues `message` without waiting.
     pub fn try_deliver(&self, message: Bytes) -> Delivery {
+        self.try_deliver_framed(&Framed::new(&message))
+    }
+
+    /// Queues a message framed once for all its recipients, without waiting.
+    pub fn try_deliver_framed(&self, message: &Framed) -> Delivery {
         if self.is_ended() {
             return Delivery::Closed;
         }
@@ -170,12 +202,12 @@ impl SessionTx {
         // An empty queue takes any one message, so a single large one is not a slow consumer.
         if !queue.messages.is_empty()
             && (queue.messages.len() >= self.shared.max_messages
-                || queue.bytes + message.len() > self.shared.max_bytes)
+                || queue.bytes + message.message_len() > self.shared.max_bytes)
         {
             return Delivery::Full;
         }
-        queue.bytes += message.len();
-        queue.messages.push_back(message);
+        queue.bytes += message.message_len();
+        queue.messages.push_back(message.clone());
         queue.wake();
         Delivery::Sent
     }
@@ -308,8 +340,8 @@ impl OutboundStream {
         Drained::End(self.shared.fatal.get().map(Status::from))
     }
 
-    /// Hands queued messages to `put`, oldest first, until `budget` bytes of them were handed
-    /// over (at least one) or the queue is empty; all under one lock.
+    /// Hands queued messages (framed) to `put`, oldest first, until `budget` bytes of them were
+    /// handed over (at least one) or the queue is empty; all under one lock.
     pub fn poll_drain(
         &mut self,
         cx: &mut Context<'_>,
@@ -326,15 +358,17 @@ impl OutboundStream {
         let mut queue = self.shared.queue();
         let mut taken = 0;
         let mut count = 0;
+        let mut counted = 0;
         while taken < budget
             && let Some(message) = queue.messages.pop_front()
         {
-            taken += message.len();
+            taken += message.0.len();
+            counted += message.message_len();
             count += 1;
-            put(message);
+            put(message.0);
         }
         if count > 0 {
-            queue.bytes -= taken;
+            queue.bytes -= counted;
             let emptied = queue.messages.is_empty();
             drop(queue);
             self.uncounted += count;
@@ -365,14 +399,15 @@ impl OutboundStream {
 impl Stream for OutboundStream {
     type Item = Result<Bytes, Status>;
 
-    /// One message at a time (the route drains several at once with `poll_drain`).
+    /// One message at a time, without its prefix (the route drains several at once, framed,
+    /// with `poll_drain`).
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if this.done {
             return Poll::Ready(None);
         }
         let mut message = None;
-        match this.poll_drain(cx, 1, |m| message = Some(m)) {
+        match this.poll_drain(cx, 1, |m| message = Some(m.slice(PREFIX_BYTES..))) {
             Poll::Ready(Drained::Messages) => Poll::Ready(message.map(Ok)),
             Poll::Ready(Drained::End(status)) => Poll::Ready(status.map(Err)),
             Poll::Pending => Poll::Pending,
@@ -483,12 +518,12 @@ mod tests {
     #[tokio::test]
     async fn a_closed_stream_refuses_deliveries_and_frees_its_backlog() {
         let (tx, stream) = SessionTx::channel(4, 1 << 20, None);
-        let message = Bytes::from(vec![b'x'; 100]);
-        assert_eq!(tx.try_deliver(message.clone()), Delivery::Sent);
-        assert!(!message.is_unique(), "queued");
+        let message = Framed::new(&[b'x'; 100]);
+        assert_eq!(tx.try_deliver_framed(&message), Delivery::Sent);
+        assert!(!message.0.is_unique(), "queued: the same bytes, not a copy");
         drop(stream);
-        assert!(message.is_unique(), "the backlog went with the stream");
-        assert_eq!(tx.try_deliver(message), Delivery::Closed);
+        assert!(message.0.is_unique(), "the backlog went with the stream");
+        assert_eq!(tx.try_deliver_framed(&message), Delivery::Closed);
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, header};
 use hyper::body::Frame;
 use tonic::{Status, Streaming, body::Body, codegen::Service, server::NamedService};
@@ -26,9 +26,6 @@ use super::{
 
 /// The one method of the service.
 const CHAT_STREAM: &str = "/chat.v1.ChatService/ChatStream";
-/// A gRPC message's prefix: the compression flag and the length (gRPC over HTTP/2,
-/// "Length-Prefixed-Message").
-const PREFIX_BYTES: usize = 5;
 /// Messages gathered into one DATA frame, at most (h2 splits larger ones into frames of the
 /// peer's maximum frame size, 16 KiB by default).
 const FRAME_BYTES: usize = 16 * 1024;
@@ -163,16 +160,19 @@ impl hyper::body::Body for OutboundBody {
         if this.ended {
             return Poll::Ready(None);
         }
-        let mut data: Option<BytesMut> = None;
+        // One message goes out as it was framed; several are gathered into one frame.
+        let mut single: Option<Bytes> = None;
+        let mut gathered: Option<BytesMut> = None;
         if this.trailers.is_none() {
-            let put = |message: Bytes| {
-                let data = data
-                    .get_or_insert_with(|| BytesMut::with_capacity(PREFIX_BYTES + message.len()));
-                data.reserve(PREFIX_BYTES + message.len());
-                data.put_u8(0);
-                // unwrap-free: a message is far below 4 GiB (bounded by the queue's bytes).
-                data.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
-                data.put_slice(&message);
+            let put = |message: Bytes| match (&mut gathered, single.take()) {
+                (Some(data), _) => data.extend_from_slice(&message),
+                (None, None) => single = Some(message),
+                (None, Some(first)) => {
+                    let mut data = BytesMut::with_capacity(FRAME_BYTES.min(4 * first.len()));
+                    data.extend_from_slice(&first);
+                    data.extend_from_slice(&message);
+                    gathered = Some(data);
+                }
             };
             match this.stream.poll_drain(cx, FRAME_BYTES, put) {
                 // hyper asks again once it has sent this frame.
@@ -180,8 +180,8 @@ impl hyper::body::Body for OutboundBody {
                 Poll::Ready(Drained::End(status)) => this.end_with(status),
             }
         }
-        if let Some(data) = data {
-            return Poll::Ready(Some(Ok(Frame::data(data.freeze()))));
+        if let Some(data) = gathered.map(BytesMut::freeze).or(single) {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         match this.trailers.take() {
             Some(trailers) => {
@@ -200,7 +200,10 @@ impl hyper::body::Body for OutboundBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{edge::outbound::SessionTx, error::Fatal};
+    use crate::{
+        edge::outbound::{PREFIX_BYTES, SessionTx},
+        error::Fatal,
+    };
     use http_body_util::BodyExt;
     use hyper::body::Body as _;
 
@@ -239,6 +242,21 @@ mod tests {
         assert_eq!(trailers["grpc-status"], "0");
         assert!(body.is_end_stream());
         assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_lone_message_is_sent_as_it_was_framed_without_a_copy() {
+        use crate::edge::outbound::Framed;
+        let (tx, stream) = SessionTx::channel(16, 1 << 20, None);
+        let mut body = OutboundBody::new(stream);
+        let framed = Framed::new(b"fan-out");
+        tx.try_deliver_framed(&framed);
+        let data = frame(&mut body).await.into_data().unwrap();
+        assert_eq!(messages(data.clone()), ["fan-out"]);
+        let queued = tx.try_deliver_framed(&framed);
+        assert_eq!(queued, crate::edge::outbound::Delivery::Sent);
+        let again = frame(&mut body).await.into_data().unwrap();
+        assert_eq!(again.as_ptr(), data.as_ptr(), "the fan-out's own bytes");
     }
 
     #[tokio::test]
