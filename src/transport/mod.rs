@@ -172,14 +172,19 @@ impl Connection {
             let mut routes = routes.clone();
             let info = info.clone();
             let frames = frames.clone();
-            async move {
+            // Boxed: hyper keeps a stream's task at the size of its largest state, and the
+            // routing future (request, router, handler) is several times what the stream
+            // needs once it answers. Boxed, that memory goes when the response is made
+            // instead of staying with every open stream.
+            let respond: RouteFuture = Box::pin(async move {
                 if let Some(refusal) = refuse_non_grpc(&request) {
                     return Ok::<_, Infallible>(refusal);
                 }
                 let mut request = request.map(|body| Body::new(Rechunked::new(body, frames)));
                 request.extensions_mut().insert(info);
                 routes.call(request).await
-            }
+            });
+            respond
         });
         let mut streams = ConnectionStreams::new();
         let gate = Arc::new(FlushGate::default());
@@ -205,6 +210,10 @@ impl Connection {
         }
     }
 }
+
+/// What routing one request resolves to (see `Connection::run`).
+type RouteFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
