@@ -143,7 +143,10 @@ impl Connection {
         if let Err(error) = tcp.set_nodelay(self.settings.tcp_nodelay) {
             warn!(%error, "cannot set TCP_NODELAY");
         }
-        let handshake = async {
+        // Boxed: the connection's task keeps the size of its largest state for the
+        // connection's life, and a TLS handshake (rustls' connection state, twice over while
+        // the preface is read) is larger than serving; boxed, it is freed once done.
+        let handshake = Box::pin(async {
             match &self.settings.tls {
                 Some(tls) => {
                     let tls = tls.accept(tcp).await?;
@@ -151,7 +154,7 @@ impl Connection {
                 }
                 None => Ok(Box::new(read_preface(tcp).await?) as Box<dyn Io>),
             }
-        };
+        });
         let io: Box<dyn Io> =
             match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
                 Ok(Ok(io)) => io,
