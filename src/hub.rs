@@ -16,6 +16,7 @@ use crate::{
     config::{Config, LiveConfig},
     edge::{abuse::AbuseLimits, auth::Verifier, sessions::SessionTable},
     history::HistoryBudget,
+    names::RoomName,
     runtime::Arbiters,
 };
 
@@ -47,6 +48,8 @@ impl Hub {
         let verifier = Verifier::from_config(&config.auth).unwrap();
         let first_id = SessionTable::first_id(cluster.is_some());
         let rooms = Arc::new(RoomRegistry::new(config.server.max_rooms));
+        // unwrap: the configuration was validated, default_room included.
+        let default_room = RoomName::parse(&config.server.default_room).unwrap();
         let history_budget = HistoryBudget::new(config.server.history_bytes_total);
         let frame_limit = config.server.max_frame_bytes;
         let config: LiveConfig = Arc::new(ArcSwap::from_pointee(config));
@@ -66,6 +69,7 @@ impl Hub {
             registry: rooms.clone(),
             abuse: abuse.clone(),
             names: sessions.clone(),
+            default_room,
         });
         Hub {
             verifier,

@@ -4,10 +4,18 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use chatrooms::proto::{Kind, Message};
 use common::{Client, TestServer, small_window_client};
+use tokio::sync::Notify;
 use tonic::Code;
 
 const FAST: &str = "[limits]\nrate_per_sec = 1000000\nburst = 1000000\n";
@@ -50,6 +58,12 @@ async fn a_stalled_reader_among_200_members_is_ended_and_199_receive_everything(
     ))
     .await;
     const TOTAL: u64 = 600;
+    // The readers keep up by construction: the sender stays at most LAG CHATs ahead of the
+    // slowest of them (a fraction of their queue of 256), however slowly this test's own
+    // runtime gets round to them; only the stalled member can overflow.
+    const LAG: usize = 96;
+    let progress: Arc<Vec<AtomicUsize>> = Arc::new((0..198).map(|_| AtomicUsize::new(0)).collect());
+    let progressed = Arc::new(Notify::new());
     let mut tasks = Vec::new();
     for c in 0..8 {
         let channel = server.channel().await;
@@ -59,6 +73,7 @@ async fn a_stalled_reader_among_200_members_is_ended_and_199_receive_everything(
             }
             let mut reader = Client::open(channel.clone(), &format!("m{c}-{i}")).await;
             reader.join("big").await;
+            let (progress, progressed, slot) = (progress.clone(), progressed.clone(), tasks.len());
             // Reading starts at once, presence included, as a live client would.
             tasks.push(tokio::spawn(async move {
                 let mut seqs = Vec::new();
@@ -66,6 +81,8 @@ async fn a_stalled_reader_among_200_members_is_ended_and_199_receive_everything(
                     let m = reader.next().await;
                     if m.kind() == Kind::Chat {
                         seqs.push(m.seq);
+                        progress[slot].store(seqs.len(), Ordering::Release);
+                        progressed.notify_one();
                     }
                 }
                 seqs
@@ -82,7 +99,18 @@ async fn a_stalled_reader_among_200_members_is_ended_and_199_receive_everything(
     // At most 64 CHATs in flight, like a client with an ack window: a fair producer.
     let body = "x".repeat(1000);
     let mut acks = Vec::new();
+    let slowest = || {
+        progress
+            .iter()
+            .map(|p| p.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
+    };
     for n in 0..TOTAL {
+        while slowest() + LAG <= n as usize {
+            let woken = tokio::time::timeout(Duration::from_secs(30), progressed.notified()).await;
+            woken.expect("the readers make progress");
+        }
         sender.chat("big", &format!("{n}{body}")).await;
         while acks.len() + 64 <= n as usize {
             let m = sender.next().await;

@@ -153,12 +153,34 @@ pub struct RoomId(pub u64);
 
 /// What a room, and an operator reading a room, may send a member's session: exactly that mail,
 /// so neither the rooms nor this module know the Session actor. Built once per session and
-/// shared.
-#[derive(Clone)]
+/// shared. One address behind it rather than a recipient per kind of mail: every copy of an
+/// actix address allocates twice, and every open session has one of these.
 pub struct SessionHandle {
-    pub evicted: Recipient<Evicted>,
-    pub removed: Recipient<Removed>,
-    pub kick: Recipient<Kick>,
+    mail: Box<dyn SessionMail>,
+}
+
+/// The Session actor's address, seen only through the mail a room may send it.
+trait SessionMail: Send + Sync {
+    fn evicted(&self, evicted: Evicted);
+    fn removed(&self, removed: Removed);
+    fn kick(&self) -> Recipient<Kick>;
+}
+
+impl<A> SessionMail for Addr<A>
+where
+    A: Actor<Context = Context<A>> + Handler<Evicted> + Handler<Removed> + Handler<Kick>,
+{
+    fn evicted(&self, evicted: Evicted) {
+        self.do_send(evicted);
+    }
+
+    fn removed(&self, removed: Removed) {
+        self.do_send(removed);
+    }
+
+    fn kick(&self) -> Recipient<Kick> {
+        self.clone().recipient()
+    }
 }
 
 impl SessionHandle {
@@ -168,9 +190,23 @@ impl SessionHandle {
         A: Actor<Context = Context<A>> + Handler<Evicted> + Handler<Removed> + Handler<Kick>,
     {
         SessionHandle {
-            evicted: addr.clone().recipient(),
-            removed: addr.clone().recipient(),
-            kick: addr.recipient(),
+            mail: Box::new(addr),
         }
+    }
+
+    /// Tells the session a room dropped it as a slow consumer (`do_send`: the session must hear
+    /// of it even when its mailbox is busy).
+    pub fn evicted(&self, evicted: Evicted) {
+        self.mail.evicted(evicted);
+    }
+
+    /// Tells the session a room closed with it inside (`do_send`, as above).
+    pub fn removed(&self, removed: Removed) {
+        self.mail.removed(removed);
+    }
+
+    /// Where an operator's kick for this session goes.
+    pub fn kick(&self) -> Recipient<Kick> {
+        self.mail.kick()
     }
 }

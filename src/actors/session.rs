@@ -2,17 +2,14 @@
 //! joined and its replies; each request is parsed ([`super::request`]) and turned into mail for a
 //! room. Requests are handled strictly one at a time (`ctx.wait`), so a CHAT sent right after a
 //! JOIN finds the membership in place and acks come back in send order. Leaving every room on any
-//! exit lives in `stopping()`. Naming lives in `identity`, the idle and expiry timers in `timers`,
-//! the mail it handles in `handlers`.
+//! exit lives in `stopping()`. Naming lives in `identity`, the joined rooms in `joined`, the idle
+//! and expiry timers in `timers`, the mail it handles in `handlers`.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Instant, SystemTime},
-};
+use std::{sync::Arc, time::Instant};
 
 mod handlers;
 mod identity;
+mod joined;
 mod timers;
 
 use actix::{
@@ -22,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use self::identity::Identity;
+use self::{identity::Identity, joined::Joined};
 use super::{
     Join, Leave, Post, SessionHandle,
     env::{RoomEnv, SessionNames},
@@ -56,22 +53,24 @@ pub struct SessionEnv {
     /// Its user's places (`max_sessions_per_user`).
     pub abuse: Arc<AbuseLimits>,
     pub names: Arc<dyn SessionNames>,
+    /// Where CHAT and JOIN with an empty `room` go (`server.default_room`, fixed for the life
+    /// of the server).
+    pub default_room: RoomName,
 }
 
+/// Every open stream has one, for as long as it is open: what only some sessions use (a token,
+/// a place held in Redis) is boxed, so an idle session holds as little as it can.
 pub struct Session {
     id: SessionId,
     env: Arc<SessionEnv>,
     tx: SessionTx,
     identity: Identity,
-    /// The token's `rooms` claim, when it has one.
-    allowed_rooms: Option<Authorized>,
-    /// When the token (jwt mode) expires: the session ends then.
-    expires_at: Option<SystemTime>,
-    rooms: HashMap<RoomName, RoomRef>,
+    /// The verified token (jwt mode): its `rooms` claim limits the rooms, and its expiry
+    /// (`expires_at`) ends the session.
+    token: Option<Box<Authorized>>,
+    rooms: Joined,
     /// What the rooms it joins may send it.
     handle: Arc<SessionHandle>,
-    /// Where CHAT and JOIN with an empty `room` go; fixed for the life of the server.
-    default_room: RoomName,
     last_seen: Instant,
     /// Dropped with the actor, which tells the edge's reader task to let go of the request stream.
     _stopped: oneshot::Sender<()>,
@@ -79,7 +78,7 @@ pub struct Session {
     /// This session's place among its user's sessions (`max_sessions_per_user`) on this node,
     /// or (cluster mode with a limit) over all nodes.
     user_slot: Option<UserSlot>,
-    cluster_slot: Option<ClusterUserSlot>,
+    cluster_slot: Option<Box<ClusterUserSlot>>,
 }
 
 impl Session {
@@ -92,22 +91,18 @@ impl Session {
         authorized: Option<Authorized>,
     ) -> Addr<Session> {
         let arbiter = env.rooms.arbiters.here_or_next();
-        // unwrap: the configuration was validated, default_room included.
-        let default_room = RoomName::parse(&env.rooms.config().server.default_room).unwrap();
         let census = env.rooms.census.enter(Living::SessionActor);
         Session::start_in_arbiter(&arbiter, move |ctx| Session {
             id,
             handle: Arc::new(SessionHandle::of(ctx.address())),
-            default_room,
             env,
             tx,
             // A verified token names the session; the `user` field of requests is then ignored.
             identity: authorized
                 .as_ref()
                 .map_or(Identity::Unset, |a| Identity::Named(a.user.clone())),
-            expires_at: authorized.as_ref().and_then(|a| a.expires_at),
-            allowed_rooms: authorized.filter(|a| a.rooms.is_some()),
-            rooms: HashMap::new(),
+            token: authorized.map(Box::new),
+            rooms: Joined::default(),
             last_seen: Instant::now(),
             _stopped: stopped,
             _census: census,
@@ -145,14 +140,14 @@ impl Session {
             Identity::Unset => unreachable!("claimed above"),
         };
         let may_use = |room: &RoomName| {
-            let allowed = self.allowed_rooms.as_ref();
-            allowed.is_none_or(|a| a.may_use(room.as_str()))
+            let token = self.token.as_deref();
+            token.is_none_or(|t| t.may_use(room.as_str()))
         };
         let caller = Caller {
             named,
             may_use: &may_use,
         };
-        let Parsed { request, r#ref } = match request::parse(msg, &self.default_room, &caller) {
+        let Parsed { request, r#ref } = match request::parse(msg, &self.env.default_room, &caller) {
             Ok(parsed) => parsed,
             Err(refusal) => return self.refuse(refusal.error, &refusal.room, refusal.r#ref, ctx),
         };
@@ -177,7 +172,7 @@ impl Session {
 
     fn has_room_for(&self, room: &RoomName) -> Result<(), ChatError> {
         let max = self.env.rooms.config().session.max_rooms_per_session;
-        if !self.rooms.contains_key(room) && self.rooms.len() >= max {
+        if !self.rooms.contains(room) && self.rooms.len() >= max {
             return Err(ChatError::TooManyRooms { max });
         }
         Ok(())
@@ -242,7 +237,7 @@ impl Session {
         // it silently (no JOINED, no replay), the other members see the presence as usual.
         let auto_join = match &member {
             Some(_) => None,
-            None if room == self.default_room => {
+            None if room == self.env.default_room => {
                 if let Err(error) = self.has_room_for(&room) {
                     return self.refuse(error, room.as_str(), r#ref, ctx);
                 }
@@ -264,7 +259,7 @@ impl Session {
         let posting = posting.into_actor(self).map(move |result, session, ctx| {
             let error = match result {
                 Ok((addr, posted)) => {
-                    session.rooms.entry(room.clone()).or_insert(addr);
+                    session.rooms.insert_if_absent(room.clone(), addr);
                     match posted {
                         Ok(Ok(())) => return,
                         Ok(Err(error)) => error,
@@ -349,7 +344,7 @@ impl Session {
     /// Every server message names a room: an empty one means the default room.
     fn room_or_default<'a>(&'a self, room: &'a str) -> &'a str {
         if room.is_empty() {
-            self.default_room.as_str()
+            self.env.default_room.as_str()
         } else {
             room
         }
@@ -384,13 +379,13 @@ impl Actor for Session {
         if let Some(limit) = self.env.rooms.config().session.idle_timeout() {
             self.watch_idle(ctx, limit);
         }
-        if let Some(expires_at) = self.expires_at {
+        if let Some(expires_at) = self.token.as_ref().and_then(|t| t.expires_at) {
             self.watch_expiry(ctx, expires_at);
         }
     }
 
     fn stopping(&mut self, _ctx: &mut Context<Self>) -> Running {
-        for (_, room) in self.rooms.drain() {
+        for (_, room) in self.rooms.take_all() {
             // do_send: one per joined room (bounded by max_rooms_per_session), and the room must
             // hear of it even when its mailbox is full, or the member would linger.
             room.do_send(Leave {

@@ -18,6 +18,10 @@ use tonic::{
 /// `chat-bench --scenario idle` (sessions multiplexed 50 per connection): 9.8 KB of server RSS
 /// per session at 1 KiB, 8.2 KB at 256 bytes, 8.0 KB at 128 bytes (both codec buffers then).
 const BUFFER_BYTES: usize = 128;
+/// The request stream's decode buffer starts empty: the first request sizes it, and every open
+/// stream holds it for its life. Its growth step (`buffer_size`) serves only decompression, which
+/// the route refuses.
+const REQUEST_BUFFER_BYTES: usize = 0;
 /// Bytes gathered before tonic's encoder or decoder yields.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
@@ -95,6 +99,6 @@ impl<T: Message + Default> Decoder for RequestDecoder<T> {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD)
+        BufferSettings::new(REQUEST_BUFFER_BYTES, YIELD_THRESHOLD)
     }
 }

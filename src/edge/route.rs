@@ -111,8 +111,9 @@ impl ChatRoute {
 #[derive(Debug)]
 pub struct OutboundBody {
     stream: OutboundStream,
-    /// The trailers, once the queue has ended; `None` again once sent.
-    trailers: Option<HeaderMap>,
+    /// The trailers, once the queue has ended; `None` again once sent. Boxed: the body lives as
+    /// long as its stream, and a header map is twice the rest of it.
+    trailers: Option<Box<HeaderMap>>,
     ended: bool,
 }
 
@@ -140,7 +141,7 @@ impl OutboundBody {
                 trailers.insert("grpc-status", code_header(tonic::Code::Ok));
             }
         }
-        self.trailers = Some(trailers);
+        self.trailers = Some(Box::new(trailers));
     }
 }
 
@@ -186,7 +187,7 @@ impl hyper::body::Body for OutboundBody {
         match this.trailers.take() {
             Some(trailers) => {
                 this.ended = true;
-                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                Poll::Ready(Some(Ok(Frame::trailers(*trailers))))
             }
             None => Poll::Pending,
         }

@@ -165,7 +165,10 @@ impl Connection {
         if let Err(error) = tcp.set_nodelay(self.settings.tcp_nodelay) {
             warn!(%error, "cannot set TCP_NODELAY");
         }
-        let handshake = async {
+        // Boxed: the connection's task keeps the size of its largest state for the
+        // connection's life, and a TLS handshake (rustls' connection state, twice over while
+        // the preface is read) is larger than serving; boxed, it is freed once done.
+        let handshake = Box::pin(async {
             match &self.settings.tls {
                 Some(tls) => {
                     let tls = tls.accept(tcp).await?;
@@ -173,7 +176,7 @@ impl Connection {
                 }
                 None => Ok(Box::new(read_preface(tcp).await?) as Box<dyn Io>),
             }
-        };
+        });
         let io: Box<dyn Io> =
             match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
                 Ok(Ok(io)) => io,
@@ -194,14 +197,19 @@ impl Connection {
             let mut routes = routes.clone();
             let info = info.clone();
             let frames = frames.clone();
-            async move {
+            // Boxed: hyper keeps a stream's task at the size of its largest state, and the
+            // routing future (request, router, handler) is several times what the stream
+            // needs once it answers. Boxed, that memory goes when the response is made
+            // instead of staying with every open stream.
+            let respond: RouteFuture = Box::pin(async move {
                 if let Some(refusal) = refuse_non_grpc(&request) {
                     return Ok::<_, Infallible>(refusal);
                 }
                 let mut request = request.map(|body| Body::new(Rechunked::new(body, frames)));
                 request.extensions_mut().insert(info);
                 routes.call(request).await
-            }
+            });
+            respond
         });
         let mut streams = ConnectionStreams::new();
         let gate = Arc::new(FlushGate::default());
@@ -227,6 +235,10 @@ impl Connection {
         }
     }
 }
+
+/// What routing one request resolves to (see `Connection::run`).
+type RouteFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}

@@ -257,7 +257,7 @@ impl Handler<Inspect> for Room {
         let members = if inspect.members {
             self.members
                 .iter()
-                .map(|(id, m)| (*id, m.user.clone(), m.session.kick.clone()))
+                .map(|(id, m)| (*id, m.user.clone(), m.session.kick()))
                 .collect()
         } else {
             Vec::new()
@@ -284,7 +284,7 @@ impl Handler<Close> for Room {
                 end_slow_consumer(&self.name, *id, member);
             }
             // do_send: one per member, once; the session must forget the room even when busy.
-            member.session.removed.do_send(Removed {
+            member.session.removed(Removed {
                 room: self.name.clone(),
                 id: self.id,
             });

@@ -128,8 +128,5 @@ pub(super) fn end_slow_consumer(room: &RoomName, id: SessionId, member: &Member)
     member.tx.end(Fatal::SlowConsumer);
     // do_send: at most one per room the session is in, and the session must hear of it even
     // when its mailbox is busy.
-    member
-        .session
-        .evicted
-        .do_send(Evicted { room: room.clone() });
+    member.session.evicted(Evicted { room: room.clone() });
 }

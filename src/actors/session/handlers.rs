@@ -78,9 +78,9 @@ impl Handler<Kick> for Session {
         }
         let rooms: Vec<RoomName> = match kick.room {
             // Left meanwhile: nothing to do, and no error for a request the client never made.
-            Some(room) if !self.rooms.contains_key(&room) => Vec::new(),
+            Some(room) if !self.rooms.contains(&room) => Vec::new(),
             Some(room) => vec![room],
-            None => self.rooms.keys().cloned().collect(),
+            None => self.rooms.names().cloned().collect(),
         };
         for room in rooms {
             self.leave(room, String::new(), kick.reason.clone(), ctx);

@@ -68,7 +68,7 @@ impl Session {
                     warn!(session = %id, %user, %error, "user place not checked (redis unavailable); letting the session in");
                 }
             }
-            session.cluster_slot = Some(session.env.abuse.hold_place(engine, user, id));
+            session.cluster_slot = Some(Box::new(session.env.abuse.hold_place(engine, user, id)));
             session.request(msg, ctx);
         }));
     }
