@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, transport::Channel};
 
 use crate::{
-    cli::{CHURN_CYCLE_SLACK, CHURN_SESSIONS_GONE, Params},
+    cli::{CHURN_CYCLE_SLACK, CHURN_RSS_STEADY_WAIT, CHURN_SESSIONS_GONE, Params},
     client::{REQUEST_QUEUE, connect_from, error_code, source_for, truncate},
     probe::scrape_or_note,
     proc::total_rss_kb,
@@ -39,6 +39,10 @@ const RSS_TOLERANCE: f64 = 0.10;
 /// and the growth over them that counts as a plateau (issue 13).
 const PLATEAU_ROUNDS: usize = 5;
 const PLATEAU_GROWTH: f64 = 0.06;
+/// With `--rounds`: the RSS after a round is read once it has not fallen for this long (sampled
+/// this often, for at most [`CHURN_RSS_STEADY_WAIT`]).
+const RSS_STEADY: Duration = Duration::from_secs(1);
+const RSS_STEADY_SAMPLE: Duration = Duration::from_millis(100);
 
 /// Runs `--rounds` rounds of churn, reading the server's VmRSS after each when there are several;
 /// then watches it for up to `settle` to come back within 10% of its pre-churn value.
@@ -53,18 +57,20 @@ pub async fn churn(shared: &Arc<Shared>) -> anyhow::Result<()> {
     } else {
         None
     };
-    let mut rss_rounds_kb = Vec::with_capacity(rounds);
+    let mut closed_kb = Vec::with_capacity(rounds);
+    let mut steady_kb = Vec::with_capacity(rounds);
     for round in 1..=rounds {
         churn_round(shared, round).await?;
         if rounds > 1 {
             if let Some(open) = open_at_start {
                 wait_sessions_closed(shared, open).await;
             }
-            rss_rounds_kb.push(total_rss_kb(&p.server_pids));
+            closed_kb.push(total_rss_kb(&p.server_pids));
+            steady_kb.push(wait_rss_steady(shared).await);
         }
     }
     if rounds > 1 {
-        record_rounds(shared, &rss_rounds_kb);
+        record_rounds(shared, &closed_kb, &steady_kb);
     }
     settle(shared, rss_start_kb).await;
     Ok(())
@@ -146,6 +152,26 @@ async fn wait_sessions_closed(shared: &Shared, open: u64) {
     }
 }
 
+/// Reads the server's VmRSS until it has not fallen for [`RSS_STEADY`] (bounded by
+/// [`CHURN_RSS_STEADY_WAIT`]): the server gives memory freed in a burst back to the system within a
+/// fraction of a second (`malloc_trim`), so a reading taken the instant the sessions close can
+/// still count memory they freed.
+async fn wait_rss_steady(shared: &Shared) -> Option<u64> {
+    let pids = &shared.params.server_pids;
+    let give_up = Instant::now() + CHURN_RSS_STEADY_WAIT;
+    let mut last = total_rss_kb(pids)?;
+    let mut fell_at = Instant::now();
+    while Instant::now() < give_up && fell_at.elapsed() < RSS_STEADY {
+        time::sleep(RSS_STEADY_SAMPLE).await;
+        let now = total_rss_kb(pids)?;
+        if now < last {
+            fell_at = Instant::now();
+        }
+        last = now;
+    }
+    Some(last)
+}
+
 /// Growth of the RSS over the last [`PLATEAU_ROUNDS`] rounds, from the round before them (of
 /// eight rounds, from round 3 to round 8); `None` with fewer rounds or a reading missing.
 fn plateau_growth(rss_rounds_kb: &[Option<u64>]) -> Option<f64> {
@@ -154,12 +180,14 @@ fn plateau_growth(rss_rounds_kb: &[Option<u64>]) -> Option<f64> {
     Some(last as f64 / from as f64 - 1.0)
 }
 
-/// The RSS after each round and its growth over the last rounds.
-fn record_rounds(shared: &Shared, rss_rounds_kb: &[Option<u64>]) {
-    let growth = plateau_growth(rss_rounds_kb);
+/// The RSS after each round, as the sessions closed and once steady, and the steady figures'
+/// growth over the last rounds.
+fn record_rounds(shared: &Shared, closed_kb: &[Option<u64>], steady_kb: &[Option<u64>]) {
+    let growth = plateau_growth(steady_kb);
     let mut outcome = lock(&shared.outcome);
     let extra = &mut outcome.extra;
-    extra.insert("server_rss_rounds_kb".into(), json!(rss_rounds_kb));
+    extra.insert("server_rss_rounds_closed_kb".into(), json!(closed_kb));
+    extra.insert("server_rss_rounds_kb".into(), json!(steady_kb));
     extra.insert(
         "server_rss_last5_growth_pct".into(),
         json!(growth.map(|g| round(g * 100.0, 2))),

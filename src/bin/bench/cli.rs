@@ -28,8 +28,10 @@ pub const SERVER_STREAMS_PER_CONN: usize = 1024;
 const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 /// Churn: bound on one cycle beyond its paced chats, and on the in-flight cycles after the end.
 pub const CHURN_CYCLE_SLACK: Duration = Duration::from_secs(10);
-/// Churn with --rounds: bound on the wait, after each round, for the server's sessions to close.
+/// Churn with --rounds: bounds on the waits after each round, for the server's sessions to close
+/// and then for its RSS to stop falling.
 pub const CHURN_SESSIONS_GONE: Duration = Duration::from_secs(10);
+pub const CHURN_RSS_STEADY_WAIT: Duration = Duration::from_secs(5);
 /// Fairness: rooms `bench-a` … `bench-z`, one letter each.
 const FAIRNESS_MAX_ROOMS: usize = 26;
 /// Fairness: members per room when `--sessions` is not given.
@@ -161,8 +163,9 @@ pub struct Args {
     metrics_url: String,
     /// Churn: rounds of --duration each. After every round, once the server's sessions are gone
     /// (`chat_sessions_open` back to its value at the start, from --metrics-url), the server's
-    /// RSS is read (--server-pid); the report lists it per round and its growth over the last
-    /// five rounds (issue 13: at most 6 % after three warm-up rounds, so --rounds 8).
+    /// RSS is read (--server-pid), then again once it has stopped falling for 1 s (at most 5 s);
+    /// the report lists both per round and the growth of the second over the last five rounds
+    /// (issue 13: at most 6 % after three warm-up rounds, so --rounds 8).
     #[arg(long, default_value_t = 1)]
     rounds: u32,
 }
@@ -481,7 +484,8 @@ impl Params {
             Mode::Fairness => join_timeout + window * 2,
             Mode::Idle => join_timeout + duration,
             Mode::Churn => {
-                (duration + CHURN_CYCLE_SLACK + CHURN_SESSIONS_GONE) * args.rounds + settle
+                let round_end = CHURN_SESSIONS_GONE + CHURN_RSS_STEADY_WAIT;
+                (duration + CHURN_CYCLE_SLACK + round_end) * args.rounds + settle
             }
             // Senders and stalled clients each join within the join timeout.
             Mode::Stall => join_timeout * 2 + duration + settle + STALL_CHECKS,

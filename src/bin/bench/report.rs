@@ -364,19 +364,19 @@ fn render_table(report: &Value, mode: Mode) -> String {
         );
     }
     if !report["server_rss_rounds_kb"].is_null() {
+        let list = |key: &str| {
+            report[key]
+                .as_array()
+                .map(|kb| kb.iter().map(show).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        };
         line(
             "server RSS",
             format!(
-                "after each round, the sessions gone: {} kB; over the last five rounds {} % \
-                 (plateau, ≤ 6 %: {})",
-                report["server_rss_rounds_kb"]
-                    .as_array()
-                    .map(|kb| kb
-                        .iter()
-                        .map(Value::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", "))
-                    .unwrap_or_default(),
+                "after each round as the sessions closed: {} kB; once steady: {} kB; over the \
+                 last five rounds {} % (plateau, ≤ 6 %: {})",
+                list("server_rss_rounds_closed_kb"),
+                list("server_rss_rounds_kb"),
                 r("server_rss_last5_growth_pct"),
                 r("server_rss_plateau")
             ),
