@@ -1,8 +1,9 @@
 //! The `churn` scenario: sessions connect, join, chat and disconnect in a loop for `--duration`,
 //! each group of them on a fresh connection per cycle; afterwards the server's VmRSS must come
 //! back within 10% of its pre-churn value. With `--rounds N` it churns N times, reads the
-//! server's VmRSS after each round once the server's sessions are gone, and reports the growth
-//! over the last five rounds: whether RSS reaches a plateau. Its sessions live one cycle each, so
+//! server's VmRSS after each round once the server's sessions are gone (and again once it has
+//! stopped falling), and reports the growth over the last five rounds: whether RSS reaches a
+//! plateau. Its sessions live one cycle each, so
 //! it keeps its own totals ([`crate::shared::ChurnTotals`]) instead of per-session tallies.
 
 use std::{
@@ -35,8 +36,8 @@ use crate::{
 const CHURN_CHATS_PER_CYCLE: u32 = 5;
 /// The server's VmRSS must come back within this fraction of its pre-churn value.
 const RSS_TOLERANCE: f64 = 0.10;
-/// With `--rounds`: the rounds whose RSS growth is reported (the last ones; those before warm up),
-/// and the growth over them that counts as a plateau (issue 13).
+/// With `--rounds`: how many of the last rounds the RSS growth is reported over (the rounds
+/// before them warm up), and the growth that counts as a plateau (issue 13).
 const PLATEAU_ROUNDS: usize = 5;
 const PLATEAU_GROWTH: f64 = 0.06;
 /// With `--rounds`: the RSS after a round is read once it has not fallen for this long (sampled
