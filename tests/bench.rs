@@ -1,7 +1,7 @@
 //! The `chat-bench` binary against an in-process server: a tiny run delivers every CHAT it
 //! expects and reports each watched process, a tiny soak prints its interval lines and a complete
-//! summary, a tiny fairness run measures both of its windows, and the generator refuses to target
-//! anything but loopback.
+//! summary, a tiny fairness run measures both of its windows, tiny churn rounds report the
+//! server's RSS after each, and the generator refuses to target anything but loopback.
 
 mod common;
 
@@ -265,6 +265,68 @@ async fn tiny_fairness_run_measures_both_windows() {
     assert!(flooder_sent > 150, "{report}");
     assert!(report["flooder_errors"].as_u64().is_some(), "{report}");
     assert_eq!(report["others_ended"], 0, "{report}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_churn_rounds_read_the_servers_rss_after_each_round() {
+    let server = TestServer::start(&format!(
+        "{BENCH_ROOMS}[metrics]\nlisten = \"127.0.0.1:0\"\n"
+    ))
+    .await;
+    let metrics = format!("http://{}/metrics", server.metrics_addr.unwrap());
+    // The server runs in this process, so this process's RSS is the server's.
+    let pid = std::process::id().to_string();
+    let lines = run_bench(&[
+        "--server",
+        &server.addr.to_string(),
+        "--scenario",
+        "churn",
+        "--sessions",
+        "20",
+        "--conns",
+        "2",
+        "--rate",
+        "20",
+        "--duration",
+        "0.5",
+        "--rounds",
+        "3",
+        "--settle",
+        "0",
+        "--server-pid",
+        &pid,
+        "--metrics-url",
+        &metrics,
+        "--deadline",
+        "25",
+        "--json",
+    ])
+    .await;
+    assert_eq!(lines.len(), 1, "exactly one JSON line: {lines:?}");
+    let report = &lines[0];
+    assert_eq!(report["rounds"], 3, "{report}");
+    for key in ["server_rss_rounds_closed_kb", "server_rss_rounds_kb"] {
+        let rounds = report[key].as_array().expect("a list");
+        assert_eq!(rounds.len(), 3, "{key}: {report}");
+        assert!(
+            rounds.iter().all(|kb| kb.as_u64().is_some_and(|kb| kb > 0)),
+            "{key}: {report}"
+        );
+    }
+    // Growth is reported over five rounds after at least one warm-up round.
+    assert_eq!(
+        report["server_rss_last5_growth_pct"],
+        Value::Null,
+        "{report}"
+    );
+    // Each round runs whole cycles: 20 sessions, 5 CHATs at 20/s take 0.25 s a cycle.
+    assert!(
+        report["cycles"].as_u64().is_some_and(|n| n >= 3 * 20),
+        "{report}"
+    );
+    assert_eq!(report["error_codes"], serde_json::json!({}), "{report}");
+    server.wait_sessions(0).await;
     server.shutdown().await;
 }
 

@@ -28,6 +28,10 @@ pub const SERVER_STREAMS_PER_CONN: usize = 1024;
 const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 /// Churn: bound on one cycle beyond its paced chats, and on the in-flight cycles after the end.
 pub const CHURN_CYCLE_SLACK: Duration = Duration::from_secs(10);
+/// Churn with --rounds: bounds on the waits after each round, for the server's sessions to close
+/// and then for its RSS to stop falling.
+pub const CHURN_SESSIONS_GONE: Duration = Duration::from_secs(10);
+pub const CHURN_RSS_STEADY_WAIT: Duration = Duration::from_secs(5);
 /// Fairness: rooms `bench-a` … `bench-z`, one letter each.
 const FAIRNESS_MAX_ROOMS: usize = 26;
 /// Fairness: members per room when `--sessions` is not given.
@@ -152,10 +156,18 @@ pub struct Args {
     /// evicted (the LEAVE reaches it) or at --duration.
     #[arg(long, default_value_t = 1_024)]
     flood_messages: u64,
-    /// Stall: the server's Prometheus endpoint, scraped before and after (loopback only; empty to
-    /// skip).
+    /// Stall, and churn with --rounds: the server's Prometheus endpoint (loopback only; empty to
+    /// skip). Stall scrapes it before and after the flood; churn waits on its
+    /// `chat_sessions_open` after each round.
     #[arg(long, default_value = "http://127.0.0.1:9464/metrics")]
     metrics_url: String,
+    /// Churn: rounds of --duration each. After every round, once the server's sessions are gone
+    /// (`chat_sessions_open` back to its value at the start, from --metrics-url), the server's
+    /// RSS is read (--server-pid), then again once it has stopped falling for 1 s (at most 5 s);
+    /// the report lists both per round and the growth of the second over the last five rounds
+    /// (issue 13: at most 6 % after three warm-up rounds, so --rounds 8).
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
 }
 
 /// How a stalled client of `--scenario stall` stops reading.
@@ -182,8 +194,6 @@ pub struct StallParams {
     pub mode: StallMode,
     pub window: u32,
     pub flood_messages: u64,
-    /// `(host:port, path)` of the metrics endpoint, loopback; `None` when skipped.
-    pub metrics: Option<(String, String)>,
     /// Connections of the flooding senders.
     pub sender_conns: usize,
 }
@@ -268,6 +278,10 @@ pub struct Params {
     pub probe: Option<(Probe, usize)>,
     /// Set in stall mode only.
     pub stall: Option<StallParams>,
+    /// `(host:port, path)` of the metrics endpoint, loopback; `None` when skipped.
+    pub metrics: Option<(String, String)>,
+    /// Churn: rounds of `duration` each.
+    pub rounds: u32,
 }
 
 impl Params {
@@ -385,19 +399,21 @@ impl Params {
             if args.flood_messages == 0 {
                 bail!("--flood-messages must be at least 1");
             }
-            let metrics = match args.metrics_url.trim() {
-                "" => None,
-                url => Some(loopback_url(url)?),
-            };
             Some(StallParams {
                 mode: args.stall_mode,
                 window: args.stall_window,
                 flood_messages: args.flood_messages,
-                metrics,
                 sender_conns: stall_sender_conns(sessions),
             })
         } else {
             None
+        };
+        if args.rounds == 0 || (args.rounds > 1 && mode != Mode::Churn) {
+            bail!("--rounds takes 1 or more, and more than 1 only with --scenario churn");
+        }
+        let metrics = match args.metrics_url.trim() {
+            "" => None,
+            url => Some(loopback_url(url)?),
         };
         if !(args.step_factor > 1.0 && args.step_factor <= 100.0) {
             bail!("--step-factor must be above 1 (and at most 100)");
@@ -467,7 +483,10 @@ impl Params {
             Mode::FindMax => join_timeout + window * u32::from(args.max_steps),
             Mode::Fairness => join_timeout + window * 2,
             Mode::Idle => join_timeout + duration,
-            Mode::Churn => duration + CHURN_CYCLE_SLACK + settle,
+            Mode::Churn => {
+                let round_end = CHURN_SESSIONS_GONE + CHURN_RSS_STEADY_WAIT;
+                (duration + CHURN_CYCLE_SLACK + round_end) * args.rounds + settle
+            }
             // Senders and stalled clients each join within the join timeout.
             Mode::Stall => join_timeout * 2 + duration + settle + STALL_CHECKS,
         };
@@ -508,6 +527,8 @@ impl Params {
                 .probe
                 .map(|probe| (probe, args.probe_count.unwrap_or(probe.default_count()))),
             stall,
+            metrics,
+            rounds: args.rounds,
         })
     }
 
@@ -737,7 +758,12 @@ mod tests {
 
         let p = params(&["--scenario", "churn", "--duration", "5"]).unwrap();
         assert_eq!((p.mode, p.sessions, p.senders), (Mode::Churn, 2000, 2000));
-        assert_eq!(p.duration, Duration::from_secs(5));
+        assert_eq!((p.duration, p.rounds), (Duration::from_secs(5), 1));
+
+        let p = params(&["--scenario", "churn", "--duration", "5", "--rounds", "8"]).unwrap();
+        assert_eq!(p.rounds, 8);
+        assert!(params(&["--scenario", "churn", "--rounds", "0"]).is_err());
+        assert!(params(&["--rounds", "2"]).is_err(), "rounds are churn's");
     }
 
     #[test]
@@ -846,7 +872,7 @@ mod tests {
         assert_eq!((stall.mode, stall.window), (StallMode::Window, 65_535));
         assert_eq!(stall.sender_conns, 80);
         assert_eq!(
-            stall.metrics,
+            p.metrics,
             Some(("127.0.0.1:9464".into(), "/metrics".into()))
         );
 
@@ -865,7 +891,7 @@ mod tests {
             (p.conns, p.stall.as_ref().unwrap().mode),
             (1, StallMode::Socket)
         );
-        assert!(p.stall.unwrap().metrics.is_none());
+        assert!(p.metrics.is_none());
         assert!(params(&["--scenario", "stall", "--rooms", "3"]).is_err());
         assert!(params(&["--scenario", "stall", "--stall-window", "100"]).is_err());
         let remote = params(&[

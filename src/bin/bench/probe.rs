@@ -1,6 +1,7 @@
 //! The stall scenario's outside views of the server: an observer session that PINGs every
 //! 100 ms throughout and times each PONG, a fresh client at the end that must be served, and a
-//! scrape of the server's Prometheus endpoint for its session gauge and end reasons.
+//! scrape of the server's Prometheus endpoint for its session gauge and end reasons (which churn
+//! rounds use too).
 
 use std::{
     collections::BTreeMap,
@@ -22,7 +23,7 @@ use tonic::Streaming;
 
 use crate::{
     client::{REQUEST_QUEUE, connect},
-    shared::lock,
+    shared::{Shared, lock},
     stats::round,
     wire::{join_as, ping_with_ref},
 };
@@ -238,6 +239,18 @@ pub struct Scrape {
 impl Scrape {
     pub fn ended(&self, reason: &str) -> u64 {
         self.sessions_ended.get(reason).copied().unwrap_or(0)
+    }
+}
+
+/// Scrapes `--metrics-url`, if there is one; a failure is noted under `scenario` and `when`.
+pub async fn scrape_or_note(shared: &Shared, scenario: &str, when: &str) -> Option<Scrape> {
+    let (host_port, path) = shared.params.metrics.as_ref()?;
+    match scrape(host_port, path).await {
+        Ok(scrape) => Some(scrape),
+        Err(error) => {
+            shared.note(format!("{scenario}: metrics {when}: {error:#}"));
+            None
+        }
     }
 }
 

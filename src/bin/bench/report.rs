@@ -82,7 +82,8 @@ pub fn build_report(shared: &Shared) -> Value {
                 sent: churn.sent.load(Relaxed),
                 delivered: churn.received.load(Relaxed),
                 expected: None,
-                window: p.duration,
+                // Every round churns for `duration`.
+                window: p.duration * p.rounds,
                 latency: &lock(&churn.latency),
                 streams_ended: 0,
                 server_cpu_s: None,
@@ -149,6 +150,7 @@ pub fn build_report(shared: &Shared) -> Value {
     }
     if p.mode == Mode::Churn {
         fields.insert("cycles".into(), json!(shared.churn.cycles.load(Relaxed)));
+        fields.insert("rounds".into(), json!(p.rounds));
     }
     if p.mode == Mode::FindMax {
         fields.insert("steps".into(), json!(outcome.steps));
@@ -241,7 +243,8 @@ fn render_table(report: &Value, mode: Mode) -> String {
         Mode::Churn => line(
             "churn",
             format!(
-                "{} s, {} completed cycles at {} CHATs/s per sender",
+                "{} round(s) of {} s, {} completed cycles at {} CHATs/s per sender",
+                r("rounds"),
                 r("duration_s"),
                 r("cycles"),
                 r("rate")
@@ -357,6 +360,25 @@ fn render_table(report: &Value, mode: Mode) -> String {
                 r("server_rss_after_kb"),
                 r("server_rss_change_pct"),
                 r("server_rss_within_10pct")
+            ),
+        );
+    }
+    if !report["server_rss_rounds_kb"].is_null() {
+        let list = |key: &str| {
+            report[key]
+                .as_array()
+                .map(|kb| kb.iter().map(show).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        };
+        line(
+            "server RSS",
+            format!(
+                "after each round as the sessions closed: {} kB; once steady: {} kB; over the \
+                 last five rounds {} % (plateau, ≤ 6 %: {})",
+                list("server_rss_rounds_closed_kb"),
+                list("server_rss_rounds_kb"),
+                r("server_rss_last5_growth_pct"),
+                r("server_rss_plateau")
             ),
         );
     }

@@ -31,7 +31,7 @@ use tonic::transport::Channel;
 use crate::{
     cli::{Params, StallMode, StallParams},
     client::{REQUEST_QUEUE, code_name, connect, describe_failure, is_transport_failure},
-    probe::{Observer, Scrape, fresh_client, scrape},
+    probe::{Observer, fresh_client, scrape_or_note},
     proc::{status_kb, total_rss_kb},
     shared::{Shared, lock},
     stalled::{DRAIN_TIMEOUT, StalledConn, StalledStream, run_stalled},
@@ -70,7 +70,7 @@ pub async fn stall(shared: &Arc<Shared>) -> anyhow::Result<()> {
     let s = p.stall.as_ref().unwrap();
     let rooms: Arc<Vec<StallRoom>> =
         Arc::new((0..p.sessions).map(|_| StallRoom::default()).collect());
-    let metrics_start = scrape_or_note(shared, s, "start").await;
+    let metrics_start = scrape_or_note(shared, "stall", "start").await;
     let rss_start_kb = total_rss_kb(&p.server_pids);
     record(shared, "stall_mode", json!(s.mode.name()));
     record(shared, "server_rss_start_kb", json!(rss_start_kb));
@@ -94,7 +94,7 @@ pub async fn stall(shared: &Arc<Shared>) -> anyhow::Result<()> {
     record(shared, "stalled_joined", json!(stalled_joined));
     shared.joined.store(stalled_joined as u64, Relaxed);
 
-    let metrics_before = scrape_or_note(shared, s, "before the flood").await;
+    let metrics_before = scrape_or_note(shared, "stall", "before the flood").await;
     let rss_before_kb = total_rss_kb(&p.server_pids);
     if s.mode == StallMode::Socket {
         for conn in &conns {
@@ -174,7 +174,7 @@ pub async fn stall(shared: &Arc<Shared>) -> anyhow::Result<()> {
             time::sleep(POLL_INTERVAL).await;
         }
     }
-    let metrics_after = scrape_or_note(shared, s, "after the flood").await;
+    let metrics_after = scrape_or_note(shared, "stall", "after the flood").await;
     // What was not reset is read to its end now, so it shows how (or whether) it ended.
     let _ = drain_tx.send(true);
     let drained = time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), async {
@@ -520,17 +520,6 @@ async fn flood(
             Ok(Ok(())) => room.posted.fetch_add(1, Relaxed),
             _ => return,
         };
-    }
-}
-
-async fn scrape_or_note(shared: &Shared, s: &StallParams, when: &str) -> Option<Scrape> {
-    let (host_port, path) = s.metrics.as_ref()?;
-    match scrape(host_port, path).await {
-        Ok(scrape) => Some(scrape),
-        Err(error) => {
-            shared.note(format!("stall: metrics {when}: {error:#}"));
-            None
-        }
     }
 }
 
