@@ -1,8 +1,8 @@
 //! The `chat.v1.ChatService` route, in place of a generated server: it decodes the request
-//! stream with [`RequestDecoder`] and answers with [`OutboundBody`], which frames the
-//! session's queued messages (already encoded by the room) straight into HTTP/2 DATA frames:
-//! every message waiting when the stream is polled goes into one frame, with no encode buffer
-//! kept per stream. The end of the queue becomes the trailers: `grpc-status` 0, or the status
+//! stream with [`RequestDecoder`] and answers with [`OutboundBody`], which hands the
+//! session's queued messages (already encoded and framed by the room) to HTTP/2 as DATA frames:
+//! a lone message as it is, every message waiting when the stream is polled gathered into one
+//! frame, with no encode buffer kept per stream. The end of the queue becomes the trailers: `grpc-status` 0, or the status
 //! the session was ended with.
 
 use std::{
