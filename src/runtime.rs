@@ -20,6 +20,8 @@ use actix_rt::{Arbiter, ArbiterHandle, System};
 pub struct Arbiters {
     handles: Arc<[ArbiterHandle]>,
     next: Arc<AtomicUsize>,
+    /// Connections take turns apart from rooms, so neither kind piles onto some arbiters.
+    next_connection: Arc<AtomicUsize>,
     /// Tells this runtime's arbiter threads from other runtimes' (tests run several servers).
     runtime: usize,
 }
@@ -39,6 +41,12 @@ pub fn on_actor_thread() -> bool {
 impl Arbiters {
     pub fn next(&self) -> &ArbiterHandle {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.handles[i % self.handles.len()]
+    }
+
+    /// The arbiter the next connection is served on.
+    pub fn next_connection(&self) -> &ArbiterHandle {
+        let i = self.next_connection.fetch_add(1, Ordering::Relaxed);
         &self.handles[i % self.handles.len()]
     }
 
@@ -102,6 +110,7 @@ impl ActorRuntime {
             arbiters: Arbiters {
                 handles: handles.into(),
                 next: Arc::new(AtomicUsize::new(0)),
+                next_connection: Arc::new(AtomicUsize::new(0)),
                 runtime,
             },
             system,

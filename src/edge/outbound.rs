@@ -37,6 +37,10 @@ pub enum Delivery {
     Closed,
 }
 
+/// A queue that held more than this many messages at once gives the room back when it empties.
+const SHRINK_ABOVE: usize = 64;
+const SHRINK_TO: usize = 8;
+
 /// The messages waiting for the response stream, and how to wake it. One lock per delivery and
 /// one per drain (however many messages it takes), in place of a channel's semaphore, block
 /// list and second waker for `fatal`.
@@ -156,7 +160,6 @@ impl SessionTx {
             shared: shared.clone(),
             done: false,
             permit: None,
-            uncounted: 0,
         };
         (SessionTx { shared }, stream)
     }
@@ -247,8 +250,6 @@ pub struct OutboundStream {
     /// The session's place in the session table, given back with the stream. Held as any
     /// value so this queue, which the actors use, does not depend on the table, which uses them.
     permit: Option<Box<dyn std::fmt::Debug + Send + Sync>>,
-    /// Deliveries not yet added to the metrics counter (see [`COUNT_BATCH`]).
-    uncounted: u64,
 }
 
 impl OutboundStream {
@@ -264,7 +265,6 @@ impl OutboundStream {
 
 impl Drop for OutboundStream {
     fn drop(&mut self) {
-        self.flush_count();
         if !self.done {
             self.close();
         }
@@ -282,19 +282,7 @@ impl Drop for OutboundStream {
     }
 }
 
-/// Deliveries are added to the shared counter in batches of at most this many, and whenever the
-/// queue runs empty: before the transport writes what it took, so a client never observes a
-/// message the counter does not include yet.
-const COUNT_BATCH: u64 = 64;
-
 impl OutboundStream {
-    fn flush_count(&mut self) {
-        if self.uncounted > 0 {
-            metrics::get().delivered.increment(self.uncounted);
-            self.uncounted = 0;
-        }
-    }
-
     /// Refuses further deliveries and drops what is queued (now, not when the transport drops
     /// the stream).
     fn close(&mut self) {
@@ -310,7 +298,6 @@ impl OutboundStream {
 
     /// Ends the stream, with the status of `fatal` if there is one.
     fn finish(&mut self) -> Drained {
-        self.flush_count();
         self.done = true;
         self.close();
         Drained::End(self.shared.fatal.get().map(Status::from))
@@ -332,6 +319,12 @@ impl OutboundStream {
             return Poll::Ready(self.finish());
         }
         let mut queue = self.shared.queue();
+        // Read again under the lock: an end at once set since the check above wins over the
+        // backlog.
+        if self.shared.fatal.get().is_some_and(|f| !f.drains_first()) {
+            drop(queue);
+            return Poll::Ready(self.finish());
+        }
         let mut taken = 0;
         let mut count = 0;
         let mut counted = 0;
@@ -345,12 +338,14 @@ impl OutboundStream {
         }
         if count > 0 {
             queue.bytes -= counted;
-            let emptied = queue.messages.is_empty();
-            drop(queue);
-            self.uncounted += count;
-            if emptied || self.uncounted >= COUNT_BATCH {
-                self.flush_count();
+            // A burst grew the ring; an idle session should not keep it.
+            if queue.messages.is_empty() && queue.messages.capacity() > SHRINK_ABOVE {
+                queue.messages.shrink_to(SHRINK_TO);
             }
+            drop(queue);
+            // Counted when handed to the transport, so a client never sees a message the
+            // counter does not include yet: one add per drain, not per message.
+            metrics::get().delivered.increment(count as u64);
             return Poll::Ready(Drained::Messages);
         }
         // Empty: every sender gone (the session ended) or a draining end reached its end.
@@ -366,8 +361,6 @@ impl OutboundStream {
             queue.waker = Some(cx.waker().clone());
         }
         queue.waiting = true;
-        drop(queue);
-        self.flush_count();
         Poll::Pending
     }
 }

@@ -124,13 +124,17 @@ pub async fn serve(
                 continue;
             }
         };
-        threads.next().spawn(async move {
+        let spawned = threads.next_connection().spawn(async move {
             match TcpStream::from_std(tcp) {
                 Ok(tcp) => connection.run(tcp, closing).await,
                 Err(error) => warn!(%peer, %error, "connection closed: cannot register it"),
             }
             drop((place, ip_place));
         });
+        if !spawned {
+            // Only once the actor system has stopped (shutdown): the connection is dropped.
+            warn!(%peer, "connection closed: its actor thread has stopped");
+        }
     }
     drop(acceptor);
     let _ = closing_tx.send(true);

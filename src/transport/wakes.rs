@@ -49,6 +49,23 @@ pub struct Relay {
     task: atomic_waker::AtomicWaker,
     /// Woken and not yet run: further hand-overs need no wake-up.
     scheduled: AtomicBool,
+    /// Its task is gone (the thread's runtime stopped): hand-overs are dropped, not kept.
+    gone: AtomicBool,
+}
+
+/// Marks the relay gone when its task is dropped, and lets go of what was handed over (the
+/// wakers hold their relay: kept, they would keep each other alive).
+struct Gone<'a>(&'a Relay);
+
+impl Drop for Gone<'_> {
+    fn drop(&mut self) {
+        self.0.gone.store(true, Ordering::SeqCst);
+        self.0
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
 }
 
 impl Relay {
@@ -71,6 +88,7 @@ impl Relay {
 
     /// Runs for as long as the thread's runtime: wakes what was handed over.
     async fn run(self: Arc<Relay>) {
+        let _gone = Gone(&self);
         let mut batch = Vec::new();
         std::future::poll_fn(|cx| {
             self.task.register(cx.waker());
@@ -90,10 +108,14 @@ impl Relay {
 
     /// Hands `connections` (all of this relay's) over, with one wake-up at most.
     fn hand_over(&self, connections: impl Iterator<Item = Arc<ConnectionWaker>>) {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(connections);
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            // Checked under the lock `Gone` clears it with: nothing is added after the clear.
+            if self.gone.load(Ordering::SeqCst) {
+                return;
+            }
+            pending.extend(connections);
+        }
         if !self.scheduled.swap(true, Ordering::SeqCst) {
             self.task.wake();
         }

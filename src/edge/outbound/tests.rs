@@ -121,3 +121,32 @@ async fn end_wakes_a_waiting_stream() {
         .unwrap();
     assert_eq!(item.unwrap().unwrap_err().code(), tonic::Code::Unavailable);
 }
+
+#[tokio::test]
+async fn a_queue_that_grew_for_a_burst_gives_the_room_back_once_drained() {
+    let (tx, mut stream) = SessionTx::channel(1024, 1 << 20, None);
+    for _ in 0..200 {
+        assert_eq!(tx.try_deliver(Bytes::from_static(b"burst")), Delivery::Sent);
+    }
+    assert!(stream.shared.queue().messages.capacity() >= 200);
+    for _ in 0..200 {
+        stream.next().await.unwrap().unwrap();
+    }
+    assert!(stream.shared.queue().messages.capacity() <= 2 * SHRINK_TO);
+}
+
+#[tokio::test]
+async fn an_end_at_once_wins_over_the_backlog_and_nothing_is_taken_after_it() {
+    let (tx, mut stream) = SessionTx::channel(16, 1 << 20, None);
+    tx.try_deliver(Bytes::from_static(b"queued"));
+    tx.end(Fatal::IdleTimeout);
+    let mut taken = 0;
+    let waker = futures_util::task::noop_waker();
+    let drained = stream.poll_drain(&mut Context::from_waker(&waker), 1 << 14, |_| taken += 1);
+    assert!(matches!(drained, Poll::Ready(Drained::End(Some(_)))));
+    assert_eq!(taken, 0);
+    assert_eq!(
+        tx.try_deliver(Bytes::from_static(b"late")),
+        Delivery::Closed
+    );
+}

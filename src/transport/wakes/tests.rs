@@ -157,3 +157,28 @@ fn a_batch_holds_only_its_own_threads_wake_ups() {
         .unwrap();
     assert_eq!(counting.0.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn a_relay_whose_thread_stopped_keeps_nothing_handed_over() {
+    use std::time::Duration;
+    let runtime = crate::runtime::ActorRuntime::start(1).unwrap();
+    let (made_tx, made) = std::sync::mpsc::channel();
+    runtime.arbiters().next().spawn(async move {
+        made_tx.send(Arc::new(ConnectionWaker::here())).unwrap();
+    });
+    let connection = made.recv_timeout(Duration::from_secs(5)).unwrap();
+    let relay = connection.home.clone().expect("homed");
+    drop(runtime);
+    assert!(
+        relay.gone.load(Ordering::SeqCst),
+        "its task went with its thread"
+    );
+    {
+        let _batch = Batch::hold();
+        Waker::from(connection.clone()).wake_by_ref();
+    }
+    assert!(
+        relay.pending.lock().unwrap().is_empty(),
+        "not kept: the waker and its relay would keep each other alive"
+    );
+}
