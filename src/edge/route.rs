@@ -6,7 +6,6 @@
 //! the session was ended with.
 
 use std::{
-    convert::Infallible,
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -15,22 +14,25 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, header};
+use http_body_util::Either;
 use hyper::body::Frame;
-use tonic::{Status, Streaming, body::Body, codegen::Service, server::NamedService};
+use tonic::{Status, Streaming, body::Body};
 
 use super::{
     codec::RequestDecoder,
     outbound::{Drained, OutboundStream},
     service::ChatEdge,
 };
+use crate::transport::DirectRoute;
 
-/// The one method of the service.
+/// The service's path prefix, and its one method.
+const SERVICE: &str = "/chat.v1.ChatService";
 const CHAT_STREAM: &str = "/chat.v1.ChatService/ChatStream";
 /// Messages gathered into one DATA frame, at most (h2 splits larger ones into frames of the
 /// peer's maximum frame size, 16 KiB by default).
 const FRAME_BYTES: usize = 16 * 1024;
 
-/// `ChatEdge` as a tower service on the transport's routes.
+/// `ChatEdge` as the transport's direct route (see [`DirectRoute`]).
 #[derive(Clone)]
 pub struct ChatRoute {
     edge: Arc<ChatEdge>,
@@ -47,39 +49,44 @@ impl ChatRoute {
     }
 }
 
-impl NamedService for ChatRoute {
-    const NAME: &'static str = "chat.v1.ChatService";
+/// The body of a ChatStream answer: the session's messages, or a refusal's status alone.
+pub type ChatBody = Either<OutboundBody, Body>;
+
+impl DirectRoute for ChatRoute {
+    type Body = ChatBody;
+
+    fn claims(&self, path: &str) -> bool {
+        is_chat_service(path)
+    }
+
+    fn call(
+        &self,
+        request: http::Request<Body>,
+    ) -> impl Future<Output = http::Response<ChatBody>> + Send + 'static {
+        let route = self.clone();
+        async move { route.respond(request).await }
+    }
 }
 
-impl Service<http::Request<Body>> for ChatRoute {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let route = self.clone();
-        Box::pin(async move { Ok(route.respond(request).await) })
-    }
+fn is_chat_service(path: &str) -> bool {
+    path.strip_prefix(SERVICE)
+        .is_some_and(|method| method.starts_with('/'))
 }
 
 impl ChatRoute {
-    async fn respond(&self, request: http::Request<Body>) -> http::Response<Body> {
+    async fn respond(&self, request: http::Request<Body>) -> http::Response<ChatBody> {
+        let refusal = |status: Status| status.into_http().map(Either::Right);
         if request.uri().path() != CHAT_STREAM {
-            return Status::unimplemented("").into_http();
+            return refusal(Status::unimplemented(""));
         }
         // No compression is offered (gRPC's "identity" only), as before with tonic's defaults.
         if let Some(encoding) = request.headers().get("grpc-encoding")
             && encoding != "identity"
         {
-            let mut refusal = Status::unimplemented(format!(
+            let mut refusal = refusal(Status::unimplemented(format!(
                 "Content is compressed with `{}` which isn't supported",
                 String::from_utf8_lossy(encoding.as_bytes())
-            ))
-            .into_http();
+            )));
             refusal
                 .headers_mut()
                 .insert("grpc-accept-encoding", HeaderValue::from_static("identity"));
@@ -95,14 +102,14 @@ impl ChatRoute {
         let request = tonic::Request::from_http(http::Request::from_parts(parts, requests));
         match self.edge.chat_stream(request).await {
             Ok(outbound) => {
-                let mut response = http::Response::new(Body::new(OutboundBody::new(outbound)));
+                let mut response = http::Response::new(Either::Left(OutboundBody::new(outbound)));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/grpc"),
                 );
                 response
             }
-            Err(status) => status.into_http(),
+            Err(status) => refusal(status),
         }
     }
 }
@@ -224,6 +231,15 @@ mod tests {
             data = data.slice(PREFIX_BYTES + len..);
         }
         messages
+    }
+
+    #[test]
+    fn the_route_claims_its_service_and_nothing_else() {
+        assert!(is_chat_service(CHAT_STREAM));
+        assert!(is_chat_service("/chat.v1.ChatService/Other"));
+        assert!(!is_chat_service("/chat.v1.ChatServiceX/ChatStream"));
+        assert!(!is_chat_service("/chat.v1.AdminService/ListRooms"));
+        assert!(!is_chat_service("/grpc.health.v1.Health/Check"));
     }
 
     #[tokio::test]

@@ -176,7 +176,6 @@ impl Server {
         );
         let routes = tonic::service::Routes::new(health_service)
             .add_service(reflection)
-            .add_service(chat)
             .add_service(admin);
         let settings = transport::Settings {
             max_connections: connection_cap(config.server.max_connections),
@@ -195,7 +194,7 @@ impl Server {
             threads: Some(hub.arbiters.clone()),
         };
         let trimmer = tokio::spawn(crate::trim::keep_trimming());
-        let serve = transport::serve(listener, settings, routes, async {
+        let serve = transport::serve(listener, settings, routes, chat, async {
             let _ = stop_rx.await;
         });
         tokio::pin!(serve);

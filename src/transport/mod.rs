@@ -23,7 +23,7 @@ pub mod wakes;
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming, header, server::conn::http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
@@ -62,6 +62,27 @@ pub struct Settings {
     pub threads: Option<crate::runtime::Arbiters>,
 }
 
+/// A route the connection calls itself, ahead of the router, for the paths it claims. Its
+/// response body goes to hyper as it is: through the router it would be boxed and its errors
+/// mapped three times over (tonic's body around axum's around tonic's), layers every DATA frame
+/// of a long-lived stream passes through.
+pub trait DirectRoute: Clone + Send + Sync + 'static {
+    type Body: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+
+    /// Whether a request to `path` is this route's.
+    fn claims(&self, path: &str) -> bool;
+
+    fn call(
+        &self,
+        request: Request<Body>,
+    ) -> impl Future<Output = Response<Self::Body>> + Send + 'static;
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a connection answers with: a direct route's body, or the router's.
+pub type Reply<D> = Either<<D as DirectRoute>::Body, Body>;
+
 /// What the client may send before we read it: per stream and per connection. Small on purpose:
 /// a stream's reader takes one message at a time, so a larger window would only let a flooding
 /// client park more bytes in the server.
@@ -70,10 +91,11 @@ const CONNECTION_RECEIVE_WINDOW: u32 = 512 * 1024;
 
 /// Serves `routes` on `listener` until `stop` resolves, then asks every connection to finish and
 /// waits for them. The caller bounds that wait (the shutdown grace).
-pub async fn serve(
+pub async fn serve<D: DirectRoute>(
     listener: TcpListener,
     settings: Settings,
     routes: Routes,
+    direct: D,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
@@ -103,6 +125,7 @@ pub async fn serve(
         let connection = Connection {
             settings: settings.clone(),
             routes: routes.clone(),
+            direct: direct.clone(),
             info: TcpConnectInfo {
                 local_addr: Some(local),
                 remote_addr: Some(peer),
@@ -157,13 +180,14 @@ fn http2(settings: &Settings, executor: StreamExecutor) -> http2::Builder<Stream
     h2
 }
 
-struct Connection {
+struct Connection<D> {
     settings: Settings,
     routes: Routes,
+    direct: D,
     info: TcpConnectInfo,
 }
 
-impl Connection {
+impl<D: DirectRoute> Connection<D> {
     async fn run(self, tcp: TcpStream, mut closing: watch::Receiver<bool>) {
         let peer = self.info.remote_addr;
         if let Err(error) = tcp.set_nodelay(self.settings.tcp_nodelay) {
@@ -195,23 +219,29 @@ impl Connection {
                 }
             };
         let routes = self.routes;
+        let direct = self.direct;
         let info = self.info;
         let frames = self.settings.frames.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let mut routes = routes.clone();
+            let direct = direct.clone();
             let info = info.clone();
             let frames = frames.clone();
             // Boxed: hyper keeps a stream's task at the size of its largest state, and the
             // routing future (request, router, handler) is several times what the stream
             // needs once it answers. Boxed, that memory goes when the response is made
             // instead of staying with every open stream.
-            let respond: RouteFuture = Box::pin(async move {
+            let respond: RouteFuture<D> = Box::pin(async move {
                 if let Some(refusal) = refuse_non_grpc(&request) {
-                    return Ok::<_, Infallible>(refusal);
+                    return Ok::<_, Infallible>(refusal.map(Either::Right));
                 }
                 let mut request = request.map(|body| Body::new(Rechunked::new(body, frames)));
                 request.extensions_mut().insert(info);
-                routes.call(request).await
+                if direct.claims(request.uri().path()) {
+                    return Ok(direct.call(request).await.map(Either::Left));
+                }
+                let response = routes.call(request).await?;
+                Ok(response.map(Either::Right))
             });
             respond
         });
@@ -241,8 +271,8 @@ impl Connection {
 }
 
 /// What routing one request resolves to (see `Connection::run`).
-type RouteFuture =
-    std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+type RouteFuture<D> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<Reply<D>>, Infallible>> + Send>>;
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
