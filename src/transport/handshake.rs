@@ -2,6 +2,10 @@
 //! finish TLS (when on) and send the HTTP/2 connection preface. A socket that stays silent is
 //! closed at the timeout instead of holding a descriptor; a client speaking HTTP/1 gets a short
 //! plain answer saying this server speaks gRPC over HTTP/2, then the connection is closed.
+//!
+//! The handshake runs on the runtime that accepted the connection, not on the actor thread that
+//! will serve it: a TLS handshake costs a millisecond of CPU or more, which would hold up that
+//! thread's rooms. The socket is then moved ([`Movable`], [`Handshaken::socket`]).
 
 use std::{
     io,
@@ -9,7 +13,11 @@ use std::{
     task::{Context, Poll},
 };
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::server::TlsStream;
 
 /// The client connection preface every HTTP/2 connection starts with (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -53,6 +61,96 @@ where
         replay: PREFACE,
         inner: io,
     })
+}
+
+/// A connection past its handshake.
+pub enum Handshaken {
+    Plain(Rewind<Movable>),
+    /// Boxed: rustls' connection state is large, and most connections are one kind.
+    Tls(Box<Rewind<TlsStream<Movable>>>),
+}
+
+impl Handshaken {
+    /// The TCP socket under the connection's layers.
+    pub fn socket(&mut self) -> &mut Movable {
+        match self {
+            Handshaken::Plain(io) => &mut io.inner,
+            Handshaken::Tls(io) => io.inner.get_mut().0,
+        }
+    }
+}
+
+/// A TCP socket that can move to another runtime's reactor between reads: [`Movable::detach`]
+/// takes it off the reactor it is registered with, [`Movable::attach`] registers it with the
+/// caller's. Detached, it reads and writes nothing (`NotConnected`).
+#[derive(Debug)]
+pub struct Movable(Option<TcpStream>);
+
+impl Movable {
+    pub fn new(tcp: TcpStream) -> Movable {
+        Movable(Some(tcp))
+    }
+
+    pub fn detach(&mut self) -> io::Result<std::net::TcpStream> {
+        match self.0.take() {
+            Some(tcp) => tcp.into_std(),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    /// Registers `socket` with the current runtime's reactor. What arrived meanwhile waits in
+    /// the kernel and is reported on registration.
+    pub fn attach(&mut self, socket: std::net::TcpStream) -> io::Result<()> {
+        self.0 = Some(TcpStream::from_std(socket)?);
+        Ok(())
+    }
+
+    fn tcp(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        match &mut self.0 {
+            Some(tcp) => Ok(Pin::new(tcp)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl AsyncRead for Movable {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.get_mut().tcp()?.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Movable {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().tcp()?.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().tcp()?.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.as_ref().is_some_and(|tcp| tcp.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().tcp()?.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().tcp()?.poll_shutdown(cx)
+    }
 }
 
 /// An IO that yields `replay` before reading from `inner`.

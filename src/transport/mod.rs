@@ -5,7 +5,8 @@
 //! fan-out's frames for one connection together: the connection's task runs its streams
 //! ([`streams`]), woken once per fan-out ([`wakes`]), and writes once per pass ([`coalesce`]).
 //!
-//! Connections are served on the actor threads (`Settings::threads`). Connections are capped by `server.max_connections` (accepting waits for a place) and per
+//! Connections are served on the actor threads (`Settings::threads`), once their handshake is
+//! done on the runtime that accepted them. Connections are capped by `server.max_connections` (accepting waits for a place) and per
 //! client IP by `server.max_connections_per_ip` (one over it is closed at once), each one
 //! must finish TLS and send the HTTP/2 preface within `server.handshake_timeout_ms`, and only
 //! gRPC requests (POST, `application/grpc*`) reach the services. Shutdown is in two steps: stop
@@ -36,7 +37,7 @@ use tracing::{debug, warn};
 use self::{
     accept::{Acceptor, PerIp},
     coalesce::{Coalesced, FlushGate},
-    handshake::read_preface,
+    handshake::{Handshaken, Movable, read_preface},
     rechunk::{FrameLimits, Rechunked},
     streams::{ConnectionStreams, StreamExecutor},
 };
@@ -132,32 +133,40 @@ pub async fn serve<D: DirectRoute>(
             },
         };
         let closing = closing.clone();
-        let Some(threads) = &settings.threads else {
-            tokio::spawn(async move {
-                connection.run(tcp, closing).await;
+        let thread = settings
+            .threads
+            .as_ref()
+            .map(|t| t.next_connection().clone());
+        tokio::spawn(async move {
+            // Here, on the runtime that accepted it: see `handshake`.
+            let Some(mut io) = connection.handshake(tcp).await else {
+                return;
+            };
+            let Some(thread) = thread else {
+                connection.serve(io, closing).await;
+                drop((place, ip_place));
+                return;
+            };
+            // Moved to the actor thread's own reactor, so its readiness wakes that thread.
+            let socket = match io.socket().detach() {
+                Ok(socket) => socket,
+                Err(error) => {
+                    warn!(%peer, %error, "connection closed: cannot move it to an actor thread");
+                    return;
+                }
+            };
+            let spawned = thread.spawn(async move {
+                match io.socket().attach(socket) {
+                    Ok(()) => connection.serve(io, closing).await,
+                    Err(error) => warn!(%peer, %error, "connection closed: cannot register it"),
+                }
                 drop((place, ip_place));
             });
-            continue;
-        };
-        // Moved to the arbiter's own reactor, so its readiness wakes that thread directly.
-        let tcp = match tcp.into_std() {
-            Ok(tcp) => tcp,
-            Err(error) => {
-                warn!(%peer, %error, "connection closed: cannot move it to an actor thread");
-                continue;
+            if !spawned {
+                // Only once the actor system has stopped (shutdown): the connection is dropped.
+                warn!(%peer, "connection closed: its actor thread has stopped");
             }
-        };
-        let spawned = threads.next_connection().spawn(async move {
-            match TcpStream::from_std(tcp) {
-                Ok(tcp) => connection.run(tcp, closing).await,
-                Err(error) => warn!(%peer, %error, "connection closed: cannot register it"),
-            }
-            drop((place, ip_place));
         });
-        if !spawned {
-            // Only once the actor system has stopped (shutdown): the connection is dropped.
-            warn!(%peer, "connection closed: its actor thread has stopped");
-        }
     }
     drop(acceptor);
     let _ = closing_tx.send(true);
@@ -188,36 +197,46 @@ struct Connection<D> {
 }
 
 impl<D: DirectRoute> Connection<D> {
-    async fn run(self, tcp: TcpStream, mut closing: watch::Receiver<bool>) {
+    /// TLS (when on) and the HTTP/2 preface within the handshake timeout; `None` when the
+    /// connection was closed instead.
+    async fn handshake(&self, tcp: TcpStream) -> Option<Handshaken> {
         let peer = self.info.remote_addr;
         if let Err(error) = tcp.set_nodelay(self.settings.tcp_nodelay) {
             warn!(%error, "cannot set TCP_NODELAY");
         }
+        let tcp = Movable::new(tcp);
         // Boxed: the connection's task keeps the size of its largest state for the
         // connection's life, and a TLS handshake (rustls' connection state, twice over while
         // the preface is read) is larger than serving; boxed, it is freed once done.
         let handshake = Box::pin(async {
-            match &self.settings.tls {
+            Ok::<_, HandshakeFailure>(match &self.settings.tls {
                 Some(tls) => {
                     let tls = tls.accept(tcp).await?;
-                    Ok(Box::new(read_preface(tls).await?) as Box<dyn Io>)
+                    Handshaken::Tls(Box::new(read_preface(tls).await?))
                 }
-                None => Ok(Box::new(read_preface(tcp).await?) as Box<dyn Io>),
-            }
+                None => Handshaken::Plain(read_preface(tcp).await?),
+            })
         });
-        let io: Box<dyn Io> =
-            match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
-                Ok(Ok(io)) => io,
-                Ok(Err(error)) => {
-                    let error: HandshakeFailure = error;
-                    debug!(?peer, %error, "connection closed during the handshake");
-                    return;
-                }
-                Err(_) => {
-                    debug!(?peer, "connection closed: no handshake within the timeout");
-                    return;
-                }
-            };
+        match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
+            Ok(Ok(io)) => Some(io),
+            Ok(Err(error)) => {
+                debug!(?peer, %error, "connection closed during the handshake");
+                None
+            }
+            Err(_) => {
+                debug!(?peer, "connection closed: no handshake within the timeout");
+                None
+            }
+        }
+    }
+
+    /// Serves gRPC on a connection past its handshake until it ends.
+    async fn serve(self, io: Handshaken, mut closing: watch::Receiver<bool>) {
+        let peer = self.info.remote_addr;
+        let io: Box<dyn Io> = match io {
+            Handshaken::Plain(io) => Box::new(io),
+            Handshaken::Tls(io) => io,
+        };
         let routes = self.routes;
         let direct = self.direct;
         let info = self.info;
@@ -319,3 +338,6 @@ fn refuse_non_grpc(request: &Request<Incoming>) -> Option<Response<Body>> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests;

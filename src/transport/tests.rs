@@ -1,0 +1,123 @@
+//! The transport as a whole: where a connection's handshake runs.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{net::TcpStream, sync::oneshot};
+use tokio_rustls::{
+    TlsAcceptor, TlsConnector,
+    rustls::{
+        ClientConfig, RootCertStore, ServerConfig,
+        pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName},
+    },
+};
+
+use super::*;
+
+/// A direct route that claims nothing: every request goes to the router.
+#[derive(Clone)]
+struct Nothing;
+
+impl DirectRoute for Nothing {
+    type Body = Body;
+
+    fn claims(&self, _path: &str) -> bool {
+        false
+    }
+
+    fn call(&self, _request: Request<Body>) -> impl Future<Output = Response<Body>> + 'static {
+        std::future::ready(Response::new(Body::empty()))
+    }
+}
+
+/// A server and a client TLS configuration for `localhost`, with a self-signed certificate.
+fn tls() -> (TlsAcceptor, TlsConnector) {
+    let signed = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = CertificateDer::from(signed.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(signed.signing_key.serialize_der()));
+    let mut server = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    let mut roots = RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let mut client = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    (
+        TlsAcceptor::from(Arc::new(server)),
+        TlsConnector::from(Arc::new(client)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_runs_off_the_actor_thread_that_then_serves_the_connection() {
+    let runtime = crate::runtime::ActorRuntime::start(1).unwrap();
+    let arbiters = runtime.arbiters();
+    let (acceptor, connector) = tls();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let settings = Settings {
+        max_connections: 16,
+        max_connections_per_ip: 0,
+        handshake_timeout: Duration::from_secs(5),
+        tcp_nodelay: true,
+        keepalive_interval: None,
+        keepalive_timeout: Duration::from_secs(5),
+        max_concurrent_streams: 16,
+        stream_send_buffer: 64 * 1024,
+        frames: FrameLimits::new(64 * 1024, 64 * 1024),
+        tls: Some(acceptor),
+        threads: Some(arbiters.clone()),
+    };
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        settings,
+        Routes::default(),
+        Nothing,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    // The only actor thread is busy (as with a long fan-out) until released, at most 10 s.
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (busy_tx, busy_rx) = oneshot::channel();
+    arbiters.next().spawn(async move {
+        let _ = busy_tx.send(());
+        let _ = release_rx.recv_timeout(Duration::from_secs(10));
+    });
+    busy_rx.await.unwrap();
+
+    let tcp = TcpStream::connect(address).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .expect("the handshake does not wait for the actor thread")
+        .unwrap();
+    release_tx.send(()).unwrap();
+
+    // Served, once moved: a request the transport answers itself (not gRPC: 405).
+    let served = async {
+        let (mut h2, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::get(format!("https://localhost:{}/", address.port()))
+            .body(())
+            .unwrap();
+        let (response, _) = h2.send_request(request, true).unwrap();
+        response.await.unwrap().status()
+    };
+    let status = tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("served after the move");
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
+    drop(runtime);
+}
