@@ -1,12 +1,13 @@
 //! The HTTP/2 streams of one connection, run by that connection's own task. hyper hands every
 //! new stream's task to [`StreamExecutor`], which puts it in the connection's
 //! [`ConnectionStreams`] instead of spawning it: a stream woken by a room's delivery then only
-//! puts itself on the connection's ready list ([`ready`]) and wakes its connection, once however
-//! many of its streams a fan-out reaches. The connection task runs the ready streams, which
-//! queue their DATA frames in h2, and then h2 itself, which writes them all together: one task
-//! wake-up and one write per connection per fan-out instead of one per member.
+//! puts itself on the connection's ready list (`streams/ready.rs`) and wakes its connection,
+//! once however many of its streams a fan-out reaches. The connection task runs the ready
+//! streams, which queue their DATA frames in h2, and then h2 itself, which writes them all
+//! together: one task wake-up and one write per connection per fan-out instead of one per
+//! member.
 //!
-//! Each stream's task carries its [`super::reset::StreamReset`] switch ([`ready::StreamTask`]).
+//! Each stream's task carries its [`super::reset::StreamReset`] switch (`StreamTask`).
 
 mod ready;
 
