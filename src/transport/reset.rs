@@ -1,20 +1,21 @@
 //! Ending an HTTP/2 stream on the wire without the client's help. hyper writes a response body
 //! only while the stream has send capacity: a client that stops granting window leaves the body
 //! unpolled, so a status the session sets is never seen and the stream, its queue and its buffers
-//! stay until the connection closes. Every stream task is therefore run as a [`Resettable`],
-//! inside a [`StreamReset`] scope (see [`super::streams`]): the gRPC handler picks the
-//! scope up ([`StreamReset::current`]) and hands it to the session's send handle, and once a
-//! stream is ended that way the task is dropped if it has not finished within [`RESET_GRACE`].
-//! Dropping it makes h2 reset the stream (RST_STREAM CANCEL) and discard what it buffered.
+//! stay until the connection closes. Every stream task therefore carries a [`StreamReset`] (see
+//! [`super::streams`]): the gRPC handler picks it up ([`StreamReset::current`]) and hands it to
+//! the session's send handle, and once a stream is ended that way the task is dropped if it has
+//! not finished within [`RESET_GRACE`] ([`ResetTimer`]). Dropping it makes h2 reset the stream
+//! (RST_STREAM CANCEL) and discard what it buffered.
 
 use std::{
+    cell::Cell,
     future::Future,
     pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -25,8 +26,10 @@ use tokio::time::Sleep;
 /// that reads gets its status well within this; one that does not is cut here.
 pub const RESET_GRACE: Duration = Duration::from_millis(250);
 
-tokio::task_local! {
-    static STREAM: Arc<StreamReset>;
+thread_local! {
+    /// The switch of the stream task being polled on this thread, until its handler takes it.
+    /// A plain cell the switch is moved in and out of: no reference count is touched per poll.
+    static OFFERED: Cell<Option<Arc<StreamReset>>> = const { Cell::new(None) };
 }
 
 /// The reset switch of one HTTP/2 stream's task.
@@ -37,10 +40,11 @@ pub struct StreamReset {
 }
 
 impl StreamReset {
-    /// The switch of the stream whose task is running this code, if it runs as a
-    /// [`Resettable`] (the in-process transport); `None` elsewhere.
+    /// The switch of the stream whose task is running this code (the in-process transport), for
+    /// the first caller in that task: the handler takes it once, when it makes the stream's send
+    /// handle, and the task stops offering it then. `None` elsewhere, and to later callers.
     pub fn current() -> Option<Arc<StreamReset>> {
-        STREAM.try_with(Arc::clone).ok()
+        OFFERED.try_with(Cell::take).ok().flatten()
     }
 
     /// Resets the stream unless its task finishes within [`RESET_GRACE`]. Idempotent.
@@ -55,60 +59,107 @@ impl StreamReset {
     }
 }
 
-/// One HTTP/2 stream's task, made resettable: it runs inside its [`StreamReset`] scope, and once
-/// the switch is armed it is dropped unless it finishes within [`RESET_GRACE`].
-pub struct Resettable<F: ?Sized> {
-    reset: Arc<StreamReset>,
+/// The reset side of one HTTP/2 stream's task: its switch, offered to the task's code on each
+/// poll until taken, and once the switch is armed, the deadline after which the task is to be
+/// dropped unless it finished.
+pub struct ResetTimer {
+    switch: Arc<StreamReset>,
+    /// The switch while the handler has not taken it ([`StreamReset::current`]). The handler
+    /// runs in the stream's first polls; after it, a poll pays for no scope at all.
+    offered: Option<Arc<StreamReset>>,
     deadline: Option<Pin<Box<Sleep>>>,
-    /// The task's waker is in `reset` (a task's waker stays the same for its life: once is
-    /// enough, and saves two atomic operations on every poll).
-    registered: bool,
-    task: Pin<Box<F>>,
 }
 
-impl<F: ?Sized> Resettable<F> {
-    pub fn new(task: Pin<Box<F>>) -> Resettable<F> {
-        Resettable {
-            reset: Arc::default(),
+impl ResetTimer {
+    /// The timer of a task whose waker (the same for its life) is `task`.
+    pub fn new(task: &Waker) -> ResetTimer {
+        let switch = Arc::new(StreamReset::default());
+        switch.task.register(task);
+        ResetTimer {
+            offered: Some(switch.clone()),
+            switch,
             deadline: None,
-            registered: false,
-            task,
         }
+    }
+
+    /// Polls the stream's `task` once, with its switch offered; `Ready` when the task finished
+    /// or is to be dropped (armed, and the grace is over). `cx` must carry the waker given to
+    /// [`ResetTimer::new`].
+    pub fn poll(
+        &mut self,
+        task: Pin<&mut (dyn Future<Output = ()> + Send)>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let done = match self.offered.take() {
+            None => task.poll(cx),
+            Some(switch) => {
+                let offer = Offer::new(switch);
+                let done = task.poll(cx);
+                self.offered = offer.end();
+                done
+            }
+        };
+        if done.is_ready() {
+            return Poll::Ready(());
+        }
+        if !self.switch.is_armed() {
+            return Poll::Pending;
+        }
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(RESET_GRACE)));
+        // Ready: the caller drops the stream's task, and with it h2's handle: RST_STREAM.
+        deadline.as_mut().poll(cx)
     }
 }
 
-impl<F: Future<Output = ()> + ?Sized> Future for Resettable<F> {
-    type Output = ();
+/// A switch offered on this thread for one poll; what was offered before comes back when it
+/// ends, also if the poll panics.
+struct Offer {
+    previous: Option<Arc<StreamReset>>,
+    ended: bool,
+}
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self;
-        let reset = this.reset.clone();
-        if STREAM
-            .sync_scope(reset, || this.task.as_mut().poll(cx))
-            .is_ready()
-        {
-            return Poll::Ready(());
+impl Offer {
+    fn new(switch: Arc<StreamReset>) -> Offer {
+        Offer {
+            previous: OFFERED.replace(Some(switch)),
+            ended: false,
         }
-        // Registered before reading the flag: an `arm` racing with this poll is seen or wakes us.
-        if !this.registered {
-            this.reset.task.register(cx.waker());
-            this.registered = true;
+    }
+
+    /// The switch if it was not taken.
+    fn end(mut self) -> Option<Arc<StreamReset>> {
+        self.ended = true;
+        OFFERED.replace(self.previous.take())
+    }
+}
+
+impl Drop for Offer {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = OFFERED.try_with(|offered| offered.replace(self.previous.take()));
         }
-        if !this.reset.is_armed() {
-            return Poll::Pending;
-        }
-        let deadline = this
-            .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(RESET_GRACE)));
-        // Ready: returning drops the stream's task, and with it h2's handle: RST_STREAM.
-        deadline.as_mut().poll(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::{coalesce::FlushGate, streams::ConnectionStreams};
+    use hyper::rt::Executor;
     use tokio::sync::oneshot;
+
+    /// Runs `task` as a stream of a connection that does nothing else, on a task of its own.
+    fn run_as_stream(task: impl Future<Output = ()> + Send + 'static) {
+        let mut streams = ConnectionStreams::new();
+        streams.executor().execute(task);
+        tokio::spawn(async move {
+            let gate = FlushGate::default();
+            let mut connection = std::future::pending::<()>();
+            std::future::poll_fn(|cx| streams.poll_with(Pin::new(&mut connection), &gate, cx)).await
+        });
+    }
 
     /// A task that never finishes on its own, holding `_held` until it is dropped.
     async fn stuck(switch: oneshot::Sender<Arc<StreamReset>>, held: oneshot::Sender<()>) {
@@ -121,7 +172,7 @@ mod tests {
     async fn an_armed_stuck_task_is_dropped_after_the_grace() {
         let (switch_tx, switch_rx) = oneshot::channel();
         let (held_tx, mut held_rx) = oneshot::channel::<()>();
-        tokio::spawn(Resettable::new(Box::pin(stuck(switch_tx, held_tx))));
+        run_as_stream(stuck(switch_tx, held_tx));
         let switch = switch_rx.await.unwrap();
         // Not armed: the task lives on, however long.
         tokio::time::sleep(RESET_GRACE * 10).await;
@@ -134,6 +185,39 @@ mod tests {
 
     #[tokio::test]
     async fn outside_the_executor_there_is_no_switch() {
+        assert!(StreamReset::current().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_switch_is_offered_on_every_poll_until_the_task_takes_it_once() {
+        let (found_tx, found_rx) = oneshot::channel();
+        run_as_stream(async move {
+            // The handler may wait before it asks, as a routing layer can.
+            tokio::task::yield_now().await;
+            let first = StreamReset::current();
+            let again = StreamReset::current();
+            tokio::task::yield_now().await;
+            let later = StreamReset::current();
+            let _ = found_tx.send((first.is_some(), again.is_some(), later.is_some()));
+        });
+        let found = tokio::time::timeout(Duration::from_secs(5), found_rx).await;
+        assert_eq!(found.unwrap().unwrap(), (true, false, false));
+        assert!(
+            StreamReset::current().is_none(),
+            "nothing left on the thread"
+        );
+    }
+
+    #[test]
+    fn a_panicking_poll_leaves_no_switch_on_the_thread() {
+        let waker = Waker::noop();
+        let mut timer = ResetTimer::new(waker);
+        let mut task: Pin<Box<dyn Future<Output = ()> + Send>> =
+            Box::pin(std::future::poll_fn(|_| panic!("a handler's bug")));
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = timer.poll(task.as_mut(), &mut Context::from_waker(waker));
+        }));
+        assert!(polled.is_err());
         assert!(StreamReset::current().is_none());
     }
 }

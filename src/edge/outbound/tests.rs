@@ -141,8 +141,8 @@ async fn an_end_at_once_wins_over_the_backlog_and_nothing_is_taken_after_it() {
     tx.try_deliver(Bytes::from_static(b"queued"));
     tx.end(Fatal::IdleTimeout);
     let mut taken = 0;
-    let waker = futures_util::task::noop_waker();
-    let drained = stream.poll_drain(&mut Context::from_waker(&waker), 1 << 14, |_| taken += 1);
+    let waker = Waker::noop();
+    let drained = stream.poll_drain(&mut Context::from_waker(waker), 1 << 14, |_| taken += 1);
     assert!(matches!(drained, Poll::Ready(Drained::End(Some(_)))));
     assert_eq!(taken, 0);
     assert_eq!(
