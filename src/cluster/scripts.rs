@@ -15,6 +15,7 @@ macro_rules! prelude {
 -- A room's seq, epoch and log outlive its last CHAT and its last member (join, refresh) by
 -- `[cluster] retention_secs` (an ARGV; 30 days when a caller leaves it out), so rooms never
 -- used again do not hold Redis memory forever; a room idle for longer starts over at seq 1.
+-- A room that never had a CHAT (seq 0) keeps them only as long as its presence set.
 -- Every script that sets one of their expiries sets all three alike, so they go together.
 local RETENTION_MS = 2592000000
 -- One payload field: byte length, ':', bytes (payload.rs).
@@ -172,12 +173,18 @@ redis.call('ZADD', KEYS[1], int(now + tonumber(ARGV[5])), member)
 -- The set itself goes once no node refreshes it any more.
 redis.call('PEXPIRE', KEYS[1], 3 * tonumber(ARGV[5]))
 -- The room's sequence exists from its first JOIN, so every JOINED carries an epoch; a member
--- keeps it for the retention from now, as `refresh` does.
+-- keeps it for the retention from now, as `refresh` does. A room that never had a CHAT has
+-- nothing to keep: its keys go with its presence set, or joining fresh names would leave
+-- keys behind for the whole retention.
 local retention = tonumber(ARGV[8]) or RETENTION_MS
 local seq, epoch = sequence(KEYS[2], KEYS[3], KEYS[4], ARGV[9], retention)
-redis.call('PEXPIRE', KEYS[2], retention)
-redis.call('PEXPIRE', KEYS[3], retention)
-redis.call('PEXPIRE', KEYS[4], retention)
+local keep = retention
+if seq == '0' then
+  keep = 3 * tonumber(ARGV[5])
+end
+redis.call('PEXPIRE', KEYS[2], keep)
+redis.call('PEXPIRE', KEYS[3], keep)
+redis.call('PEXPIRE', KEYS[4], keep)
 -- A session joining again only extends its entry: the others saw it join already.
 if not present then
   redis.call('PUBLISH', ARGV[1],
@@ -214,10 +221,15 @@ for i = 5, #ARGV - 2, 3 do
 end
 redis.call('PEXPIRE', KEYS[1], 3 * tonumber(ARGV[3]))
 -- A room with members keeps its seq and history however long it stays quiet: retention counts
--- from the last CHAT or the last member, whichever is later.
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PEXPIRE', KEYS[3], ARGV[4])
-redis.call('PEXPIRE', KEYS[4], ARGV[4])
+-- from the last CHAT or the last member, whichever is later. One that never had a CHAT keeps
+-- its keys as long as its presence set (see `join`).
+local keep = ARGV[4]
+if redis.call('GET', KEYS[2]) == '0' then
+  keep = 3 * tonumber(ARGV[3])
+end
+redis.call('PEXPIRE', KEYS[2], keep)
+redis.call('PEXPIRE', KEYS[3], keep)
+redis.call('PEXPIRE', KEYS[4], keep)
 return announced
 "#
     )),
