@@ -18,15 +18,16 @@ mod frame_limits;
 pub mod handshake;
 pub mod rechunk;
 pub mod reset;
+pub mod serving;
 pub mod streams;
 pub mod wakes;
 
-use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
+use h2::{RecvStream, server::SendResponse};
 use http_body_util::{Either, Full};
-use hyper::{Request, Response, StatusCode, body::Incoming, header, server::conn::http2};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Request, Response, StatusCode, header};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{Semaphore, watch},
@@ -39,7 +40,8 @@ use self::{
     coalesce::{Coalesced, FlushGate},
     handshake::{Handshaken, Movable, read_preface},
     rechunk::{FrameLimits, Rechunked},
-    streams::{ConnectionStreams, StreamExecutor},
+    serving::{Http2Connection, RequestBody},
+    streams::ConnectionStreams,
 };
 
 /// How a connection is served.
@@ -67,8 +69,8 @@ pub struct Settings {
 /// response body goes to hyper as it is: through the router it would be boxed and its errors
 /// mapped three times over (tonic's body around axum's around tonic's), layers every DATA frame
 /// of a long-lived stream passes through.
-pub trait DirectRoute: Clone + Send + Sync + 'static {
-    type Body: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+pub trait DirectRoute: Clone + Send + Sync + Unpin + 'static {
+    type Body: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static;
 
     /// Whether a request to `path` is this route's.
     fn claims(&self, path: &str) -> bool;
@@ -176,19 +178,6 @@ pub async fn serve<D: DirectRoute>(
     Ok(())
 }
 
-/// hyper's HTTP/2 server for one connection, its streams run by `executor`.
-fn http2(settings: &Settings, executor: StreamExecutor) -> http2::Builder<StreamExecutor> {
-    let mut h2 = http2::Builder::new(executor);
-    h2.timer(TokioTimer::new())
-        .keep_alive_interval(settings.keepalive_interval)
-        .keep_alive_timeout(settings.keepalive_timeout)
-        .max_concurrent_streams(settings.max_concurrent_streams)
-        .max_send_buf_size(settings.stream_send_buffer)
-        .initial_stream_window_size(STREAM_RECEIVE_WINDOW)
-        .initial_connection_window_size(CONNECTION_RECEIVE_WINDOW);
-    h2
-}
-
 struct Connection<D> {
     settings: Settings,
     routes: Routes,
@@ -237,37 +226,24 @@ impl<D: DirectRoute> Connection<D> {
             Handshaken::Plain(io) => Box::new(io),
             Handshaken::Tls(io) => io,
         };
-        let routes = self.routes;
-        let direct = self.direct;
-        let info = self.info;
-        let frames = self.settings.frames.clone();
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let mut routes = routes.clone();
-            let direct = direct.clone();
-            let info = info.clone();
-            let frames = frames.clone();
-            // Boxed: hyper keeps a stream's task at the size of its largest state, and the
-            // routing future (request, router, handler) is several times what the stream
-            // needs once it answers. Boxed, that memory goes when the response is made
-            // instead of staying with every open stream.
-            let respond: RouteFuture<D> = Box::pin(async move {
-                if let Some(refusal) = refuse_non_grpc(&request) {
-                    return Ok::<_, Infallible>(refusal.map(Either::Right));
-                }
-                let mut request = request.map(|body| Body::new(Rechunked::new(body, frames)));
-                request.extensions_mut().insert(info);
-                if direct.claims(request.uri().path()) {
-                    return Ok(direct.call(request).await.map(Either::Left));
-                }
-                let response = routes.call(request).await?;
-                Ok(response.map(Either::Right))
-            });
-            respond
-        });
+        let answer = Answerer {
+            routes: self.routes,
+            direct: self.direct,
+            info: self.info,
+            frames: self.settings.frames.clone(),
+        };
+        let limits = serving::Limits {
+            stream_receive_window: STREAM_RECEIVE_WINDOW,
+            connection_receive_window: CONNECTION_RECEIVE_WINDOW,
+            max_concurrent_streams: self.settings.max_concurrent_streams,
+            stream_send_buffer: self.settings.stream_send_buffer,
+            keepalive_interval: self.settings.keepalive_interval,
+            keepalive_timeout: self.settings.keepalive_timeout,
+        };
         let mut streams = ConnectionStreams::new();
         let gate = Arc::new(FlushGate::default());
-        let io = TokioIo::new(Coalesced::new(io, gate.clone()));
-        let connection = http2(&self.settings, streams.executor()).serve_connection(io, service);
+        let io = Coalesced::new(io, gate.clone());
+        let connection = Http2Connection::new(io, &limits, answer, streams.executor());
         tokio::pin!(connection);
         let mut asked_to_close = false;
         loop {
@@ -281,7 +257,7 @@ impl<D: DirectRoute> Connection<D> {
                 changed = closing.wait_for(|closing| *closing), if !asked_to_close => {
                     asked_to_close = true;
                     if changed.is_ok() {
-                        connection.as_mut().graceful_shutdown();
+                        connection.as_mut().get_mut().graceful_shutdown();
                     }
                 }
             }
@@ -289,9 +265,51 @@ impl<D: DirectRoute> Connection<D> {
     }
 }
 
-/// What routing one request resolves to (see `Connection::run`).
-type RouteFuture<D> =
-    std::pin::Pin<Box<dyn Future<Output = Result<Response<Reply<D>>, Infallible>> + Send>>;
+/// Answers a connection's requests: what is not gRPC is refused here, the direct route's go
+/// to it, the rest to the router.
+struct Answerer<D> {
+    routes: Routes,
+    direct: D,
+    info: TcpConnectInfo,
+    frames: FrameLimits,
+}
+
+impl<D: DirectRoute> serving::Answer for Answerer<D> {
+    fn answer(
+        &self,
+        request: Request<RecvStream>,
+        respond: SendResponse<Bytes>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let mut routes = self.routes.clone();
+        let direct = self.direct.clone();
+        let info = self.info.clone();
+        let frames = self.frames.clone();
+        // Boxed: a stream's task keeps the size of its largest state, and the routing future
+        // (request, router, handler) is several times what the stream needs once it answers.
+        // Boxed, that memory goes when the response is made instead of staying with every
+        // open stream.
+        let respond_with: RouteFuture<D> = Box::pin(async move {
+            if let Some(refusal) = refuse_non_grpc(&request) {
+                return refusal.map(Either::Right);
+            }
+            let mut request = request.map(|body| {
+                Body::new(Rechunked::new(RequestBody::new(body), frames))
+            });
+            request.extensions_mut().insert(info);
+            if direct.claims(request.uri().path()) {
+                return direct.call(request).await.map(Either::Left);
+            }
+            match routes.call(request).await {
+                Ok(response) => response.map(Either::Right),
+                Err(never) => match never {},
+            }
+        });
+        serving::reply(respond, respond_with)
+    }
+}
+
+/// What routing one request resolves to.
+type RouteFuture<D> = std::pin::Pin<Box<dyn Future<Output = Response<Reply<D>>> + Send>>;
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
@@ -306,7 +324,7 @@ enum HandshakeFailure {
 
 /// gRPC is POST with an `application/grpc` content type (gRPC over HTTP/2, "Requests"); anything
 /// else gets the HTTP answer the spec names instead of being decoded as gRPC.
-fn refuse_non_grpc(request: &Request<Incoming>) -> Option<Response<Body>> {
+fn refuse_non_grpc<B>(request: &Request<B>) -> Option<Response<Body>> {
     let refuse = |status: StatusCode, text: &'static str| {
         let mut response = Response::new(Body::new(Full::new(Bytes::from_static(text.as_bytes()))));
         *response.status_mut() = status;

@@ -1,0 +1,375 @@
+//! Serving gRPC on one HTTP/2 connection with h2 directly, in place of hyper's server. hyper's
+//! per-stream pipe checks the stream for a reset twice per DATA frame it sends and asks h2 for
+//! capacity twice, each a round trip through h2's stream store under its lock with a waker
+//! registered; here a stream's [`Pump`] checks for a reset only when it is about to wait, and a
+//! frame costs one capacity request, one capacity check and one `send_data`.
+//!
+//! What hyper's server did and this keeps: h2's settings (windows, frame and header list sizes,
+//! the send buffer per stream, the reset-flood limits), keepalive PINGs with a timeout, a
+//! graceful shutdown (GOAWAY, then the open streams finish), each stream's task run by the
+//! connection ([`super::streams`]), a response without a body sent as headers alone, and a
+//! stream reset by the client dropping its task (and with it the session's response).
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use h2::{
+    Ping, PingPong, Reason, RecvStream,
+    server::{Connection, Handshake, SendResponse},
+};
+use hyper::{
+    body::{Body, Frame, SizeHint},
+    rt::Executor,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::{Instant, Sleep},
+};
+use tracing::debug;
+
+use super::streams::StreamExecutor;
+
+/// hyper's defaults, kept: a client's header block beyond 16 KiB is refused, and 1,024 streams
+/// a client makes the server reset end the connection (ENHANCE_YOUR_CALM).
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// h2's settings of a connection.
+pub struct Limits {
+    pub stream_receive_window: u32,
+    pub connection_receive_window: u32,
+    pub max_concurrent_streams: u32,
+    /// Bytes h2 may buffer per stream for sending (the capacity a [`Pump`] waits for).
+    pub stream_send_buffer: usize,
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Duration,
+}
+
+/// What answers one request: called with each stream the client opens; the future it returns
+/// is that stream's task.
+pub trait Answer: Send + 'static {
+    fn answer(
+        &self,
+        request: http::Request<RecvStream>,
+        respond: SendResponse<Bytes>,
+    ) -> impl Future<Output = ()> + Send + 'static;
+}
+
+enum State<IO> {
+    Handshaking(Handshake<IO, Bytes>),
+    Serving(Connection<IO, Bytes>),
+}
+
+/// One connection: the handshake's SETTINGS, then every stream the client opens answered by
+/// `answer` in a task of the connection's own (`streams`), until the connection ends.
+pub struct Http2Connection<IO, A> {
+    state: State<IO>,
+    answer: A,
+    streams: StreamExecutor,
+    keepalive: Option<KeepAlive>,
+    keepalive_settings: Option<(Duration, Duration)>,
+    /// `graceful_shutdown` was asked for before the handshake finished.
+    closing: bool,
+}
+
+impl<IO, A> Http2Connection<IO, A>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    A: Answer,
+{
+    pub fn new(io: IO, limits: &Limits, answer: A, streams: StreamExecutor) -> Self {
+        let mut h2 = h2::server::Builder::new();
+        h2.initial_window_size(limits.stream_receive_window)
+            .initial_connection_window_size(limits.connection_receive_window)
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_send_buffer_size(limits.stream_send_buffer)
+            .max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
+        Http2Connection {
+            state: State::Handshaking(h2.handshake(io)),
+            answer,
+            streams,
+            keepalive: None,
+            keepalive_settings: limits
+                .keepalive_interval
+                .map(|interval| (interval, limits.keepalive_timeout)),
+            closing: false,
+        }
+    }
+
+    /// Sends GOAWAY: no new streams; the connection ends once the open ones have.
+    pub fn graceful_shutdown(&mut self) {
+        match &mut self.state {
+            State::Serving(connection) => connection.graceful_shutdown(),
+            State::Handshaking(_) => self.closing = true,
+        }
+    }
+}
+
+impl<IO, A> Future for Http2Connection<IO, A>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    A: Answer + Unpin,
+{
+    type Output = Result<(), h2::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let connection = match &mut this.state {
+                State::Handshaking(handshake) => {
+                    let mut connection = ready!(Pin::new(handshake).poll(cx))?;
+                    if this.closing {
+                        connection.graceful_shutdown();
+                    }
+                    if let Some((interval, timeout)) = this.keepalive_settings {
+                        this.keepalive = connection
+                            .ping_pong()
+                            .map(|pings| KeepAlive::new(pings, interval, timeout));
+                    }
+                    this.state = State::Serving(connection);
+                    continue;
+                }
+                State::Serving(connection) => connection,
+            };
+            if let Some(keepalive) = &mut this.keepalive
+                && keepalive.poll_dead(cx)
+            {
+                debug!("keepalive timed out, closing the connection");
+                connection.abrupt_shutdown(Reason::NO_ERROR);
+                this.keepalive = None;
+            }
+            return match ready!(connection.poll_accept(cx)) {
+                Some(Ok((request, respond))) => {
+                    this.streams.execute(this.answer.answer(request, respond));
+                    continue;
+                }
+                Some(Err(error)) => Poll::Ready(Err(error)),
+                None => Poll::Ready(Ok(())),
+            };
+        }
+    }
+}
+
+/// PINGs a connection every `interval`; one not answered within `timeout` means the peer is
+/// gone.
+struct KeepAlive {
+    pings: PingPong,
+    interval: Duration,
+    timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// A PING is out, unanswered.
+    waiting: bool,
+}
+
+impl KeepAlive {
+    fn new(pings: PingPong, interval: Duration, timeout: Duration) -> KeepAlive {
+        KeepAlive {
+            pings,
+            interval,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(interval)),
+            waiting: false,
+        }
+    }
+
+    /// Whether the peer failed to answer in time.
+    fn poll_dead(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.waiting {
+            match self.pings.poll_pong(cx) {
+                Poll::Ready(Ok(_)) => {
+                    self.waiting = false;
+                    self.timer.as_mut().reset(Instant::now() + self.interval);
+                }
+                // The connection failed: `poll_accept` reports it.
+                Poll::Ready(Err(_)) => return false,
+                Poll::Pending => {}
+            }
+        }
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if self.waiting {
+            return true;
+        }
+        if self.pings.send_ping(Ping::opaque()).is_err() {
+            return false;
+        }
+        self.waiting = true;
+        self.timer.as_mut().reset(Instant::now() + self.timeout);
+        // Registers for the PONG.
+        let _ = self.pings.poll_pong(cx);
+        let _ = self.timer.as_mut().poll(cx);
+        false
+    }
+}
+
+/// A request's body: its DATA frames, each handed back to flow control as it is read (the
+/// client may send as much again), then its trailers.
+pub struct RequestBody {
+    recv: RecvStream,
+    data_done: bool,
+}
+
+impl RequestBody {
+    pub fn new(recv: RecvStream) -> RequestBody {
+        RequestBody {
+            recv,
+            data_done: false,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = self.get_mut();
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(error) => Poll::Ready(Some(Err(error))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Answers `respond` with what `respond_with` resolves to: its headers, then its body through a
+/// [`Pump`]. A client that resets the stream first gets nothing more.
+pub async fn reply<B>(
+    mut respond: SendResponse<Bytes>,
+    respond_with: impl Future<Output = http::Response<B>>,
+) where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut respond_with = std::pin::pin!(respond_with);
+    let response = std::future::poll_fn(|cx| {
+        if let Poll::Ready(response) = respond_with.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
+        }
+        match respond.poll_reset(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    let Some(response) = response else {
+        return;
+    };
+    let (head, body) = response.into_parts();
+    let end = body.is_end_stream();
+    let send = match respond.send_response(http::Response::from_parts(head, ()), end) {
+        Ok(send) => send,
+        Err(error) => {
+            debug!(%error, "the response's headers could not be sent");
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            return;
+        }
+    };
+    if !end {
+        Pump::new(body, send).await;
+    }
+}
+
+/// Moves a response body into its h2 stream: a DATA frame per body frame once the stream has
+/// send capacity (so that h2 buffers at most `max_send_buffer_size` of it), then the trailers.
+pub struct Pump<B> {
+    body: B,
+    send: h2::SendStream<Bytes>,
+    /// A frame taken from the body, waiting for capacity.
+    next: Option<Bytes>,
+}
+
+impl<B> Pump<B> {
+    pub fn new(body: B, send: h2::SendStream<Bytes>) -> Pump<B> {
+        Pump {
+            body,
+            send,
+            next: None,
+        }
+    }
+}
+
+impl<B> Future for Pump<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if let Some(data) = this.next.take() {
+                if this.send.capacity() == 0 {
+                    this.next = Some(data);
+                    match ready!(this.send.poll_capacity(cx)) {
+                        Some(Ok(_)) => continue,
+                        // Reset or gone: nothing more can be sent.
+                        Some(Err(_)) | None => return Poll::Ready(()),
+                    }
+                }
+                if this.send.send_data(data, false).is_err() {
+                    return Poll::Ready(());
+                }
+                continue;
+            }
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => {
+                        this.send.reserve_capacity(1);
+                        this.next = Some(data);
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            this.send.reserve_capacity(0);
+                            let _ = this.send.send_trailers(trailers);
+                            return Poll::Ready(());
+                        }
+                    }
+                },
+                Poll::Ready(Some(Err(_))) => {
+                    this.send.send_reset(Reason::INTERNAL_ERROR);
+                    return Poll::Ready(());
+                }
+                Poll::Ready(None) => {
+                    let _ = this.send.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+                // Waiting for the body: a reset by the client must wake the stream meanwhile.
+                Poll::Pending => {
+                    return match this.send.poll_reset(cx) {
+                        Poll::Ready(_) => Poll::Ready(()),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+}
