@@ -1,7 +1,8 @@
 //! The transport's own guarantees: a stream the server ends is ended on the wire even when the
 //! client never reads (a half-closed stream cut at the idle timeout), a socket that never speaks
 //! HTTP/2 is closed at the handshake timeout, HTTP/1 and non-gRPC requests get the HTTP answer
-//! the gRPC spec names, and `max_connections` and `max_connections_per_ip` hold.
+//! the gRPC spec names, the chat service's own refusals go out as headers alone, and
+//! `max_connections` and `max_connections_per_ip` hold.
 
 mod common;
 
@@ -226,4 +227,48 @@ async fn streams_holding_the_large_frame_budget_cannot_starve_another_stream() {
     // The budget came from the oldest holder, whose stream ended.
     let status = hoarders[0].expect_end(tonic::Code::ResourceExhausted).await;
     assert!(status.message().contains("budget"), "{status:?}");
+}
+
+/// A request to the chat service as a raw HTTP/2 client sends it; its response headers.
+async fn chat_service_answer(
+    server: &TestServer,
+    path: &str,
+    encoding: Option<&str>,
+) -> (u16, http::HeaderMap) {
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}{path}", server.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(encoding) = encoding {
+        request = request.header("grpc-encoding", encoding);
+    }
+    let (response, _body) = h2.send_request(request.body(()).unwrap(), true).unwrap();
+    let response = timeout(WAIT, response).await.expect("answered").unwrap();
+    (response.status().as_u16(), response.headers().clone())
+}
+
+#[tokio::test]
+async fn the_chat_services_other_paths_and_compressed_requests_are_refused_in_its_headers() {
+    let server = TestServer::start("").await;
+    for path in [
+        "/chat.v1.ChatService/Nope",
+        "/chat.v1.ChatService/",
+        "/chat.v1.ChatService/ChatStream/x",
+        "/chat.v1.Nope/ChatStream",
+    ] {
+        let (status, headers) = chat_service_answer(&server, path, None).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(headers["grpc-status"], "12", "{path}: {headers:?}");
+        assert_eq!(headers["content-type"], "application/grpc", "{path}");
+    }
+    let (status, headers) =
+        chat_service_answer(&server, "/chat.v1.ChatService/ChatStream", Some("gzip")).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["grpc-status"], "12");
+    assert_eq!(headers["grpc-accept-encoding"], "identity");
+    server.wait_sessions(0).await;
 }

@@ -183,7 +183,7 @@ impl hyper::body::Body for OutboundBody {
                 }
             };
             match this.stream.poll_drain(cx, FRAME_BYTES, put) {
-                // hyper asks again once it has sent this frame.
+                // The pump asks again once it has sent this frame.
                 Poll::Ready(Drained::Messages) | Poll::Pending => {}
                 Poll::Ready(Drained::End(status)) => this.end_with(status),
             }

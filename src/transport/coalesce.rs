@@ -26,7 +26,7 @@ pub const WRITE_AT: usize = 64 * 1024;
 /// written out, so an idle connection holds none.
 const FIRST_CAPACITY: usize = 8 * 1024;
 
-/// Between a connection's [`Coalesced`] IO, inside hyper, and the connection's driver.
+/// Between a connection's [`Coalesced`] IO, inside h2, and the connection's driver.
 #[derive(Debug, Default)]
 pub struct FlushGate {
     /// The IO holds bytes a flush was asked for.

@@ -1,4 +1,4 @@
-//! What a connection must do before hyper gets it, all within `server.handshake_timeout_ms`:
+//! What a connection must do before it is served HTTP/2, all within `server.handshake_timeout_ms`:
 //! finish TLS (when on) and send the HTTP/2 connection preface. A socket that stays silent is
 //! closed at the timeout instead of holding a descriptor; a client speaking HTTP/1 gets a short
 //! plain answer saying this server speaks gRPC over HTTP/2, then the connection is closed.
@@ -37,7 +37,7 @@ pub enum HandshakeError {
 }
 
 /// Reads the HTTP/2 preface from `io` and returns `io` with the preface put back in front, for
-/// hyper to read again. Bytes that cannot begin the preface are answered with a 505 at once.
+/// h2 to read again. Bytes that cannot begin the preface are answered with a 505 at once.
 pub async fn read_preface<IO>(mut io: IO) -> Result<Rewind<IO>, HandshakeError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,

@@ -1,13 +1,14 @@
-//! The HTTP/2 transport: accepting connections, the handshake, and serving gRPC on each with
-//! hyper. It replaces tonic's own server loop for what that loop cannot do: end a stream on the
+//! The HTTP/2 transport: accepting connections, the handshake, and serving gRPC on each with h2
+//! ([`serving`]). It replaces tonic's own server loop (and hyper's HTTP/2 server) for what they
+//! cannot do: end a stream on the
 //! wire when the session ends it ([`reset`]), bound what a connection may hold before it has
 //! spoken HTTP/2 ([`handshake`]), survive running out of descriptors ([`accept`]), and write a
 //! fan-out's frames for one connection together: the connection's task runs its streams
 //! ([`streams`]), woken once per fan-out ([`wakes`]), and writes once per pass ([`coalesce`]).
 //!
 //! Connections are served on the actor threads (`Settings::threads`), once their handshake is
-//! done on the runtime that accepted them. Connections are capped by `server.max_connections` (accepting waits for a place) and per
-//! client IP by `server.max_connections_per_ip` (one over it is closed at once), each one
+//! done on the runtime that accepted them. Connections are capped by `server.max_connections`
+//! (accepting waits for a place) and per client IP by `server.max_connections_per_ip` (one over it is closed at once), each one
 //! must finish TLS and send the HTTP/2 preface within `server.handshake_timeout_ms`, and only
 //! gRPC requests (POST, `application/grpc*`) reach the services. Shutdown is in two steps: stop
 //! accepting and ask every connection to finish (GOAWAY), then wait for them.
@@ -66,7 +67,7 @@ pub struct Settings {
 }
 
 /// A route the connection calls itself, ahead of the router, for the paths it claims. Its
-/// response body goes to hyper as it is: through the router it would be boxed and its errors
+/// response body goes to h2 as it is: through the router it would be boxed and its errors
 /// mapped three times over (tonic's body around axum's around tonic's), layers every DATA frame
 /// of a long-lived stream passes through.
 pub trait DirectRoute: Clone + Send + Sync + Unpin + 'static {
@@ -292,9 +293,8 @@ impl<D: DirectRoute> serving::Answer for Answerer<D> {
             if let Some(refusal) = refuse_non_grpc(&request) {
                 return refusal.map(Either::Right);
             }
-            let mut request = request.map(|body| {
-                Body::new(Rechunked::new(RequestBody::new(body), frames))
-            });
+            let mut request =
+                request.map(|body| Body::new(Rechunked::new(RequestBody::new(body), frames)));
             request.extensions_mut().insert(info);
             if direct.claims(request.uri().path()) {
                 return direct.call(request).await.map(Either::Left);

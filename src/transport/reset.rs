@@ -1,5 +1,5 @@
-//! Ending an HTTP/2 stream on the wire without the client's help. hyper writes a response body
-//! only while the stream has send capacity: a client that stops granting window leaves the body
+//! Ending an HTTP/2 stream on the wire without the client's help. A stream's pump
+//! ([`super::serving::Pump`]) takes a response body's frames only while the stream has send capacity: a client that stops granting window leaves the body
 //! unpolled, so a status the session sets is never seen and the stream, its queue and its buffers
 //! stay until the connection closes. Every stream task therefore carries a [`StreamReset`] (see
 //! [`super::streams`]): the gRPC handler picks it up ([`StreamReset::current`]) and hands it to
@@ -43,7 +43,7 @@ impl StreamReset {
     /// The switch of the stream whose task is running this code (the in-process transport), for
     /// the first caller in that task: the handler takes it once, when it makes the stream's send
     /// handle, and the task stops offering it then. `None` elsewhere, and to later callers.
-    pub fn current() -> Option<Arc<StreamReset>> {
+    pub(crate) fn current() -> Option<Arc<StreamReset>> {
         OFFERED.try_with(Cell::take).ok().flatten()
     }
 

@@ -1,5 +1,5 @@
-//! The HTTP/2 streams of one connection, run by that connection's own task. hyper hands every
-//! new stream's task to [`StreamExecutor`], which puts it in the connection's
+//! The HTTP/2 streams of one connection, run by that connection's own task. The connection
+//! ([`super::serving`]) hands every new stream's task to [`StreamExecutor`], which puts it in the connection's
 //! [`ConnectionStreams`] instead of spawning it: a stream woken by a room's delivery then only
 //! puts itself on the connection's ready list (`streams/ready.rs`) and wakes its connection,
 //! once however many of its streams a fan-out reaches. The connection task runs the ready
@@ -24,7 +24,7 @@ use super::{coalesce::FlushGate, wakes::ConnectionWaker};
 /// Rounds of streams then connection in one pass of the connection's task, at most.
 const ROUNDS: usize = 4;
 
-/// What hyper spawns a connection's stream tasks on (one per connection).
+/// What a connection spawns its stream tasks on (one per connection).
 #[derive(Clone)]
 pub struct StreamExecutor {
     ready: Arc<ReadyList>,
@@ -185,7 +185,7 @@ impl ConnectionStreams {
 }
 
 impl Slots {
-    /// Moves the ready list here, placing the streams hyper opened in free slots.
+    /// Moves the ready list here, placing the streams the connection opened in free slots.
     fn take_ready(&mut self, ready: &Arc<ReadyList>) {
         ready.drain(&mut self.listed, &mut self.opened);
         let mut opened = std::mem::take(&mut self.opened);

@@ -1,4 +1,4 @@
-//! The transport as a whole: where a connection's handshake runs.
+//! The transport as a whole: where a connection's handshake runs, keepalive.
 
 use std::{sync::Arc, time::Duration};
 
@@ -27,6 +27,36 @@ impl DirectRoute for Nothing {
     fn call(&self, _request: Request<Body>) -> impl Future<Output = Response<Body>> + 'static {
         std::future::ready(Response::new(Body::empty()))
     }
+}
+
+fn settings(tls: Option<TlsAcceptor>, threads: Option<crate::runtime::Arbiters>) -> Settings {
+    Settings {
+        max_connections: 16,
+        max_connections_per_ip: 0,
+        handshake_timeout: Duration::from_secs(5),
+        tcp_nodelay: true,
+        keepalive_interval: None,
+        keepalive_timeout: Duration::from_secs(5),
+        max_concurrent_streams: 16,
+        stream_send_buffer: 64 * 1024,
+        frames: FrameLimits::new(64 * 1024, 64 * 1024),
+        tls,
+        threads,
+    }
+}
+
+/// A request the transport answers itself (not gRPC: 405), on a new h2 client connection.
+async fn refused_get<IO>(io: IO, port: u16) -> StatusCode
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut h2, connection) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("http://localhost:{port}/"))
+        .body(())
+        .unwrap();
+    let (response, _) = h2.send_request(request, true).unwrap();
+    response.await.unwrap().status()
 }
 
 /// A server and a client TLS configuration for `localhost`, with a self-signed certificate.
@@ -58,19 +88,7 @@ async fn a_tls_handshake_runs_off_the_actor_thread_that_then_serves_the_connecti
     let (acceptor, connector) = tls();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let settings = Settings {
-        max_connections: 16,
-        max_connections_per_ip: 0,
-        handshake_timeout: Duration::from_secs(5),
-        tcp_nodelay: true,
-        keepalive_interval: None,
-        keepalive_timeout: Duration::from_secs(5),
-        max_concurrent_streams: 16,
-        stream_send_buffer: 64 * 1024,
-        frames: FrameLimits::new(64 * 1024, 64 * 1024),
-        tls: Some(acceptor),
-        threads: Some(arbiters.clone()),
-    };
+    let settings = settings(Some(acceptor), Some(arbiters.clone()));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(serve(
         listener,
@@ -100,16 +118,7 @@ async fn a_tls_handshake_runs_off_the_actor_thread_that_then_serves_the_connecti
     release_tx.send(()).unwrap();
 
     // Served, once moved: a request the transport answers itself (not gRPC: 405).
-    let served = async {
-        let (mut h2, connection) = h2::client::handshake(tls).await.unwrap();
-        tokio::spawn(connection);
-        let request = http::Request::get(format!("https://localhost:{}/", address.port()))
-            .body(())
-            .unwrap();
-        let (response, _) = h2.send_request(request, true).unwrap();
-        response.await.unwrap().status()
-    };
-    let status = tokio::time::timeout(Duration::from_secs(5), served)
+    let status = tokio::time::timeout(Duration::from_secs(5), refused_get(tls, address.port()))
         .await
         .expect("served after the move");
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
@@ -120,4 +129,69 @@ async fn a_tls_handshake_runs_off_the_actor_thread_that_then_serves_the_connecti
         .unwrap()
         .unwrap();
     drop(runtime);
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_answer_pings_is_closed_and_one_that_does_is_kept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut settings = settings(None, None);
+    settings.keepalive_interval = Some(Duration::from_millis(100));
+    settings.keepalive_timeout = Duration::from_millis(100);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        settings,
+        Routes::default(),
+        Nothing,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    // Speaks the preface and an empty SETTINGS frame, then never answers anything.
+    let mut deaf = TcpStream::connect(address).await.unwrap();
+    deaf.write_all(handshake::PREFACE).await.unwrap();
+    deaf.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut received = Vec::new();
+    let read = deaf.read_to_end(&mut received);
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("closed by the keepalive")
+        .unwrap();
+    // Among what it was sent: a PING (frame type 6) that it never answered.
+    let mut frames = &received[..];
+    let mut pinged = false;
+    while frames.len() >= 9 {
+        let len =
+            usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
+        pinged |= frames[3] == 6 && frames[4] & 1 == 0;
+        frames = &frames[(9 + len).min(frames.len())..];
+    }
+    assert!(pinged, "pinged before it was closed");
+
+    // A client that answers (h2 does) stays connected across many intervals.
+    let tcp = TcpStream::connect(address).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    let mut connection = tokio::spawn(connection);
+    let kept = tokio::time::timeout(Duration::from_millis(800), &mut connection).await;
+    assert!(kept.is_err(), "the connection ended: {kept:?}");
+    let request = http::Request::get(format!("http://localhost:{}/", address.port()))
+        .body(())
+        .unwrap();
+    let (response, _) = h2.send_request(request, true).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .unwrap()
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    stop_tx.send(()).unwrap();
+    drop(h2);
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
 }

@@ -2,7 +2,7 @@
 //! task's slot on the connection's [`ReadyList`] (once, however often it is woken before it
 //! runs) and wakes the connection, through its [`ConnectionWaker`], when the list was empty: a
 //! fan-out that reaches many streams of one connection wakes it once. The list also takes the
-//! streams hyper opens, for the connection's task to place in its slots.
+//! streams the connection opens, for the connection's task to place in its slots.
 
 use std::{
     future::Future,
@@ -19,10 +19,10 @@ use crate::transport::{reset::ResetTimer, wakes::ConnectionWaker};
 /// How many times in a row a stream that wakes itself while it runs is run again at once.
 const RERUNS: usize = 8;
 
-/// A stream's task as hyper hands it over.
+/// A stream's task as the connection hands it over.
 pub type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// What wake-ups and hyper hand to one connection's task.
+/// What wake-ups and the connection hand to the connection's task.
 pub struct ReadyList {
     queue: Mutex<Queue>,
     /// The connection's task, as its streams wake it.
@@ -34,7 +34,7 @@ pub struct ReadyList {
 struct Queue {
     /// Slots of tasks woken since the last drain, each at most once.
     slots: Vec<usize>,
-    /// Streams hyper opened since the last drain.
+    /// Streams the connection opened since the last drain.
     opened: Vec<StreamFuture>,
 }
 
@@ -63,7 +63,7 @@ impl ReadyList {
         }
     }
 
-    /// Hands over a stream hyper opened (during the connection's poll): it runs in this pass.
+    /// Hands over a stream the connection opened (during the connection's poll): it runs in this pass.
     pub fn open(&self, task: StreamFuture) {
         self.queue().opened.push(task);
         self.connection.wake_by_ref();

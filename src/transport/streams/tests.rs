@@ -284,7 +284,7 @@ fn dropping_the_streams_drops_every_task_and_the_ready_list() {
         &mut Connection(0),
         &Waker::from(scheduled.clone()),
     );
-    // Opened and never run, holding another stream's waker: as hyper's stream task holds h2's
+    // Opened and never run, holding another stream's waker: as a stream's task holds h2's
     // store, and the store the wakers of the connection's other streams.
     let other = waker.lock().unwrap().take().unwrap();
     let guard = Dropped(dropped.clone());
