@@ -285,11 +285,7 @@ impl<D: DirectRoute> serving::Answer for Answerer<D> {
         let direct = self.direct.clone();
         let info = self.info.clone();
         let frames = self.frames.clone();
-        // Boxed: a stream's task keeps the size of its largest state, and the routing future
-        // (request, router, handler) is several times what the stream needs once it answers.
-        // Boxed, that memory goes when the response is made instead of staying with every
-        // open stream.
-        let respond_with: RouteFuture<D> = Box::pin(async move {
+        let respond_with: serving::Responding<Reply<D>> = Box::pin(async move {
             if let Some(refusal) = refuse_non_grpc(&request) {
                 return refusal.map(Either::Right);
             }
@@ -307,9 +303,6 @@ impl<D: DirectRoute> serving::Answer for Answerer<D> {
         serving::reply(respond, respond_with)
     }
 }
-
-/// What routing one request resolves to.
-type RouteFuture<D> = std::pin::Pin<Box<dyn Future<Output = Response<Reply<D>>> + Send>>;
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}

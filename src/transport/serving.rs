@@ -260,15 +260,16 @@ impl Body for RequestBody {
     }
 }
 
+/// What routes a request: boxed, because it is several times the size of what the stream
+/// needs once it answers, and freed as soon as it has answered (not with the stream).
+pub type Responding<B> = Pin<Box<dyn Future<Output = http::Response<B>> + Send>>;
+
 /// Answers `respond` with what `respond_with` resolves to: its headers, then its body through a
 /// [`Pump`]. A client that resets the stream first gets nothing more.
-pub async fn reply<B>(
-    mut respond: SendResponse<Bytes>,
-    respond_with: impl Future<Output = http::Response<B>>,
-) where
+pub async fn reply<B>(mut respond: SendResponse<Bytes>, mut respond_with: Responding<B>)
+where
     B: Body<Data = Bytes> + Unpin,
 {
-    let mut respond_with = std::pin::pin!(respond_with);
     let response = std::future::poll_fn(|cx| {
         if let Poll::Ready(response) = respond_with.as_mut().poll(cx) {
             return Poll::Ready(Some(response));
@@ -279,6 +280,7 @@ pub async fn reply<B>(
         }
     })
     .await;
+    drop(respond_with);
     let Some(response) = response else {
         return;
     };
