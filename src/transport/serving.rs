@@ -73,6 +73,9 @@ pub struct Http2Connection<IO, A> {
     streams: StreamExecutor,
     keepalive: Option<KeepAlive>,
     keepalive_settings: Option<(Duration, Duration)>,
+    keepalive_timeout: Duration,
+    /// Set when the keepalive gave up: the connection ends then, flushed or not.
+    abandon: Option<Pin<Box<Sleep>>>,
     /// `graceful_shutdown` was asked for before the handshake finished.
     closing: bool,
 }
@@ -98,6 +101,8 @@ where
             keepalive_settings: limits
                 .keepalive_interval
                 .map(|interval| (interval, limits.keepalive_timeout)),
+            keepalive_timeout: limits.keepalive_timeout,
+            abandon: None,
             closing: false,
         }
     }
@@ -137,21 +142,35 @@ where
                 }
                 State::Serving(connection) => connection,
             };
+            // First, so that h2 reads what the socket holds: a PONG that arrived while this
+            // thread was busy must count before the keepalive's deadline is looked at.
+            match connection.poll_accept(cx) {
+                Poll::Ready(Some(Ok((request, respond)))) => {
+                    this.streams.execute(this.answer.answer(request, respond));
+                    continue;
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => {}
+            }
             if let Some(keepalive) = &mut this.keepalive
                 && keepalive.poll_dead(cx)
             {
                 debug!("keepalive timed out, closing the connection");
                 connection.abrupt_shutdown(Reason::NO_ERROR);
                 this.keepalive = None;
+                // h2 flushes its GOAWAY before it lets go, which a peer that stopped reading
+                // never allows: it gets one more timeout, then the socket is dropped.
+                this.abandon = Some(Box::pin(tokio::time::sleep(this.keepalive_timeout)));
+                continue;
             }
-            return match ready!(connection.poll_accept(cx)) {
-                Some(Ok((request, respond))) => {
-                    this.streams.execute(this.answer.answer(request, respond));
-                    continue;
-                }
-                Some(Err(error)) => Poll::Ready(Err(error)),
-                None => Poll::Ready(Ok(())),
-            };
+            if let Some(abandon) = &mut this.abandon
+                && abandon.as_mut().poll(cx).is_ready()
+            {
+                debug!("the closing connection did not flush in time, dropping it");
+                return Poll::Ready(Ok(()));
+            }
+            return Poll::Pending;
         }
     }
 }
@@ -294,6 +313,8 @@ where
             return;
         }
     };
+    // The send stream keeps the stream referenced; the response handle is not needed.
+    drop(respond);
     if !end {
         Pump::new(body, send).await;
     }

@@ -195,3 +195,101 @@ async fn a_peer_that_does_not_answer_pings_is_closed_and_one_that_does_is_kept()
         .unwrap()
         .unwrap();
 }
+
+/// Reads one HTTP/2 frame: (type, flags, payload); `None` at EOF.
+async fn read_frame(tcp: &mut TcpStream) -> Option<(u8, u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    tcp.read_exact(&mut head).await.ok()?;
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0; len];
+    tcp.read_exact(&mut payload).await.ok()?;
+    Some((head[3], head[4], payload))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pong_that_arrived_in_time_while_the_thread_was_busy_keeps_the_connection() {
+    use tokio::io::AsyncWriteExt;
+    let runtime = crate::runtime::ActorRuntime::start(1).unwrap();
+    let arbiters = runtime.arbiters();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut settings = settings(None, Some(arbiters.clone()));
+    settings.keepalive_interval = Some(Duration::from_millis(200));
+    settings.keepalive_timeout = Duration::from_millis(300);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        settings,
+        Routes::default(),
+        Nothing,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    let mut client = TcpStream::connect(address).await.unwrap();
+    client.write_all(handshake::PREFACE).await.unwrap();
+    client
+        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let first = async {
+        loop {
+            match read_frame(&mut client).await.expect("open") {
+                // The server's SETTINGS: acknowledged.
+                (4, 0, _) => client
+                    .write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0])
+                    .await
+                    .unwrap(),
+                (6, 0, payload) => return payload,
+                _ => {}
+            }
+        }
+    };
+    let ping = tokio::time::timeout(Duration::from_secs(5), first)
+        .await
+        .expect("pinged");
+
+    // The connection's thread is busy (as with a long fan-out) for longer than the keepalive
+    // timeout, while the PONG reaches the server's socket at once.
+    let (busy_tx, busy_rx) = oneshot::channel();
+    arbiters.next().spawn(async move {
+        let _ = busy_tx.send(());
+        let until = std::time::Instant::now() + Duration::from_millis(900);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    });
+    busy_rx.await.unwrap();
+    let mut pong = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+    pong.extend_from_slice(&ping);
+    client.write_all(&pong).await.unwrap();
+
+    // Once the thread is free: the next PING, not a GOAWAY or the end of the connection.
+    let next = async {
+        loop {
+            match read_frame(&mut client).await {
+                None => return "closed",
+                Some((7, _, _)) => return "GOAWAY",
+                Some((6, 0, _)) => return "pinged",
+                Some(_) => {}
+            }
+        }
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(5), next)
+        .await
+        .expect("an outcome");
+    assert_eq!(
+        outcome, "pinged",
+        "the PONG was in the socket before the deadline"
+    );
+    stop_tx.send(()).unwrap();
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
+    drop(runtime);
+}
