@@ -23,7 +23,12 @@ pub mod serving;
 pub mod streams;
 pub mod wakes;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use h2::{RecvStream, server::SendResponse};
@@ -43,6 +48,7 @@ use self::{
     rechunk::{FrameLimits, Rechunked},
     serving::{Http2Connection, RequestBody},
     streams::ConnectionStreams,
+    wakes::Signal,
 };
 
 /// How a connection is served.
@@ -246,22 +252,30 @@ impl<D: DirectRoute> Connection<D> {
         let io = Coalesced::new(io, gate.clone());
         let connection = Http2Connection::new(io, &limits, answer, streams.executor());
         tokio::pin!(connection);
+        // The shutdown watch is polled only when it woke the task: polling its future takes
+        // the watch's lock, shared by every connection, and a connection's task is woken for
+        // every fan-out that reaches it.
+        let shutdown = Arc::new(Signal::default());
+        let shutdown_waker = Waker::from(shutdown.clone());
+        let mut asked = std::pin::pin!(closing.wait_for(|closing| *closing));
         let mut asked_to_close = false;
-        loop {
-            tokio::select! {
-                result = std::future::poll_fn(|cx| streams.poll_with(connection.as_mut(), &gate, cx)) => {
-                    if let Err(error) = result {
-                        debug!(?peer, %error, "connection ended");
-                    }
-                    return;
-                }
-                changed = closing.wait_for(|closing| *closing), if !asked_to_close => {
-                    asked_to_close = true;
-                    if changed.is_ok() {
-                        connection.as_mut().get_mut().graceful_shutdown();
-                    }
+        let result = std::future::poll_fn(|cx| {
+            if !asked_to_close
+                && shutdown.take(cx)
+                && let Poll::Ready(changed) = asked
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&shutdown_waker))
+            {
+                asked_to_close = true;
+                if changed.is_ok() {
+                    connection.as_mut().get_mut().graceful_shutdown();
                 }
             }
+            streams.poll_with(connection.as_mut(), &gate, cx)
+        })
+        .await;
+        if let Err(error) = result {
+            debug!(?peer, %error, "connection ended");
         }
     }
 }

@@ -5,7 +5,8 @@
 //! when the batch ends: each connection is woken once per fan-out, after it, and finds every
 //! stream the fan-out reached ready. Connections on the batch's own thread are woken directly;
 //! those of another actor thread are handed to that thread's [`Relay`] in one go, so a fan-out
-//! costs one cross-thread wake-up per thread rather than one per connection.
+//! costs one cross-thread wake-up per thread rather than one per connection. Also a
+//! [`Signal`]: a waker that notes it woke a task, so the task polls what it guards only then.
 
 use std::{
     cell::RefCell,
@@ -275,6 +276,42 @@ impl Wake for ConnectionWaker {
         if !held {
             self.task.wake();
         }
+    }
+}
+
+/// A waker of its own for one thing a task waits on (the connection's shutdown watch): it
+/// remembers that it woke the task, so the task polls that thing only then.
+pub struct Signal {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for Signal {
+    fn default() -> Signal {
+        // Woken to start with: the watch is polled once to register.
+        Signal {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Signal {
+    /// Whether the signal woke the task since the last call; registers the task to be woken.
+    pub fn take(&self, cx: &Context<'_>) -> bool {
+        self.task.register(cx.waker());
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 

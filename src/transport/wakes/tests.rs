@@ -182,3 +182,20 @@ fn a_relay_whose_thread_stopped_keeps_nothing_handed_over() {
         "not kept: the waker and its relay would keep each other alive"
     );
 }
+
+#[test]
+fn a_signal_says_once_that_it_woke_the_task_and_wakes_it() {
+    let signal = Arc::new(Signal::default());
+    let task = Arc::new(Counting::default());
+    let task_waker = Waker::from(task.clone());
+    let cx = Context::from_waker(&task_waker);
+    assert!(
+        signal.take(&cx),
+        "woken to start with, so the watch is polled once"
+    );
+    assert!(!signal.take(&cx), "then only when it woke the task");
+    Waker::from(signal.clone()).wake_by_ref();
+    assert_eq!(task.0.load(Ordering::Relaxed), 1, "the task is woken");
+    assert!(signal.take(&cx));
+    assert!(!signal.take(&cx));
+}
