@@ -45,6 +45,45 @@ fn settings(tls: Option<TlsAcceptor>, threads: Option<crate::runtime::Arbiters>)
     }
 }
 
+/// A transport serving on a loopback port of its own until stopped.
+struct Served {
+    address: std::net::SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    async fn start(settings: Settings) -> Served {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(
+            listener,
+            settings,
+            Routes::default(),
+            Nothing,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Served {
+            address,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops accepting, asks every connection to finish, and waits (bounded) for the server.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
 /// A request the transport answers itself (not gRPC: 405), on a new h2 client connection.
 async fn refused_get<IO>(io: IO, port: u16) -> StatusCode
 where
@@ -86,19 +125,9 @@ async fn a_tls_handshake_runs_off_the_actor_thread_that_then_serves_the_connecti
     let runtime = crate::runtime::ActorRuntime::start(1).unwrap();
     let arbiters = runtime.arbiters();
     let (acceptor, connector) = tls();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
     let settings = settings(Some(acceptor), Some(arbiters.clone()));
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        settings,
-        Routes::default(),
-        Nothing,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let server = Served::start(settings).await;
+    let address = server.address;
 
     // The only actor thread is busy (as with a long fan-out) until released, at most 10 s.
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
@@ -122,33 +151,18 @@ async fn a_tls_handshake_runs_off_the_actor_thread_that_then_serves_the_connecti
         .await
         .expect("served after the move");
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("stops")
-        .unwrap()
-        .unwrap();
+    server.stop().await;
     drop(runtime);
 }
 
 #[tokio::test]
 async fn a_peer_that_does_not_answer_pings_is_closed_and_one_that_does_is_kept() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
     let mut settings = settings(None, None);
     settings.keepalive_interval = Some(Duration::from_millis(100));
     settings.keepalive_timeout = Duration::from_millis(100);
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        settings,
-        Routes::default(),
-        Nothing,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let server = Served::start(settings).await;
+    let address = server.address;
 
     // Speaks the preface and an empty SETTINGS frame, then never answers anything.
     let mut deaf = TcpStream::connect(address).await.unwrap();
@@ -187,13 +201,8 @@ async fn a_peer_that_does_not_answer_pings_is_closed_and_one_that_does_is_kept()
         .unwrap()
         .status();
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    stop_tx.send(()).unwrap();
     drop(h2);
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("stops")
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }
 
 /// Reads one HTTP/2 frame: (type, flags, payload); `None` at EOF.
@@ -212,21 +221,11 @@ async fn a_pong_that_arrived_in_time_while_the_thread_was_busy_keeps_the_connect
     use tokio::io::AsyncWriteExt;
     let runtime = crate::runtime::ActorRuntime::start(1).unwrap();
     let arbiters = runtime.arbiters();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
     let mut settings = settings(None, Some(arbiters.clone()));
     settings.keepalive_interval = Some(Duration::from_millis(200));
     settings.keepalive_timeout = Duration::from_millis(300);
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        settings,
-        Routes::default(),
-        Nothing,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let server = Served::start(settings).await;
+    let address = server.address;
 
     let mut client = TcpStream::connect(address).await.unwrap();
     client.write_all(handshake::PREFACE).await.unwrap();
@@ -284,12 +283,7 @@ async fn a_pong_that_arrived_in_time_while_the_thread_was_busy_keeps_the_connect
         outcome, "pinged",
         "the PONG was in the socket before the deadline"
     );
-    stop_tx.send(()).unwrap();
     drop(client);
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("stops")
-        .unwrap()
-        .unwrap();
+    server.stop().await;
     drop(runtime);
 }
