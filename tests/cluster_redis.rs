@@ -827,6 +827,11 @@ async fn bad_configurations_are_refused() {
     assert!(outcome.is_err(), "{outcome:?}");
 }
 
+/// A key's time to live in milliseconds (-2: no such key, -1: none).
+async fn ttl_ms(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap()
+}
+
 #[tokio::test]
 async fn room_keys_expire_when_nothing_uses_them_any_more() {
     let redis = RedisServer::start();
@@ -845,21 +850,13 @@ async fn room_keys_expire_when_nothing_uses_them_any_more() {
     let keys = RoomKeys::new("kept");
     let thirty_days: i64 = 30 * 24 * 3600 * 1000;
     for key in [&keys.seq, &keys.log, &keys.epoch] {
-        let pttl: i64 = redis::cmd("PTTL")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let pttl = ttl_ms(&mut conn, key).await;
         assert!(
             pttl > thirty_days - 60_000 && pttl <= thirty_days,
             "{key}: {pttl}"
         );
     }
-    let pttl: i64 = redis::cmd("PTTL")
-        .arg(&keys.presence)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let pttl = ttl_ms(&mut conn, &keys.presence).await;
     assert!(pttl > 0 && pttl <= 3 * 600, "presence: {pttl}");
 
     // A room that was only joined holds its seq and epoch as long as its presence, no log:
@@ -873,11 +870,7 @@ async fn room_keys_expire_when_nothing_uses_them_any_more() {
     .unwrap();
     let quiet = RoomKeys::new("quiet");
     for key in [&quiet.seq, &quiet.epoch] {
-        let pttl: i64 = redis::cmd("PTTL")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let pttl = ttl_ms(&mut conn, key).await;
         assert!(pttl > 0 && pttl <= 3 * 600, "{key}: {pttl}");
     }
     // So does a presence refresh while it stays without a CHAT.
@@ -897,11 +890,7 @@ async fn room_keys_expire_when_nothing_uses_them_any_more() {
     .unwrap()
     .unwrap();
     for key in [&quiet.seq, &quiet.epoch] {
-        let pttl: i64 = redis::cmd("PTTL")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let pttl = ttl_ms(&mut conn, key).await;
         assert!(pttl > 0 && pttl <= 3 * 600, "{key} after a refresh: {pttl}");
     }
     let exists: i64 = redis::cmd("EXISTS")
@@ -924,11 +913,7 @@ async fn room_keys_expire_when_nothing_uses_them_any_more() {
     // The quiet room's first CHAT gives its keys the retention.
     publish(&engine, "quiet", 10, "first").await;
     for key in [&keys.seq, &keys.log, &keys.epoch, &quiet.seq, &quiet.epoch] {
-        let pttl: i64 = redis::cmd("PTTL")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let pttl = ttl_ms(&mut conn, key).await;
         assert!(pttl > 60_000 && pttl <= 120_000, "{key}: {pttl}");
     }
 }
