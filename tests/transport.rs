@@ -130,6 +130,67 @@ async fn non_grpc_requests_get_the_http_answer_the_spec_names() {
     server.wait_sessions(0).await;
 }
 
+/// A JOIN of room `r` as one gRPC message (uncompressed, length-prefixed).
+fn join_frame(user: &str) -> bytes::Bytes {
+    use prost::Message as _;
+    let message = chatrooms::proto::Message {
+        user: user.into(),
+        room: "r".into(),
+        kind: Kind::Join as i32,
+        ..Default::default()
+    };
+    let encoded = message.encode_to_vec();
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(encoded.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    frame.into()
+}
+
+#[tokio::test]
+async fn a_stream_the_client_resets_while_still_sending_is_released_at_once() {
+    let server = TestServer::start("").await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    // The connection stays open throughout: only the stream is reset.
+    let connection = tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/chat.v1.ChatService/ChatStream",
+            server.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = h2.send_request(request, false).unwrap();
+    send.send_data(join_frame("raw"), false).unwrap();
+    let mut body = timeout(WAIT, response)
+        .await
+        .expect("answered")
+        .unwrap()
+        .into_body();
+    // The JOINED: the session is in the room, its response waits for the next message.
+    timeout(WAIT, body.data())
+        .await
+        .expect("JOINED in time")
+        .expect("a DATA frame")
+        .unwrap();
+    let mut other = server.client("other").await;
+    other.join("r").await;
+    server.wait_sessions(2).await;
+    send.send_reset(h2::Reason::CANCEL);
+    // The stream's task ends and gives its place back, and the room sees the member go.
+    server.wait_sessions(1).await;
+    other
+        .until(|m| m.kind() == Kind::Leave && m.user == "raw")
+        .await;
+    assert!(
+        !connection.is_finished(),
+        "the connection itself stays open"
+    );
+}
+
 #[tokio::test]
 async fn connections_beyond_max_connections_wait_for_a_place() {
     let server =

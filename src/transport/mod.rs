@@ -299,12 +299,16 @@ impl<D: DirectRoute> serving::Answer for Answerer<D> {
         let direct = self.direct.clone();
         let info = self.info.clone();
         let frames = self.frames.clone();
+        let side = Arc::new(serving::RequestSide::default());
+        let request_side = side.clone();
         let respond_with: serving::Responding<Reply<D>> = Box::pin(async move {
+            // Wrapped first, so that whatever becomes of the request, dropping it tells the
+            // pump that nothing reads it any more.
+            let request = request.map(|body| RequestBody::new(body, side));
             if let Some(refusal) = refuse_non_grpc(&request) {
                 return refusal.map(Either::Right);
             }
-            let mut request =
-                request.map(|body| Body::new(Rechunked::new(RequestBody::new(body), frames)));
+            let mut request = request.map(|body| Body::new(Rechunked::new(body, frames)));
             request.extensions_mut().insert(info);
             if direct.claims(request.uri().path()) {
                 return direct.call(request).await.map(Either::Left);
@@ -314,7 +318,7 @@ impl<D: DirectRoute> serving::Answer for Answerer<D> {
                 Err(never) => match never {},
             }
         });
-        serving::reply(respond, respond_with)
+        serving::reply(respond, respond_with, request_side)
     }
 }
 

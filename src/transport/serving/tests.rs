@@ -1,0 +1,121 @@
+//! A stream's pump against a real h2 client over an in-memory pipe: who notices a client's
+//! RST_STREAM while the response waits for its next message.
+
+use std::{convert::Infallible, time::Duration};
+
+use http_body_util::BodyExt;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A response body with nothing to send yet: the pump waits on it.
+struct Waiting;
+
+impl Body for Waiting {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Pending
+    }
+}
+
+/// The server's side of one stream: its request body (as the route's reader holds it) and its
+/// pump, running; and the client's send half of the stream.
+struct Stream {
+    request: RequestBody,
+    pump: JoinHandle<()>,
+    client: h2::SendStream<Bytes>,
+}
+
+/// Opens one stream over a fresh in-memory connection; `end_request` ends the request with
+/// its headers (as a unary call's client does once it has sent its message).
+async fn stream(end_request: bool) -> Stream {
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let (accepted_tx, accepted_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut connection = h2::server::handshake(server_io).await.unwrap();
+        let first = connection.accept().await.unwrap().unwrap();
+        let _ = accepted_tx.send(first);
+        // Keeps the connection read and written.
+        while connection.accept().await.is_some() {}
+    });
+    let (mut h2, connection) = h2::client::handshake(client_io).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("http://localhost/chat.v1.ChatService/ChatStream")
+        .body(())
+        .unwrap();
+    let (_response, client) = h2.send_request(request, end_request).unwrap();
+    let (request, mut respond) = tokio::time::timeout(WAIT, accepted_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    let side = Arc::new(RequestSide::default());
+    let request = RequestBody::new(request.into_body(), side.clone());
+    let send = respond
+        .send_response(http::Response::new(()), false)
+        .unwrap();
+    let pump = tokio::spawn(Pump::new(Waiting, send, side));
+    // The test's runtime has one thread: yielding once runs the pump until it waits.
+    tokio::task::yield_now().await;
+    assert!(!pump.is_finished(), "the pump waits for its body");
+    Stream {
+        request,
+        pump,
+        client,
+    }
+}
+
+async fn ends(pump: JoinHandle<()>) {
+    tokio::time::timeout(WAIT, pump)
+        .await
+        .expect("the pump ends once the reset is seen")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_reset_while_the_request_is_read_reaches_its_reader() {
+    let Stream {
+        mut request,
+        pump,
+        mut client,
+    } = stream(false).await;
+    client.send_reset(Reason::CANCEL);
+    let read = tokio::time::timeout(WAIT, request.frame()).await.unwrap();
+    assert!(matches!(read, Some(Err(_))), "the reader sees the reset");
+    // The reader ends the session and lets go of the request; the pump then ends too.
+    drop(request);
+    ends(pump).await;
+}
+
+#[tokio::test]
+async fn once_the_request_has_ended_the_pump_watches_for_resets_itself() {
+    let Stream {
+        mut request,
+        pump,
+        mut client,
+    } = stream(true).await;
+    // The reader reads the request to its end and keeps the body, as a route may.
+    let read = tokio::time::timeout(WAIT, request.frame()).await.unwrap();
+    assert!(read.is_none(), "the request had ended: {read:?}");
+    client.send_reset(Reason::CANCEL);
+    ends(pump).await;
+    drop(request);
+}
+
+#[tokio::test]
+async fn once_nothing_reads_the_request_the_pump_watches_for_resets_itself() {
+    let Stream {
+        request,
+        pump,
+        mut client,
+    } = stream(false).await;
+    drop(request);
+    client.send_reset(Reason::CANCEL);
+    ends(pump).await;
+}
