@@ -18,7 +18,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    task::{Context, Poll, ready},
+    task::{Context, Poll, Waker, ready},
     time::Duration,
 };
 
@@ -385,6 +385,9 @@ pub struct Pump<B> {
     /// A frame taken from the body, waiting for capacity.
     next: Option<Bytes>,
     request: Arc<RequestSide>,
+    /// The waker last registered with `request`: a stream's task is polled with the same one
+    /// wait after wait, so it is registered once (two atomic operations saved per wait).
+    registered: Option<Waker>,
 }
 
 impl<B> Pump<B> {
@@ -394,6 +397,7 @@ impl<B> Pump<B> {
             send,
             next: None,
             request,
+            registered: None,
         }
     }
 }
@@ -448,7 +452,14 @@ where
                 // through the request's reader while there is one (see `RequestSide`).
                 Poll::Pending => {
                     if this.request.is_read() {
-                        this.request.pump.register(cx.waker());
+                        if !this
+                            .registered
+                            .as_ref()
+                            .is_some_and(|w| w.will_wake(cx.waker()))
+                        {
+                            this.request.pump.register(cx.waker());
+                            this.registered = Some(cx.waker().clone());
+                        }
                         if this.request.is_read() {
                             return Poll::Pending;
                         }
