@@ -4,6 +4,7 @@
 use std::{convert::Infallible, time::Duration};
 
 use http_body_util::BodyExt;
+use hyper::body::Frame;
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use super::*;
