@@ -191,6 +191,69 @@ async fn a_stream_the_client_resets_while_still_sending_is_released_at_once() {
     );
 }
 
+/// A PING as one gRPC message (uncompressed, length-prefixed).
+fn ping_frame() -> bytes::Bytes {
+    use prost::Message as _;
+    let message = chatrooms::proto::Message {
+        kind: Kind::Ping as i32,
+        ..Default::default()
+    };
+    let encoded = message.encode_to_vec();
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(encoded.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    frame.into()
+}
+
+#[tokio::test]
+async fn a_stream_reset_while_its_reader_is_throttled_is_released_at_once() {
+    // A burst of two (the JOIN and one PING), then one request per 100 s: the reader pauses.
+    let server =
+        TestServer::start("[session]\nrequests_per_sec = 0.01\nrequests_burst = 2\n").await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/chat.v1.ChatService/ChatStream",
+            server.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = h2.send_request(request, false).unwrap();
+    send.send_data(join_frame("raw"), false).unwrap();
+    let mut body = timeout(WAIT, response)
+        .await
+        .expect("answered")
+        .unwrap()
+        .into_body();
+    timeout(WAIT, body.data())
+        .await
+        .expect("JOINED in time")
+        .expect("a DATA frame")
+        .unwrap();
+    server.wait_sessions(1).await;
+    // Two PINGs in one DATA frame: once the first is answered, the server has the second,
+    // which is over the budget: the reader sleeps on the throttle before it reads again.
+    send.send_data([ping_frame(), ping_frame()].concat().into(), false)
+        .unwrap();
+    timeout(WAIT, body.data())
+        .await
+        .expect("PONG in time")
+        .expect("a DATA frame")
+        .unwrap();
+    send.send_reset(h2::Reason::CANCEL);
+    // The client is gone: its place (session slot, IP slot, queue) is given back at once.
+    server.wait_sessions(0).await;
+    assert!(
+        !connection.is_finished(),
+        "the connection itself stays open"
+    );
+}
+
 #[tokio::test]
 async fn connections_beyond_max_connections_wait_for_a_place() {
     let server =

@@ -21,7 +21,7 @@ use crate::{
     hub::Hub,
     limits::TokenBucket,
     metrics, proto,
-    transport::reset::StreamReset,
+    transport::{ReaderSide, reset::StreamReset, serving::RequestSide},
 };
 
 pub struct ChatEdge {
@@ -73,6 +73,10 @@ impl ChatEdge {
         let session = Session::start(self.hub.session_env.clone(), id, tx, stopped_tx, authorized);
         self.hub.sessions.attach(id, session.clone());
         let census = self.hub.census.enter(Living::ReaderTask);
+        let reader = request
+            .extensions()
+            .get::<ReaderSide>()
+            .map(|r| r.0.clone());
         // The reader gets the request stream alone: the headers are not kept for its life.
         let requests = request.into_inner();
         tokio::spawn(forward_requests(
@@ -81,6 +85,7 @@ impl ChatEdge {
             session,
             stopped_rx,
             census,
+            reader,
         ));
         Ok(outbound.holding(permit))
     }
@@ -106,6 +111,7 @@ fn forward_requests(
     session: Addr<Session>,
     mut session_stopped: oneshot::Receiver<()>,
     census: Counted,
+    reader: Option<Arc<RequestSide>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
         let _census = census;
@@ -118,6 +124,7 @@ fn forward_requests(
                         &mut budget,
                         &session,
                         &mut session_stopped,
+                        reader.as_ref(),
                         message,
                     )),
                     Some(Err(status)) => break Some(Fatal::Inbound(status)),
@@ -141,10 +148,14 @@ async fn hand_over(
     budget: &mut Option<TokenBucket>,
     session: &Addr<Session>,
     session_stopped: &mut oneshot::Receiver<()>,
+    reader: Option<&Arc<RequestSide>>,
     message: proto::Message,
 ) -> bool {
     if let Some(wait) = spend(budget, hub) {
         metrics::get().throttled.increment(1);
+        // Not reading the body meanwhile: the stream's pump watches for the client's reset.
+        // (Not while the session takes the request: that is short, and pausing wakes the pump.)
+        let _paused = reader.map(RequestSide::pause);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = session_stopped => return false,

@@ -304,12 +304,14 @@ impl<D: DirectRoute> serving::Answer for Answerer<D> {
         let respond_with: serving::Responding<Reply<D>> = Box::pin(async move {
             // Wrapped first, so that whatever becomes of the request, dropping it tells the
             // pump that nothing reads it any more.
+            let reader = ReaderSide(side.clone());
             let request = request.map(|body| RequestBody::new(body, side));
             if let Some(refusal) = refuse_non_grpc(&request) {
                 return refusal.map(Either::Right);
             }
             let mut request = request.map(|body| Body::new(Rechunked::new(body, frames)));
             request.extensions_mut().insert(info);
+            request.extensions_mut().insert(reader);
             if direct.claims(request.uri().path()) {
                 return direct.call(request).await.map(Either::Left);
             }
@@ -321,6 +323,11 @@ impl<D: DirectRoute> serving::Answer for Answerer<D> {
         serving::reply(respond, respond_with, request_side)
     }
 }
+
+/// The request side of a stream, for its reader to say when it pauses (see
+/// [`serving::RequestSide::pause`]).
+#[derive(Clone)]
+pub struct ReaderSide(pub Arc<serving::RequestSide>);
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}

@@ -31,7 +31,7 @@ use tokio::{
 };
 use tracing::debug;
 
-pub use self::request::{RequestBody, RequestSide};
+pub use self::request::{Paused, RequestBody, RequestSide};
 use super::streams::StreamExecutor;
 
 mod request;
@@ -282,8 +282,8 @@ pub struct Pump<B> {
     /// A frame taken from the body, waiting for capacity.
     next: Option<Bytes>,
     request: Arc<RequestSide>,
-    /// The waker last registered with `request`: a stream's task is polled with the same one
-    /// wait after wait, so it is registered once (two atomic operations saved per wait).
+    /// The waker registered with `request`: a stream's task is polled with the same one wait
+    /// after wait, so it is registered once (a lock saved per wait).
     registered: Option<Waker>,
 }
 
@@ -354,7 +354,7 @@ where
                             .as_ref()
                             .is_some_and(|w| w.will_wake(cx.waker()))
                         {
-                            this.request.pump.register(cx.waker());
+                            this.request.register(cx.waker());
                             this.registered = Some(cx.waker().clone());
                         }
                         if this.request.is_read() {

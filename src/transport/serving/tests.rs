@@ -30,6 +30,7 @@ impl Body for Waiting {
 /// pump, running; and the client's send half of the stream.
 struct Stream {
     request: RequestBody,
+    side: Arc<RequestSide>,
     pump: JoinHandle<()>,
     client: h2::SendStream<Bytes>,
 }
@@ -61,12 +62,13 @@ async fn stream(end_request: bool) -> Stream {
     let send = respond
         .send_response(http::Response::new(()), false)
         .unwrap();
-    let pump = tokio::spawn(Pump::new(Waiting, send, side));
+    let pump = tokio::spawn(Pump::new(Waiting, send, side.clone()));
     // The test's runtime has one thread: yielding once runs the pump until it waits.
     tokio::task::yield_now().await;
     assert!(!pump.is_finished(), "the pump waits for its body");
     Stream {
         request,
+        side,
         pump,
         client,
     }
@@ -85,6 +87,7 @@ async fn a_reset_while_the_request_is_read_reaches_its_reader() {
         mut request,
         pump,
         mut client,
+        ..
     } = stream(false).await;
     client.send_reset(Reason::CANCEL);
     let read = tokio::time::timeout(WAIT, request.frame()).await.unwrap();
@@ -100,6 +103,7 @@ async fn once_the_request_has_ended_the_pump_watches_for_resets_itself() {
         mut request,
         pump,
         mut client,
+        ..
     } = stream(true).await;
     // The reader reads the request to its end and keeps the body, as a route may.
     let read = tokio::time::timeout(WAIT, request.frame()).await.unwrap();
@@ -115,8 +119,29 @@ async fn once_nothing_reads_the_request_the_pump_watches_for_resets_itself() {
         request,
         pump,
         mut client,
+        ..
     } = stream(false).await;
     drop(request);
     client.send_reset(Reason::CANCEL);
     ends(pump).await;
+}
+
+#[tokio::test]
+async fn while_the_reader_pauses_the_pump_watches_for_resets_itself_every_time() {
+    let Stream {
+        request,
+        side,
+        pump,
+        mut client,
+    } = stream(false).await;
+    // A first pause wakes the pump, which goes back to waiting when the pause is over...
+    drop(side.pause());
+    tokio::task::yield_now().await;
+    assert!(!pump.is_finished(), "nothing ended the stream");
+    // ... and the next one wakes it again: a reset meanwhile ends it, although the reader
+    // (holding the request, not polling it) would not see it before its pause is over.
+    let _paused = side.pause();
+    client.send_reset(Reason::CANCEL);
+    ends(pump).await;
+    drop(request);
 }
