@@ -2,7 +2,7 @@
 //! about slow consumers: rooms `try_deliver` without waiting, and a queue full in messages or in
 //! bytes is reported back so the room can drop the member. A [`Fatal`] set on the handle ends the
 //! stream with its status, either at once or after the queue drains (shutdown); one that ends it
-//! at once also arms the stream's [`StreamReset`], so a client that does not read the status
+//! at once also arms the stream's reset ([`StreamSide::arm`]), so a client that does not read the status
 //! has its HTTP/2 stream reset instead of holding it open.
 
 use std::{
@@ -23,7 +23,7 @@ use tokio_stream::Stream;
 use tonic::Status;
 
 pub use self::framed::{Framed, PREFIX_BYTES};
-use crate::{error::Fatal, metrics, transport::reset::StreamReset};
+use crate::{error::Fatal, metrics, transport::serving::StreamSide};
 
 mod framed;
 
@@ -74,8 +74,9 @@ struct Shared {
     fatal: OnceLock<Fatal>,
     /// Live [`SessionTx`] clones; the stream ends cleanly after its backlog when none is left.
     senders: AtomicUsize,
-    /// The transport's reset switch for this stream (absent outside the server's transport).
-    reset: Option<Arc<StreamReset>>,
+    /// The transport's side of this stream, whose reset it arms (absent outside the server's
+    /// transport).
+    reset: Option<Arc<StreamSide>>,
     /// Set when the transport drops the response stream.
     finished: AtomicBool,
     finished_notify: Notify,
@@ -144,7 +145,7 @@ impl SessionTx {
     pub fn channel(
         capacity: usize,
         max_bytes: usize,
-        reset: Option<Arc<StreamReset>>,
+        reset: Option<Arc<StreamSide>>,
     ) -> (SessionTx, OutboundStream) {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),

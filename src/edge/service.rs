@@ -21,7 +21,7 @@ use crate::{
     hub::Hub,
     limits::TokenBucket,
     metrics, proto,
-    transport::{ReaderSide, reset::StreamReset, serving::RequestSide},
+    transport::{StreamSideExt, serving::StreamSide},
 };
 
 pub struct ChatEdge {
@@ -52,7 +52,13 @@ impl ChatEdge {
                 config.session.outbound_queue_bytes,
             )
         };
-        let (tx, outbound) = SessionTx::channel(queue, queue_bytes, StreamReset::current());
+        // The stream's side in the server's transport (absent elsewhere, as in tests): its
+        // reader pauses through it, its queue arms its reset.
+        let side = request
+            .extensions()
+            .get::<StreamSideExt>()
+            .map(|side| side.0.clone());
+        let (tx, outbound) = SessionTx::channel(queue, queue_bytes, side.clone());
         // The stream holds the place: the session counts until the transport lets go of its
         // response, which can outlive the actor while the last messages are written.
         let ip_slot = match request.remote_addr() {
@@ -73,10 +79,6 @@ impl ChatEdge {
         let session = Session::start(self.hub.session_env.clone(), id, tx, stopped_tx, authorized);
         self.hub.sessions.attach(id, session.clone());
         let census = self.hub.census.enter(Living::ReaderTask);
-        let reader = request
-            .extensions()
-            .get::<ReaderSide>()
-            .map(|r| r.0.clone());
         // The reader gets the request stream alone: the headers are not kept for its life.
         let requests = request.into_inner();
         tokio::spawn(forward_requests(
@@ -85,7 +87,7 @@ impl ChatEdge {
             session,
             stopped_rx,
             census,
-            reader,
+            side,
         ));
         Ok(outbound.holding(permit))
     }
@@ -111,7 +113,7 @@ fn forward_requests(
     session: Addr<Session>,
     mut session_stopped: oneshot::Receiver<()>,
     census: Counted,
-    reader: Option<Arc<RequestSide>>,
+    reader: Option<Arc<StreamSide>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
         let _census = census;
@@ -148,14 +150,14 @@ async fn hand_over(
     budget: &mut Option<TokenBucket>,
     session: &Addr<Session>,
     session_stopped: &mut oneshot::Receiver<()>,
-    reader: Option<&Arc<RequestSide>>,
+    reader: Option<&Arc<StreamSide>>,
     message: proto::Message,
 ) -> bool {
     if let Some(wait) = spend(budget, hub) {
         metrics::get().throttled.increment(1);
         // Not reading the body meanwhile: the stream's pump watches for the client's reset.
         // (Not while the session takes the request: that is short, and pausing wakes the pump.)
-        let _paused = reader.map(RequestSide::pause);
+        let _paused = reader.map(StreamSide::pause);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = session_stopped => return false,

@@ -1,7 +1,7 @@
 //! The HTTP/2 transport: accepting connections, the handshake, and serving gRPC on each with h2
 //! ([`serving`]). It replaces tonic's own server loop (and hyper's HTTP/2 server) for what they
 //! cannot do: end a stream on the
-//! wire when the session ends it ([`reset`]), bound what a connection may hold before it has
+//! wire when the session ends it ([`serving::StreamSide::arm`]), bound what a connection may hold before it has
 //! spoken HTTP/2 ([`handshake`]), survive running out of descriptors ([`accept`]), and write a
 //! fan-out's frames for one connection together: the connection's task runs its streams
 //! ([`streams`]), woken once per fan-out ([`wakes`]), and writes once per pass ([`coalesce`]).
@@ -18,7 +18,6 @@ pub mod coalesce;
 mod frame_limits;
 pub mod handshake;
 pub mod rechunk;
-pub mod reset;
 pub mod serving;
 pub mod streams;
 pub mod wakes;
@@ -299,19 +298,19 @@ impl<D: DirectRoute> serving::Answer for Answerer<D> {
         let direct = self.direct.clone();
         let info = self.info.clone();
         let frames = self.frames.clone();
-        let side = Arc::new(serving::RequestSide::default());
+        let side = Arc::new(serving::StreamSide::default());
         let request_side = side.clone();
         let respond_with: serving::Responding<Reply<D>> = Box::pin(async move {
             // Wrapped first, so that whatever becomes of the request, dropping it tells the
             // pump that nothing reads it any more.
-            let reader = ReaderSide(side.clone());
+            let shared = StreamSideExt(side.clone());
             let request = request.map(|body| RequestBody::new(body, side));
             if let Some(refusal) = refuse_non_grpc(&request) {
                 return refusal.map(Either::Right);
             }
             let mut request = request.map(|body| Body::new(Rechunked::new(body, frames)));
             request.extensions_mut().insert(info);
-            request.extensions_mut().insert(reader);
+            request.extensions_mut().insert(shared);
             if direct.claims(request.uri().path()) {
                 return direct.call(request).await.map(Either::Left);
             }
@@ -324,10 +323,10 @@ impl<D: DirectRoute> serving::Answer for Answerer<D> {
     }
 }
 
-/// The request side of a stream, for its reader to say when it pauses (see
-/// [`serving::RequestSide::pause`]).
+/// A stream's shared side, for its handler: its reader says when it pauses
+/// ([`serving::StreamSide::pause`]), its response arms the reset ([`serving::StreamSide::arm`]).
 #[derive(Clone)]
-pub struct ReaderSide(pub Arc<serving::RequestSide>);
+pub struct StreamSideExt(pub Arc<serving::StreamSide>);
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}

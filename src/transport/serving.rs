@@ -2,7 +2,7 @@
 //! per-stream pipe checks the stream for a reset twice per DATA frame it sends and asks h2 for
 //! capacity twice, each a round trip through h2's stream store under its lock with a waker
 //! registered; here a stream's [`Pump`] checks for a reset only when it is about to wait (and
-//! only once nothing reads the request any more, see [`RequestSide`]), and a frame costs one
+//! only once nothing reads the request any more, see [`StreamSide`]), and a frame costs one
 //! capacity request, one capacity check and one `send_data`.
 //!
 //! What hyper's server did and this keeps: h2's settings (windows, frame and header list sizes,
@@ -31,7 +31,7 @@ use tokio::{
 };
 use tracing::debug;
 
-pub use self::request::{Paused, RequestBody, RequestSide};
+pub use self::request::{Paused, RequestBody, StreamSide};
 use super::streams::StreamExecutor;
 
 mod request;
@@ -239,7 +239,7 @@ pub type Responding<B> = Pin<Box<dyn Future<Output = http::Response<B>> + Send>>
 pub async fn reply<B>(
     mut respond: SendResponse<Bytes>,
     mut respond_with: Responding<B>,
-    request: Arc<RequestSide>,
+    request: Arc<StreamSide>,
 ) where
     B: Body<Data = Bytes> + Unpin,
 {
@@ -274,6 +274,11 @@ pub async fn reply<B>(
     }
 }
 
+/// How long a stream armed to be reset ([`StreamSide::arm`]) may take to finish, writing its
+/// status, before it is reset. A client that reads gets its status well within this; one that
+/// does not is cut here.
+pub const RESET_GRACE: Duration = Duration::from_millis(250);
+
 /// Moves a response body into its h2 stream: a DATA frame per body frame once the stream has
 /// send capacity (so that h2 buffers at most `max_send_buffer_size` of it), then the trailers.
 pub struct Pump<B> {
@@ -281,20 +286,23 @@ pub struct Pump<B> {
     send: h2::SendStream<Bytes>,
     /// A frame taken from the body, waiting for capacity.
     next: Option<Bytes>,
-    request: Arc<RequestSide>,
+    request: Arc<StreamSide>,
     /// The waker registered with `request`: a stream's task is polled with the same one wait
     /// after wait, so it is registered once (a lock saved per wait).
     registered: Option<Waker>,
+    /// Once the stream is armed ([`StreamSide::arm`]): when it is to be reset.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> Pump<B> {
-    pub fn new(body: B, send: h2::SendStream<Bytes>, request: Arc<RequestSide>) -> Pump<B> {
+    pub fn new(body: B, send: h2::SendStream<Bytes>, request: Arc<StreamSide>) -> Pump<B> {
         Pump {
             body,
             send,
             next: None,
             request,
             registered: None,
+            deadline: None,
         }
     }
 }
@@ -307,6 +315,25 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        // Registered before the request side is looked at: what changes after this wakes the
+        // task, what changed before is seen below.
+        if !this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            this.request.register(cx.waker());
+            this.registered = Some(cx.waker().clone());
+        }
+        if this.request.is_armed() {
+            let deadline = this
+                .deadline
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(RESET_GRACE)));
+            // Over: dropping the send half (and the reader the request) resets the stream.
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
         loop {
             if let Some(data) = this.next.take() {
                 if this.send.capacity() == 0 {
@@ -346,20 +373,10 @@ where
                     return Poll::Ready(());
                 }
                 // Waiting for the body: a reset by the client must wake the stream meanwhile,
-                // through the request's reader while there is one (see `RequestSide`).
+                // through the request's reader while there is one (see `StreamSide`).
                 Poll::Pending => {
                     if this.request.is_read() {
-                        if !this
-                            .registered
-                            .as_ref()
-                            .is_some_and(|w| w.will_wake(cx.waker()))
-                        {
-                            this.request.register(cx.waker());
-                            this.registered = Some(cx.waker().clone());
-                        }
-                        if this.request.is_read() {
-                            return Poll::Pending;
-                        }
+                        return Poll::Pending;
                     }
                     return match this.send.poll_reset(cx) {
                         Poll::Ready(_) => Poll::Ready(()),

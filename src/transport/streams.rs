@@ -6,8 +6,6 @@
 //! streams, which queue their DATA frames in h2, and then h2 itself, which writes them all
 //! together: one task wake-up and one write per connection per fan-out instead of one per
 //! member.
-//!
-//! Each stream's task carries its [`super::reset::StreamReset`] switch (`StreamTask`).
 
 mod ready;
 

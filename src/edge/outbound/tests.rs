@@ -25,14 +25,14 @@ async fn a_queue_full_in_bytes_is_full() {
 
 #[tokio::test]
 async fn ending_at_once_arms_the_reset_and_draining_does_not() {
-    let reset = Arc::new(StreamReset::default());
+    let reset = Arc::new(StreamSide::default());
     let (tx, _stream) = SessionTx::channel(4, 1 << 20, Some(reset.clone()));
     tx.end(Fatal::Shutdown);
     assert!(
         !reset.is_armed(),
         "a shutdown drains, then ends with trailers"
     );
-    let reset = Arc::new(StreamReset::default());
+    let reset = Arc::new(StreamSide::default());
     let (tx, _stream) = SessionTx::channel(4, 1 << 20, Some(reset.clone()));
     tx.end(Fatal::IdleTimeout);
     assert!(reset.is_armed());

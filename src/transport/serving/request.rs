@@ -1,5 +1,7 @@
-//! A stream's request side: its body as the route reads it, and whether anyone is reading it
-//! now, which decides who watches for the client's reset (the reader, or the stream's pump).
+//! What a stream's reader, its handler and its pump share ([`StreamSide`]): whether anyone is
+//! reading the request now, which decides who watches for the client's reset (the reader, or
+//! the pump), and the switch that has the stream reset when it is ended without its status
+//! being read; and the request's body as the route reads it.
 
 use std::{
     pin::Pin,
@@ -14,10 +16,12 @@ use bytes::Bytes;
 use h2::RecvStream;
 use hyper::body::{Body, Frame, SizeHint};
 
-/// Whether a stream's request is still being read, shared by its [`RequestBody`] and its
-/// [`super::Pump`].
+/// One stream's shared state: whether its request is still being read (its [`RequestBody`]
+/// tells), and its reset switch (armed by the handler through [`StreamSide::arm`]), both looked
+/// at by its [`super::Pump`]. One allocation for both, next to each other: the pump reads them
+/// each time it runs, and a line that was not in cache costs more than what it does there.
 ///
-/// While it is, a client's RST_STREAM reaches the stream through the request body (its reader
+/// While the request is read, a client's RST_STREAM reaches the stream through the request body (its reader
 /// gets the error and ends the session, which ends the response), so the pump does not also
 /// register with h2 for resets. That registration costs a lock on h2's streams each time the
 /// pump waits, and h2 also uses it to tell of send capacity: the capacity asked for each DATA
@@ -28,17 +32,19 @@ use hyper::body::{Body, Frame, SizeHint};
 /// arrived before a reset and hands it out first, so a paused reader would see the reset only
 /// after its pause (minutes with a low `session.requests_per_sec`).
 #[derive(Debug, Default)]
-pub struct RequestSide {
+pub struct StreamSide {
     ended: AtomicBool,
     paused: AtomicBool,
+    /// The stream is to be reset unless it finishes within [`super::RESET_GRACE`].
+    armed: AtomicBool,
     /// The pump's waker, woken by reference: it stays registered across pauses, so the pump
     /// registers once rather than on every wait.
     pump: Mutex<Option<Waker>>,
 }
 
-/// While held, the pump watches for the client's reset itself (see [`RequestSide::pause`]).
+/// While held, the pump watches for the client's reset itself (see [`StreamSide::pause`]).
 #[derive(Debug)]
-pub struct Paused(Arc<RequestSide>);
+pub struct Paused(Arc<StreamSide>);
 
 impl Drop for Paused {
     fn drop(&mut self) {
@@ -46,7 +52,7 @@ impl Drop for Paused {
     }
 }
 
-impl RequestSide {
+impl StreamSide {
     /// Whether the reader is reading the request now (the pump may leave resets to it).
     pub(super) fn is_read(&self) -> bool {
         !self.ended.load(Ordering::Acquire) && !self.paused.load(Ordering::Acquire)
@@ -64,6 +70,19 @@ impl RequestSide {
         self.paused.store(true, Ordering::Release);
         self.wake_pump();
         Paused(self.clone())
+    }
+
+    /// Has the stream reset unless it finishes within [`super::RESET_GRACE`] (the handler ended
+    /// it without waiting for its backlog: a client that does not read its status is cut).
+    /// Idempotent.
+    pub fn arm(&self) {
+        if !self.armed.swap(true, Ordering::AcqRel) {
+            self.wake_pump();
+        }
+    }
+
+    pub fn is_armed(&self) -> bool {
+        self.armed.load(Ordering::Acquire)
     }
 
     fn end(&self) {
@@ -89,11 +108,11 @@ impl RequestSide {
 pub struct RequestBody {
     recv: RecvStream,
     data_done: bool,
-    side: Arc<RequestSide>,
+    side: Arc<StreamSide>,
 }
 
 impl RequestBody {
-    pub fn new(recv: RecvStream, side: Arc<RequestSide>) -> RequestBody {
+    pub fn new(recv: RecvStream, side: Arc<StreamSide>) -> RequestBody {
         RequestBody {
             recv,
             data_done: false,

@@ -30,7 +30,7 @@ impl Body for Waiting {
 /// pump, running; and the client's send half of the stream.
 struct Stream {
     request: RequestBody,
-    side: Arc<RequestSide>,
+    side: Arc<StreamSide>,
     pump: JoinHandle<()>,
     client: h2::SendStream<Bytes>,
 }
@@ -57,7 +57,7 @@ async fn stream(end_request: bool) -> Stream {
         .await
         .unwrap()
         .unwrap();
-    let side = Arc::new(RequestSide::default());
+    let side = Arc::new(StreamSide::default());
     let request = RequestBody::new(request.into_body(), side.clone());
     let send = respond
         .send_response(http::Response::new(()), false)
@@ -143,5 +143,72 @@ async fn while_the_reader_pauses_the_pump_watches_for_resets_itself_every_time()
     let _paused = side.pause();
     client.send_reset(Reason::CANCEL);
     ends(pump).await;
+    drop(request);
+}
+
+/// A response body that always has another 16 KiB frame: its pump soon waits for send
+/// capacity that a client that does not read never grants.
+struct Endless;
+
+impl Body for Endless {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![0; 16 * 1024])))))
+    }
+}
+
+/// Arms `side` and checks that `pump` ends exactly [`RESET_GRACE`] later (time is paused).
+async fn armed_ends_after_the_grace(side: &StreamSide, pump: JoinHandle<()>) {
+    // Not armed: the pump waits, however long.
+    tokio::time::sleep(RESET_GRACE * 10).await;
+    assert!(!pump.is_finished(), "an unarmed stream is left alone");
+    let armed_at = tokio::time::Instant::now();
+    side.arm();
+    ends(pump).await;
+    assert_eq!(armed_at.elapsed(), RESET_GRACE);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_armed_stream_waiting_for_its_body_ends_after_the_grace() {
+    let Stream {
+        side,
+        pump,
+        request,
+        ..
+    } = stream(false).await;
+    armed_ends_after_the_grace(&side, pump).await;
+    drop(request);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_armed_stream_waiting_for_capacity_ends_after_the_grace() {
+    let (client_io, server_io) = tokio::io::duplex(1 << 20);
+    let (pump_tx, pump_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut connection = h2::server::handshake(server_io).await.unwrap();
+        let (request, mut respond) = connection.accept().await.unwrap().unwrap();
+        let side = Arc::new(StreamSide::default());
+        let request = RequestBody::new(request.into_body(), side.clone());
+        let send = respond
+            .send_response(http::Response::new(()), false)
+            .unwrap();
+        let pump = tokio::spawn(Pump::new(Endless, send, side.clone()));
+        let _ = pump_tx.send((side, pump, request));
+        while connection.accept().await.is_some() {}
+    });
+    let (mut h2, connection) = h2::client::handshake(client_io).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("http://localhost/chat.v1.ChatService/ChatStream")
+        .body(())
+        .unwrap();
+    // The client never reads the response: its window (64 KiB) is soon spent.
+    let (_response, _client) = h2.send_request(request, false).unwrap();
+    let (side, pump, request) = tokio::time::timeout(WAIT, pump_rx).await.unwrap().unwrap();
+    armed_ends_after_the_grace(&side, pump).await;
     drop(request);
 }

@@ -14,7 +14,7 @@ use std::{
     task::{Context, Poll, Wake, Waker},
 };
 
-use crate::transport::{reset::ResetTimer, wakes::ConnectionWaker};
+use crate::transport::wakes::ConnectionWaker;
 
 /// How many times in a row a stream that wakes itself while it runs is run again at once.
 const RERUNS: usize = 8;
@@ -135,7 +135,6 @@ pub struct StreamTask {
     wake: Arc<StreamWake>,
     /// `wake` as a `Waker`, made once: the task is always polled with it.
     waker: Waker,
-    reset: ResetTimer,
 }
 
 impl StreamTask {
@@ -147,24 +146,19 @@ impl StreamTask {
             ready: ready.clone(),
         });
         let waker = Waker::from(wake.clone());
-        StreamTask {
-            task,
-            reset: ResetTimer::new(&waker),
-            wake,
-            waker,
-        }
+        StreamTask { task, wake, waker }
     }
 
     /// Runs the (listed) task until it waits without having woken itself, [`RERUNS`] times at
-    /// most; then it is listed again, behind the others. `Ready` when it is finished (or reset)
-    /// and is to be dropped.
+    /// most; then it is listed again, behind the others. `Ready` when it is finished and is to
+    /// be dropped.
     pub fn run(&mut self) -> Poll<()> {
         let state = &self.wake.state;
         let mut cx = Context::from_waker(&self.waker);
         for _ in 0..RERUNS {
             let was = state.swap(RUNNING, Ordering::AcqRel);
             debug_assert_eq!(was & !RUNNING, WOKEN, "a task runs only from the list");
-            if self.reset.poll(self.task.as_mut(), &mut cx).is_ready() {
+            if self.task.as_mut().poll(&mut cx).is_ready() {
                 return Poll::Ready(());
             }
             if state
