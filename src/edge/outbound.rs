@@ -2,8 +2,8 @@
 //! about slow consumers: rooms `try_deliver` without waiting, and a queue full in messages or in
 //! bytes is reported back so the room can drop the member. A [`Fatal`] set on the handle ends the
 //! stream with its status, either at once or after the queue drains (shutdown); one that ends it
-//! at once also arms the stream's reset ([`StreamSide::arm`]), so a client that does not read the status
-//! has its HTTP/2 stream reset instead of holding it open.
+//! at once also arms the stream's reset ([`StreamSide::arm`]), so a client that does not read
+//! the status has its HTTP/2 stream reset instead of holding it open.
 
 use std::{
     collections::VecDeque,

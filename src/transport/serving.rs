@@ -1,9 +1,10 @@
 //! Serving gRPC on one HTTP/2 connection with h2 directly, in place of hyper's server. hyper's
 //! per-stream pipe checks the stream for a reset twice per DATA frame it sends and asks h2 for
 //! capacity twice, each a round trip through h2's stream store under its lock with a waker
-//! registered; here a stream's [`Pump`] checks for a reset only when it is about to wait (and
-//! only once nothing reads the request any more, see [`StreamSide`]), and a frame costs one
-//! capacity request, one capacity check and one `send_data`.
+//! registered; here a stream's [`Pump`] asks h2 about a client's reset only when it is about to
+//! wait (and only once nothing reads the request, see [`StreamSide`]; the server's own reset
+//! switch it reads from the side, one flag), and a frame costs one capacity request, one
+//! capacity check and one `send_data`.
 //!
 //! What hyper's server did and this keeps: h2's settings (windows, frame and header list sizes,
 //! the send buffer per stream, the reset-flood limits), keepalive PINGs with a timeout, a
@@ -329,8 +330,10 @@ where
             let deadline = this
                 .deadline
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(RESET_GRACE)));
-            // Over: dropping the send half (and the reader the request) resets the stream.
+            // Over: reset now, not when the request's reader also lets go of its half (h2
+            // resets a stream by itself only once every handle to it is gone).
             if deadline.as_mut().poll(cx).is_ready() {
+                this.send.send_reset(Reason::CANCEL);
                 return Poll::Ready(());
             }
         }

@@ -21,8 +21,9 @@ use hyper::body::{Body, Frame, SizeHint};
 /// at by its [`super::Pump`]. One allocation for both, next to each other: the pump reads them
 /// each time it runs, and a line that was not in cache costs more than what it does there.
 ///
-/// While the request is read, a client's RST_STREAM reaches the stream through the request body (its reader
-/// gets the error and ends the session, which ends the response), so the pump does not also
+/// While the request is read, a client's RST_STREAM reaches the stream through the request
+/// body (its reader gets the error and ends the session, which ends the response), so the pump
+/// does not also
 /// register with h2 for resets. That registration costs a lock on h2's streams each time the
 /// pump waits, and h2 also uses it to tell of send capacity: the capacity asked for each DATA
 /// frame woke the stream once more per message (measured: 0.1 µs of 1.2 µs per delivery at
@@ -58,8 +59,8 @@ impl StreamSide {
         !self.ended.load(Ordering::Acquire) && !self.paused.load(Ordering::Acquire)
     }
 
-    /// Registers the pump's waker; the caller looks at [`Self::is_read`] again afterwards (a
-    /// change made before this lock was taken woke no one).
+    /// Registers the pump's waker; the caller looks at [`Self::is_armed`] and [`Self::is_read`]
+    /// afterwards (a change made before this lock was taken woke no one).
     pub(super) fn register(&self, waker: &Waker) {
         *self.waker_slot() = Some(waker.clone());
     }
@@ -74,7 +75,9 @@ impl StreamSide {
 
     /// Has the stream reset unless it finishes within [`super::RESET_GRACE`] (the handler ended
     /// it without waiting for its backlog: a client that does not read its status is cut).
-    /// Idempotent.
+    /// Idempotent. The grace runs from the pump's first look at the switch: armed before the
+    /// stream's response was ready (its handler still running), it starts with the pump, so a
+    /// handler is to arm only once it has nothing left to wait for (as `ChatStream` does).
     pub fn arm(&self) {
         if !self.armed.swap(true, Ordering::AcqRel) {
             self.wake_pump();

@@ -174,15 +174,91 @@ async fn armed_ends_after_the_grace(side: &StreamSide, pump: JoinHandle<()>) {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_armed_stream_waiting_for_its_body_ends_after_the_grace() {
+async fn an_armed_stream_waiting_for_its_body_is_reset_after_the_grace() {
+    let Stream {
+        side,
+        pump,
+        request,
+        mut client,
+    } = stream(false).await;
+    armed_ends_after_the_grace(&side, pump).await;
+    // On the wire at once, although the reader still holds its half of the stream.
+    let reset = tokio::time::timeout(WAIT, std::future::poll_fn(|cx| client.poll_reset(cx)))
+        .await
+        .expect("the client sees the reset while the request is still held");
+    assert_eq!(reset.unwrap(), Reason::CANCEL);
+    drop(request);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wake_ups_during_the_grace_do_not_postpone_the_reset() {
     let Stream {
         side,
         pump,
         request,
         ..
     } = stream(false).await;
-    armed_ends_after_the_grace(&side, pump).await;
+    let armed_at = tokio::time::Instant::now();
+    side.arm();
+    // The reader's pauses wake the pump each time: the deadline stays where it was.
+    for _ in 0..4 {
+        tokio::time::sleep(RESET_GRACE / 8).await;
+        drop(side.pause());
+        tokio::task::yield_now().await;
+    }
+    ends(pump).await;
+    assert_eq!(armed_at.elapsed(), RESET_GRACE);
     drop(request);
+}
+
+#[tokio::test(start_paused = true)]
+async fn armed_before_its_pump_runs_a_stream_ends_a_grace_after_the_pump_starts() {
+    let Stream {
+        side,
+        pump,
+        request,
+        ..
+    } = stream_armed_first().await;
+    let started = tokio::time::Instant::now();
+    ends(pump).await;
+    assert_eq!(started.elapsed(), RESET_GRACE);
+    drop((request, side));
+}
+
+/// As [`stream`], with the stream armed (and time moved on) before its pump is made.
+async fn stream_armed_first() -> Stream {
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let (accepted_tx, accepted_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut connection = h2::server::handshake(server_io).await.unwrap();
+        let first = connection.accept().await.unwrap().unwrap();
+        let _ = accepted_tx.send(first);
+        while connection.accept().await.is_some() {}
+    });
+    let (mut h2, connection) = h2::client::handshake(client_io).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("http://localhost/chat.v1.ChatService/ChatStream")
+        .body(())
+        .unwrap();
+    let (_response, client) = h2.send_request(request, false).unwrap();
+    let (request, mut respond) = tokio::time::timeout(WAIT, accepted_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    let side = Arc::new(StreamSide::default());
+    let request = RequestBody::new(request.into_body(), side.clone());
+    side.arm();
+    tokio::time::sleep(RESET_GRACE * 4).await;
+    let send = respond
+        .send_response(http::Response::new(()), false)
+        .unwrap();
+    let pump = tokio::spawn(Pump::new(Waiting, send, side.clone()));
+    Stream {
+        request,
+        side,
+        pump,
+        client,
+    }
 }
 
 #[tokio::test(start_paused = true)]
