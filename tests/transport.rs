@@ -130,15 +130,9 @@ async fn non_grpc_requests_get_the_http_answer_the_spec_names() {
     server.wait_sessions(0).await;
 }
 
-/// A JOIN of room `r` as one gRPC message (uncompressed, length-prefixed).
-fn join_frame(user: &str) -> bytes::Bytes {
+/// `message` as one gRPC message (uncompressed, length-prefixed).
+fn grpc_frame(message: &chatrooms::proto::Message) -> bytes::Bytes {
     use prost::Message as _;
-    let message = chatrooms::proto::Message {
-        user: user.into(),
-        room: "r".into(),
-        kind: Kind::Join as i32,
-        ..Default::default()
-    };
     let encoded = message.encode_to_vec();
     let mut frame = vec![0];
     frame.extend_from_slice(&u32::try_from(encoded.len()).unwrap().to_be_bytes());
@@ -146,12 +140,35 @@ fn join_frame(user: &str) -> bytes::Bytes {
     frame.into()
 }
 
-#[tokio::test]
-async fn a_stream_the_client_resets_while_still_sending_is_released_at_once() {
-    let server = TestServer::start("").await;
+/// A JOIN of room `r` as one gRPC message.
+fn join_frame(user: &str) -> bytes::Bytes {
+    grpc_frame(&chatrooms::proto::Message {
+        user: user.into(),
+        room: "r".into(),
+        kind: Kind::Join as i32,
+        ..Default::default()
+    })
+}
+
+/// A PING as one gRPC message.
+fn ping_frame() -> bytes::Bytes {
+    grpc_frame(&chatrooms::proto::Message {
+        kind: Kind::Ping as i32,
+        ..Default::default()
+    })
+}
+
+/// A raw h2 `ChatStream` of user `raw` in room `r`, its JOINED read: the connection's task, the
+/// request's send half and the response body.
+async fn raw_joined_stream(
+    server: &TestServer,
+) -> (
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+    h2::SendStream<bytes::Bytes>,
+    h2::RecvStream,
+) {
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
-    // The connection stays open throughout: only the stream is reset.
     let connection = tokio::spawn(connection);
     let request = http::Request::builder()
         .method("POST")
@@ -170,12 +187,20 @@ async fn a_stream_the_client_resets_while_still_sending_is_released_at_once() {
         .expect("answered")
         .unwrap()
         .into_body();
-    // The JOINED: the session is in the room, its response waits for the next message.
     timeout(WAIT, body.data())
         .await
         .expect("JOINED in time")
         .expect("a DATA frame")
         .unwrap();
+    (connection, send, body)
+}
+
+#[tokio::test]
+async fn a_stream_the_client_resets_while_still_sending_is_released_at_once() {
+    let server = TestServer::start("").await;
+    // The session is in the room, its response waits for the next message; the connection
+    // stays open throughout: only the stream is reset.
+    let (connection, mut send, _body) = raw_joined_stream(&server).await;
     let mut other = server.client("other").await;
     other.join("r").await;
     server.wait_sessions(2).await;
@@ -191,50 +216,12 @@ async fn a_stream_the_client_resets_while_still_sending_is_released_at_once() {
     );
 }
 
-/// A PING as one gRPC message (uncompressed, length-prefixed).
-fn ping_frame() -> bytes::Bytes {
-    use prost::Message as _;
-    let message = chatrooms::proto::Message {
-        kind: Kind::Ping as i32,
-        ..Default::default()
-    };
-    let encoded = message.encode_to_vec();
-    let mut frame = vec![0];
-    frame.extend_from_slice(&u32::try_from(encoded.len()).unwrap().to_be_bytes());
-    frame.extend_from_slice(&encoded);
-    frame.into()
-}
-
 #[tokio::test]
 async fn a_stream_reset_while_its_reader_is_throttled_is_released_at_once() {
     // A burst of two (the JOIN and one PING), then one request per 100 s: the reader pauses.
     let server =
         TestServer::start("[session]\nrequests_per_sec = 0.01\nrequests_burst = 2\n").await;
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
-    let connection = tokio::spawn(connection);
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "http://{}/chat.v1.ChatService/ChatStream",
-            server.addr
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut send) = h2.send_request(request, false).unwrap();
-    send.send_data(join_frame("raw"), false).unwrap();
-    let mut body = timeout(WAIT, response)
-        .await
-        .expect("answered")
-        .unwrap()
-        .into_body();
-    timeout(WAIT, body.data())
-        .await
-        .expect("JOINED in time")
-        .expect("a DATA frame")
-        .unwrap();
+    let (connection, mut send, mut body) = raw_joined_stream(&server).await;
     server.wait_sessions(1).await;
     // Two PINGs in one DATA frame: once the first is answered, the server has the second,
     // which is over the budget: the reader sleeps on the throttle before it reads again.

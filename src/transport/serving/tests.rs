@@ -35,10 +35,18 @@ struct Stream {
     client: h2::SendStream<Bytes>,
 }
 
-/// Opens one stream over a fresh in-memory connection; `end_request` ends the request with
-/// its headers (as a unary call's client does once it has sent its message).
-async fn stream(end_request: bool) -> Stream {
-    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+/// Opens one stream over a fresh in-memory connection of `window` bytes of pipe; `end_request`
+/// ends the request with its headers (as a unary call's client does once it has sent its
+/// message). The client's send half, and the server's request and response handle.
+async fn open(
+    end_request: bool,
+    window: usize,
+) -> (
+    h2::SendStream<Bytes>,
+    http::Request<RecvStream>,
+    SendResponse<Bytes>,
+) {
+    let (client_io, server_io) = tokio::io::duplex(window);
     let (accepted_tx, accepted_rx) = oneshot::channel();
     tokio::spawn(async move {
         let mut connection = h2::server::handshake(server_io).await.unwrap();
@@ -52,17 +60,34 @@ async fn stream(end_request: bool) -> Stream {
     let request = http::Request::post("http://localhost/chat.v1.ChatService/ChatStream")
         .body(())
         .unwrap();
+    // The response is never read: a client that does not read grants no more than its window.
     let (_response, client) = h2.send_request(request, end_request).unwrap();
-    let (request, mut respond) = tokio::time::timeout(WAIT, accepted_rx)
+    let (request, respond) = tokio::time::timeout(WAIT, accepted_rx)
         .await
         .unwrap()
         .unwrap();
+    (client, request, respond)
+}
+
+/// Answers `request` through a pump of `body`, started at once.
+fn serve(
+    request: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    body: impl Body<Data = Bytes> + Unpin + Send + 'static,
+) -> (RequestBody, Arc<StreamSide>, JoinHandle<()>) {
     let side = Arc::new(StreamSide::default());
     let request = RequestBody::new(request.into_body(), side.clone());
     let send = respond
         .send_response(http::Response::new(()), false)
         .unwrap();
-    let pump = tokio::spawn(Pump::new(Waiting, send, side.clone()));
+    let pump = tokio::spawn(Pump::new(body, send, side.clone()));
+    (request, side, pump)
+}
+
+/// One stream whose pump waits for its body.
+async fn stream(end_request: bool) -> Stream {
+    let (client, request, respond) = open(end_request, 64 * 1024).await;
+    let (request, side, pump) = serve(request, respond, Waiting);
     // The test's runtime has one thread: yielding once runs the pump until it waits.
     tokio::task::yield_now().await;
     assert!(!pump.is_finished(), "the pump waits for its body");
@@ -213,38 +238,8 @@ async fn wake_ups_during_the_grace_do_not_postpone_the_reset() {
 
 #[tokio::test(start_paused = true)]
 async fn armed_before_its_pump_runs_a_stream_ends_a_grace_after_the_pump_starts() {
-    let Stream {
-        side,
-        pump,
-        request,
-        ..
-    } = stream_armed_first().await;
-    let started = tokio::time::Instant::now();
-    ends(pump).await;
-    assert_eq!(started.elapsed(), RESET_GRACE);
-    drop((request, side));
-}
-
-/// As [`stream`], with the stream armed (and time moved on) before its pump is made.
-async fn stream_armed_first() -> Stream {
-    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    let (accepted_tx, accepted_rx) = oneshot::channel();
-    tokio::spawn(async move {
-        let mut connection = h2::server::handshake(server_io).await.unwrap();
-        let first = connection.accept().await.unwrap().unwrap();
-        let _ = accepted_tx.send(first);
-        while connection.accept().await.is_some() {}
-    });
-    let (mut h2, connection) = h2::client::handshake(client_io).await.unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::post("http://localhost/chat.v1.ChatService/ChatStream")
-        .body(())
-        .unwrap();
-    let (_response, client) = h2.send_request(request, false).unwrap();
-    let (request, mut respond) = tokio::time::timeout(WAIT, accepted_rx)
-        .await
-        .unwrap()
-        .unwrap();
+    let (_client, request, mut respond) = open(false, 64 * 1024).await;
+    // Armed while its response is not ready yet (the handler still running).
     let side = Arc::new(StreamSide::default());
     let request = RequestBody::new(request.into_body(), side.clone());
     side.arm();
@@ -252,39 +247,18 @@ async fn stream_armed_first() -> Stream {
     let send = respond
         .send_response(http::Response::new(()), false)
         .unwrap();
+    let started = tokio::time::Instant::now();
     let pump = tokio::spawn(Pump::new(Waiting, send, side.clone()));
-    Stream {
-        request,
-        side,
-        pump,
-        client,
-    }
+    ends(pump).await;
+    assert_eq!(started.elapsed(), RESET_GRACE);
+    drop(request);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_armed_stream_waiting_for_capacity_ends_after_the_grace() {
-    let (client_io, server_io) = tokio::io::duplex(1 << 20);
-    let (pump_tx, pump_rx) = oneshot::channel();
-    tokio::spawn(async move {
-        let mut connection = h2::server::handshake(server_io).await.unwrap();
-        let (request, mut respond) = connection.accept().await.unwrap().unwrap();
-        let side = Arc::new(StreamSide::default());
-        let request = RequestBody::new(request.into_body(), side.clone());
-        let send = respond
-            .send_response(http::Response::new(()), false)
-            .unwrap();
-        let pump = tokio::spawn(Pump::new(Endless, send, side.clone()));
-        let _ = pump_tx.send((side, pump, request));
-        while connection.accept().await.is_some() {}
-    });
-    let (mut h2, connection) = h2::client::handshake(client_io).await.unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::post("http://localhost/chat.v1.ChatService/ChatStream")
-        .body(())
-        .unwrap();
-    // The client never reads the response: its window (64 KiB) is soon spent.
-    let (_response, _client) = h2.send_request(request, false).unwrap();
-    let (side, pump, request) = tokio::time::timeout(WAIT, pump_rx).await.unwrap().unwrap();
+    // The client never reads the response: its stream window (64 KiB) is soon spent.
+    let (_client, request, respond) = open(false, 1 << 20).await;
+    let (request, side, pump) = serve(request, respond, Endless);
     armed_ends_after_the_grace(&side, pump).await;
     drop(request);
 }
