@@ -11,10 +11,16 @@ use super::*;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A response body with nothing to send yet: the pump waits on it.
-struct Waiting;
+/// A response body for a pump to move.
+enum TestBody {
+    /// Nothing to send yet: the pump waits on it.
+    Waiting,
+    /// Always another 16 KiB frame: the pump soon waits for send capacity, which a client that
+    /// does not read never grants.
+    Endless,
+}
 
-impl Body for Waiting {
+impl Body for TestBody {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -22,7 +28,12 @@ impl Body for Waiting {
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Pending
+        match *self {
+            TestBody::Waiting => Poll::Pending,
+            TestBody::Endless => {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![0; 16 * 1024])))))
+            }
+        }
     }
 }
 
@@ -87,7 +98,7 @@ fn serve(
 /// One stream whose pump waits for its body.
 async fn stream(end_request: bool) -> Stream {
     let (client, request, respond) = open(end_request, 64 * 1024).await;
-    let (request, side, pump) = serve(request, respond, Waiting);
+    let (request, side, pump) = serve(request, respond, TestBody::Waiting);
     // The test's runtime has one thread: yielding once runs the pump until it waits.
     tokio::task::yield_now().await;
     assert!(!pump.is_finished(), "the pump waits for its body");
@@ -171,22 +182,6 @@ async fn while_the_reader_pauses_the_pump_watches_for_resets_itself_every_time()
     drop(request);
 }
 
-/// A response body that always has another 16 KiB frame: its pump soon waits for send
-/// capacity that a client that does not read never grants.
-struct Endless;
-
-impl Body for Endless {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![0; 16 * 1024])))))
-    }
-}
-
 /// Arms `side` and checks that `pump` ends exactly [`RESET_GRACE`] later (time is paused).
 async fn armed_ends_after_the_grace(side: &StreamSide, pump: JoinHandle<()>) {
     // Not armed: the pump waits, however long.
@@ -248,7 +243,7 @@ async fn armed_before_its_pump_runs_a_stream_ends_a_grace_after_the_pump_starts(
         .send_response(http::Response::new(()), false)
         .unwrap();
     let started = tokio::time::Instant::now();
-    let pump = tokio::spawn(Pump::new(Waiting, send, side.clone()));
+    let pump = tokio::spawn(Pump::new(TestBody::Waiting, send, side.clone()));
     ends(pump).await;
     assert_eq!(started.elapsed(), RESET_GRACE);
     drop(request);
@@ -258,7 +253,7 @@ async fn armed_before_its_pump_runs_a_stream_ends_a_grace_after_the_pump_starts(
 async fn an_armed_stream_waiting_for_capacity_ends_after_the_grace() {
     // The client never reads the response: its stream window (64 KiB) is soon spent.
     let (_client, request, respond) = open(false, 1 << 20).await;
-    let (request, side, pump) = serve(request, respond, Endless);
+    let (request, side, pump) = serve(request, respond, TestBody::Endless);
     armed_ends_after_the_grace(&side, pump).await;
     drop(request);
 }
