@@ -85,6 +85,11 @@ pub struct StepResult {
     /// costs, which stays comparable across rates where the CPU seconds do not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_us_per_delivery: Option<f64>,
+    /// The share of this machine's cores the server and `chat-bench` used together in the
+    /// window (1.0: all of them). Near 1, a failed window says as much about the machine as
+    /// about the server: the generator took what the server lacked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cores_busy: Option<f64>,
     /// Everything expected arrived, p99 within [`FIND_MAX_P99_MS`], no stream ended.
     pub ok: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -139,6 +144,12 @@ impl StepResult {
                 .server_cpu_s
                 .filter(|_| c.delivered > 0)
                 .map(|cpu| round(cpu * 1e6 / c.delivered as f64, 3)),
+            cores_busy: cores_busy(
+                c.server_cpu_s,
+                c.loadgen_cpu_s,
+                seconds,
+                std::thread::available_parallelism().map_or(1, usize::from),
+            ),
             ok: !c.partial
                 && c.expected.is_some_and(|e| e > 0 && c.delivered == e)
                 && p99_ms.is_some_and(|p| p <= FIND_MAX_P99_MS)
@@ -163,6 +174,17 @@ impl StepResult {
             partial: false,
         })
     }
+}
+
+/// The share of `cores` that `server_cpu_s` and `loadgen_cpu_s` together fill over `seconds`.
+fn cores_busy(
+    server_cpu_s: Option<f64>,
+    loadgen_cpu_s: Option<f64>,
+    seconds: f64,
+    cores: usize,
+) -> Option<f64> {
+    let used = server_cpu_s? + loadgen_cpu_s?;
+    (seconds > 0.0).then(|| round(used / (seconds * cores as f64), 2))
 }
 
 #[cfg(test)]
@@ -223,5 +245,14 @@ mod tests {
             StepResult::new(counts(2_000_000, None)).server_cpu_us_per_delivery,
             None
         );
+    }
+
+    #[test]
+    fn cores_busy_is_the_share_of_the_machine_both_processes_used() {
+        // 6.5 + 11.5 CPU-s over 10 s of a 2-core machine: 90 % of it.
+        assert_eq!(cores_busy(Some(6.5), Some(11.5), 10.0, 2), Some(0.9));
+        assert_eq!(cores_busy(Some(2.0), Some(2.0), 10.0, 8), Some(0.05));
+        assert_eq!(cores_busy(None, Some(2.0), 10.0, 2), None);
+        assert_eq!(cores_busy(Some(2.0), Some(2.0), 0.0, 2), None);
     }
 }

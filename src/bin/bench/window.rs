@@ -314,6 +314,10 @@ pub async fn run_window(
     outcome.map(|()| result)
 }
 
+/// A failed `--find-max` window with at least this share of the machine's cores busy (server
+/// and generator together) is reported as bounded by the machine.
+const MACHINE_FULL: f64 = 0.9;
+
 /// `--find-max`: windows at `rate`, `rate × factor`, … until one fails or `max_steps` ran.
 /// It stops at the first failing window: past that point the server is saturated, and sessions it
 /// dropped as slow consumers would distort every later window.
@@ -323,6 +327,17 @@ pub async fn find_max(shared: &Arc<Shared>, requests: &Requests) -> anyhow::Resu
     for step in 0..p.max_steps {
         let result = run_window(shared, requests, step, rate, None).await?;
         if !result.ok {
+            if let Some(busy) = result.cores_busy.filter(|&busy| busy >= MACHINE_FULL) {
+                shared.note(format!(
+                    "step {step} failed with {:.0} % of this machine's cores busy (server {} \
+                     CPU-s, chat-bench {} CPU-s): the generator took what the server lacked, and \
+                     the server alone may go further; run chat-bench on other cores \
+                     or another machine to find it",
+                    busy * 100.0,
+                    result.server_cpu_s.unwrap_or_default(),
+                    result.loadgen_cpu_s.unwrap_or_default(),
+                ));
+            }
             break;
         }
         rate *= p.step_factor;
