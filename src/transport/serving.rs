@@ -240,7 +240,7 @@ pub type Responding<B> = Pin<Box<dyn Future<Output = http::Response<B>> + Send>>
 pub async fn reply<B>(
     mut respond: SendResponse<Bytes>,
     mut respond_with: Responding<B>,
-    request: Arc<StreamSide>,
+    side: Arc<StreamSide>,
 ) where
     B: Body<Data = Bytes> + Unpin,
 {
@@ -271,7 +271,7 @@ pub async fn reply<B>(
     // The send stream keeps the stream referenced; the response handle is not needed.
     drop(respond);
     if !end {
-        Pump::new(body, send, request).await;
+        Pump::new(body, send, side).await;
     }
 }
 
@@ -287,8 +287,8 @@ pub struct Pump<B> {
     send: h2::SendStream<Bytes>,
     /// A frame taken from the body, waiting for capacity.
     next: Option<Bytes>,
-    request: Arc<StreamSide>,
-    /// The waker registered with `request`: a stream's task is polled with the same one wait
+    side: Arc<StreamSide>,
+    /// The waker registered with `side`: a stream's task is polled with the same one wait
     /// after wait, so it is registered once (a lock saved per wait).
     registered: Option<Waker>,
     /// Once the stream is armed ([`StreamSide::arm`]): when it is to be reset.
@@ -296,12 +296,12 @@ pub struct Pump<B> {
 }
 
 impl<B> Pump<B> {
-    pub fn new(body: B, send: h2::SendStream<Bytes>, request: Arc<StreamSide>) -> Pump<B> {
+    pub fn new(body: B, send: h2::SendStream<Bytes>, side: Arc<StreamSide>) -> Pump<B> {
         Pump {
             body,
             send,
             next: None,
-            request,
+            side,
             registered: None,
             deadline: None,
         }
@@ -316,17 +316,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        // Registered before the request side is looked at: what changes after this wakes the
+        // Registered before the side is looked at: what changes after this wakes the
         // task, what changed before is seen below.
         if !this
             .registered
             .as_ref()
             .is_some_and(|w| w.will_wake(cx.waker()))
         {
-            this.request.register(cx.waker());
+            this.side.register(cx.waker());
             this.registered = Some(cx.waker().clone());
         }
-        if this.request.is_armed() {
+        if this.side.is_armed() {
             let deadline = this
                 .deadline
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(RESET_GRACE)));
@@ -378,7 +378,7 @@ where
                 // Waiting for the body: a reset by the client must wake the stream meanwhile,
                 // through the request's reader while there is one (see `StreamSide`).
                 Poll::Pending => {
-                    if this.request.is_read() {
+                    if this.side.is_read() {
                         return Poll::Pending;
                     }
                     return match this.send.poll_reset(cx) {
