@@ -185,6 +185,8 @@ struct KeepAlive {
     interval: Duration,
     timeout: Duration,
     timer: Pin<Box<Sleep>>,
+    /// The waker the timer holds since it was last polled (until it fires or is reset).
+    timer_holds: Option<Waker>,
     /// A PING is out, unanswered.
     waiting: bool,
 }
@@ -196,6 +198,7 @@ impl KeepAlive {
             interval,
             timeout,
             timer: Box::pin(tokio::time::sleep(interval)),
+            timer_holds: None,
             waiting: false,
         }
     }
@@ -206,14 +209,14 @@ impl KeepAlive {
             match self.pings.poll_pong(cx) {
                 Poll::Ready(Ok(_)) => {
                     self.waiting = false;
-                    self.timer.as_mut().reset(Instant::now() + self.interval);
+                    self.reset_timer(self.interval);
                 }
                 // The connection failed: `poll_accept` reports it.
                 Poll::Ready(Err(_)) => return false,
                 Poll::Pending => {}
             }
         }
-        if self.timer.as_mut().poll(cx).is_pending() {
+        if self.poll_timer(cx).is_pending() {
             return false;
         }
         if self.waiting {
@@ -223,11 +226,33 @@ impl KeepAlive {
             return false;
         }
         self.waiting = true;
-        self.timer.as_mut().reset(Instant::now() + self.timeout);
+        self.reset_timer(self.timeout);
         // Registers for the PONG.
         let _ = self.pings.poll_pong(cx);
-        let _ = self.timer.as_mut().poll(cx);
+        let _ = self.poll_timer(cx);
         false
+    }
+
+    /// The timer, polled only when it may have fired: one that holds this waker wakes the
+    /// task when it does, so polling it on every pass of a busy connection (each poll
+    /// registers the waker again and costs a unit of the task's budget) tells nothing new.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.timer.is_elapsed()
+            && self
+                .timer_holds
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        let polled = self.timer.as_mut().poll(cx);
+        self.timer_holds = polled.is_pending().then(|| cx.waker().clone());
+        polled
+    }
+
+    fn reset_timer(&mut self, after: Duration) {
+        self.timer.as_mut().reset(Instant::now() + after);
+        self.timer_holds = None;
     }
 }
 
