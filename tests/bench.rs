@@ -1,7 +1,8 @@
 //! The `chat-bench` binary against an in-process server: a tiny run delivers every CHAT it
 //! expects and reports each watched process, a tiny soak prints its interval lines and a complete
 //! summary, a tiny fairness run measures both of its windows, tiny churn rounds report the
-//! server's RSS after each, and the generator refuses to target anything but loopback.
+//! server's RSS after each, a tiny stall run sees every stalled stream reset, and the generator
+//! refuses to target anything but loopback.
 
 mod common;
 
@@ -327,6 +328,55 @@ async fn tiny_churn_rounds_read_the_servers_rss_after_each_round() {
     );
     assert_eq!(report["error_codes"], serde_json::json!({}), "{report}");
     server.wait_sessions(0).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_stall_run_sees_every_stalled_stream_reset_and_its_observer_answered() {
+    let server = TestServer::start(&format!(
+        "{BENCH_ROOMS}[metrics]\nlisten = \"127.0.0.1:0\"\n"
+    ))
+    .await;
+    let metrics = format!("http://{}/metrics", server.metrics_addr.unwrap());
+    let lines = run_bench(&[
+        "--server",
+        &server.addr.to_string(),
+        "--scenario",
+        "stall",
+        "--sessions",
+        "20",
+        "--duration",
+        "5",
+        // Evicted streams are reset 250 ms after their LEAVE, and their sessions end then.
+        "--settle",
+        "1",
+        "--metrics-url",
+        &metrics,
+        "--deadline",
+        "25",
+        "--json",
+    ])
+    .await;
+    assert_eq!(lines.len(), 1, "exactly one JSON line: {lines:?}");
+    let report = &lines[0];
+    assert_eq!(report["reset_seen"], 20, "{report}");
+    assert_eq!(report["evicted_seen"], 20, "{report}");
+    assert_eq!(
+        report["metrics_after"]["sessions_ended"]["slow_consumer"], 20,
+        "{report}"
+    );
+    // The observer (on a thread of its own) PINGed throughout and its stream stayed open.
+    let observer = &report["observer"];
+    assert!(
+        observer["pings"].as_u64().is_some_and(|n| n > 0),
+        "{report}"
+    );
+    assert!(
+        observer["answered_in_1s"].as_u64().is_some_and(|n| n > 0),
+        "{report}"
+    );
+    assert_eq!(observer["ended"], Value::Null, "{report}");
+    assert_eq!(report["fresh_client"]["served"], true, "{report}");
     server.shutdown().await;
 }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     time::{self, Instant, MissedTickBehavior},
 };
 use tokio_stream::wrappers::ReceiverStream;
@@ -47,12 +47,16 @@ struct Ping {
     rtt: Option<Duration>,
 }
 
-/// The observer session, PINGing until [`Observer::finish`].
+/// The observer session, PINGing until [`Observer::finish`]. It runs on a thread and a runtime
+/// of its own, connection included: in the generator's runtime its PINGs and PONGs queued
+/// behind the tasks of thousands of flooding and stalled streams, so that under a flood it
+/// timed the generator's own backlog as much as the server.
 pub struct Observer {
     pings: Arc<Mutex<Vec<Ping>>>,
     stop: watch::Sender<bool>,
-    /// Held so the stream stays open while the pinger runs.
-    _requests: mpsc::Sender<Message>,
+    /// Sent by the observer's thread once the last PINGs had their second, just before its
+    /// runtime (and connection) goes.
+    done: oneshot::Receiver<()>,
     ended: Arc<Mutex<Option<String>>>,
 }
 
@@ -75,57 +79,50 @@ pub struct ObserverStats {
 impl Observer {
     /// Connects its own connection, JOINs `room` and starts PINGing.
     pub async fn start(uri: &str, room: &str) -> anyhow::Result<Observer> {
-        let (requests, mut replies) = open_joined(uri, "stall-observer", room).await?;
         let pings = Arc::new(Mutex::new(Vec::<Ping>::new()));
         let ended = Arc::new(Mutex::new(None));
-        let (stop, mut stopped) = watch::channel(false);
-        let (reader_pings, reader_ended) = (pings.clone(), ended.clone());
-        tokio::spawn(async move {
-            let end = loop {
-                match replies.message().await {
-                    Ok(Some(reply)) if reply.kind() == Kind::Pong => {
-                        let Ok(index) = reply.r#ref.parse::<usize>() else {
-                            continue;
-                        };
-                        if let Some(ping) = lock(&reader_pings).get_mut(index) {
-                            ping.rtt.get_or_insert(ping.sent.elapsed());
-                        }
+        let (stop, stopped) = watch::channel(false);
+        let (joined_tx, joined) = oneshot::channel::<anyhow::Result<()>>();
+        let (done_tx, done) = oneshot::channel();
+        let (uri, room) = (uri.to_owned(), room.to_owned());
+        let (thread_pings, thread_ended) = (pings.clone(), ended.clone());
+        std::thread::Builder::new()
+            .name("observer".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = joined_tx.send(Err(error.into()));
+                        return;
                     }
-                    Ok(Some(_)) => {}
-                    Ok(None) => break "ended cleanly".to_owned(),
-                    Err(status) => break format!("{status}"),
                 };
-            };
-            *lock(&reader_ended) = Some(end);
-        });
-        let pinger_requests = requests.clone();
-        let pinger_pings = pings.clone();
-        tokio::spawn(async move {
-            let mut ticks = time::interval(PING_INTERVAL);
-            // After a stall of the generator itself, go on from now rather than burst.
-            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = ticks.tick() => {}
-                    _ = stopped.wait_for(|stop| *stop) => return,
-                }
-                let index = {
-                    let mut pings = lock(&pinger_pings);
-                    pings.push(Ping {
-                        sent: Instant::now(),
-                        rtt: None,
-                    });
-                    pings.len() - 1
-                };
-                // A full queue means the server is not reading the observer: the PING counts as
-                // sent and will show as missed.
-                let _ = pinger_requests.try_send(ping_with_ref(index.to_string()));
-            }
-        });
+                runtime.block_on(async move {
+                    let (requests, replies) = match open_joined(&uri, "stall-observer", &room).await
+                    {
+                        Ok(opened) => opened,
+                        Err(error) => {
+                            let _ = joined_tx.send(Err(error));
+                            return;
+                        }
+                    };
+                    let _ = joined_tx.send(Ok(()));
+                    tokio::spawn(read_pongs(replies, thread_pings.clone(), thread_ended));
+                    ping_until(stopped, &requests, &thread_pings).await;
+                    // The last PINGs get their full second.
+                    time::sleep(MISSED_AFTER + PING_INTERVAL).await;
+                    let _ = done_tx.send(());
+                });
+            })?;
+        joined
+            .await
+            .context("the observer's thread ended before joining")??;
         Ok(Observer {
             pings,
             stop,
-            _requests: requests,
+            done,
             ended,
         })
     }
@@ -133,7 +130,8 @@ impl Observer {
     /// Stops PINGing, gives the last PINGs their full second, and sums up.
     pub async fn finish(self) -> ObserverStats {
         let _ = self.stop.send(true);
-        time::sleep(MISSED_AFTER + PING_INTERVAL).await;
+        // Bounded: a PING still unanswered then counts as missed anyway.
+        let _ = time::timeout(MISSED_AFTER + PING_INTERVAL + CHECK_TIMEOUT, self.done).await;
         let pings = lock(&self.pings);
         let mut rtts: Vec<Duration> = pings.iter().filter_map(|p| p.rtt).collect();
         rtts.sort_unstable();
@@ -155,6 +153,58 @@ impl Observer {
             max_ms: rtts.last().map(|rtt| round(rtt.as_secs_f64() * 1e3, 2)),
             ended: lock(&self.ended).clone(),
         }
+    }
+}
+
+/// Times each PONG against its PING (by ref) until the stream ends.
+async fn read_pongs(
+    mut replies: Streaming<Message>,
+    pings: Arc<Mutex<Vec<Ping>>>,
+    ended: Arc<Mutex<Option<String>>>,
+) {
+    let end = loop {
+        match replies.message().await {
+            Ok(Some(reply)) if reply.kind() == Kind::Pong => {
+                let Ok(index) = reply.r#ref.parse::<usize>() else {
+                    continue;
+                };
+                if let Some(ping) = lock(&pings).get_mut(index) {
+                    ping.rtt.get_or_insert(ping.sent.elapsed());
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break "ended cleanly".to_owned(),
+            Err(status) => break format!("{status}"),
+        };
+    };
+    *lock(&ended) = Some(end);
+}
+
+/// PINGs every [`PING_INTERVAL`] until `stopped` says so.
+async fn ping_until(
+    mut stopped: watch::Receiver<bool>,
+    requests: &mpsc::Sender<Message>,
+    pings: &Mutex<Vec<Ping>>,
+) {
+    let mut ticks = time::interval(PING_INTERVAL);
+    // After a stall of the generator itself, go on from now rather than burst.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        let index = {
+            let mut pings = lock(pings);
+            pings.push(Ping {
+                sent: Instant::now(),
+                rtt: None,
+            });
+            pings.len() - 1
+        };
+        // A full queue means the server is not reading the observer: the PING counts as sent
+        // and will show as missed.
+        let _ = requests.try_send(ping_with_ref(index.to_string()));
     }
 }
 
