@@ -24,14 +24,14 @@ use serde_json::{Value, json};
 use tokio::{
     io::AsyncReadExt,
     net::TcpStream,
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     task::JoinSet,
     time::{self, Instant},
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming, transport::Channel};
 
-use crate::{client::connect, proc::cpu_seconds, stats::round, wire::ping_request};
+use crate::{client::connect, probe::apart, proc::cpu_seconds, stats::round, wire::ping_request};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Probe {
@@ -147,22 +147,39 @@ async fn first_reply(stream: &mut Streaming<Message>) -> Result<(), tonic::Statu
     }
 }
 
+/// The probe's observer, on a thread and runtime of its own (`probe::apart`), so that its PONGs
+/// time the server rather than the generator's own backlog.
 struct Observer {
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Value>,
+    result: oneshot::Receiver<Value>,
 }
 
 impl Observer {
     async fn start(server: &str) -> anyhow::Result<Observer> {
-        let channel = connect(server).await?;
-        let (tx, mut stream) = open(channel, "probe-observer")
-            .await
-            .context("observer refused")?;
-        first_reply(&mut stream)
-            .await
-            .context("observer not answered")?;
         let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
+        let (joined_tx, joined) = oneshot::channel::<anyhow::Result<()>>();
+        let server = server.to_owned();
+        let result = apart("probe-observer", async move {
+            let opened = async {
+                let channel = connect(&server).await?;
+                let (tx, mut stream) = open(channel, "probe-observer")
+                    .await
+                    .context("observer refused")?;
+                first_reply(&mut stream)
+                    .await
+                    .context("observer not answered")?;
+                anyhow::Ok((tx, stream))
+            };
+            let (tx, mut stream) = match opened.await {
+                Ok(opened) => {
+                    let _ = joined_tx.send(Ok(()));
+                    opened
+                }
+                Err(error) => {
+                    let _ = joined_tx.send(Err(error));
+                    return Value::Null;
+                }
+            };
             let (mut pings, mut missed, mut worst) = (0u64, 0u64, Duration::ZERO);
             let mut tick = time::interval(OBSERVE_EVERY);
             loop {
@@ -189,13 +206,16 @@ impl Observer {
                 "missed": missed,
                 "worst_pong_ms": round(worst.as_secs_f64() * 1e3, 1),
             })
-        });
-        Ok(Observer { stop, task })
+        })?;
+        joined
+            .await
+            .context("the observer's thread ended before joining")??;
+        Ok(Observer { stop, result })
     }
 
     async fn stop(self) -> Value {
         let _ = self.stop.send(true);
-        self.task.await.unwrap_or(Value::Null)
+        self.result.await.unwrap_or(Value::Null)
     }
 }
 

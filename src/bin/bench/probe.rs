@@ -54,8 +54,8 @@ struct Ping {
 pub struct Observer {
     pings: Arc<Mutex<Vec<Ping>>>,
     stop: watch::Sender<bool>,
-    /// Sent by the observer's thread once the last PINGs had their second, just before its
-    /// runtime (and connection) goes.
+    /// Ready once the last PINGs had their second, as the observer's runtime (and connection)
+    /// goes.
     done: oneshot::Receiver<()>,
     ended: Arc<Mutex<Option<String>>>,
 }
@@ -83,39 +83,22 @@ impl Observer {
         let ended = Arc::new(Mutex::new(None));
         let (stop, stopped) = watch::channel(false);
         let (joined_tx, joined) = oneshot::channel::<anyhow::Result<()>>();
-        let (done_tx, done) = oneshot::channel();
         let (uri, room) = (uri.to_owned(), room.to_owned());
         let (thread_pings, thread_ended) = (pings.clone(), ended.clone());
-        std::thread::Builder::new()
-            .name("observer".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = joined_tx.send(Err(error.into()));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let (requests, replies) = match open_joined(&uri, "stall-observer", &room).await
-                    {
-                        Ok(opened) => opened,
-                        Err(error) => {
-                            let _ = joined_tx.send(Err(error));
-                            return;
-                        }
-                    };
-                    let _ = joined_tx.send(Ok(()));
-                    tokio::spawn(read_pongs(replies, thread_pings.clone(), thread_ended));
-                    ping_until(stopped, &requests, &thread_pings).await;
-                    // The last PINGs get their full second.
-                    time::sleep(MISSED_AFTER + PING_INTERVAL).await;
-                    let _ = done_tx.send(());
-                });
-            })?;
+        let done = apart("observer", async move {
+            let (requests, replies) = match open_joined(&uri, "stall-observer", &room).await {
+                Ok(opened) => opened,
+                Err(error) => {
+                    let _ = joined_tx.send(Err(error));
+                    return;
+                }
+            };
+            let _ = joined_tx.send(Ok(()));
+            tokio::spawn(read_pongs(replies, thread_pings.clone(), thread_ended));
+            ping_until(stopped, &requests, &thread_pings).await;
+            // The last PINGs get their full second.
+            time::sleep(MISSED_AFTER + PING_INTERVAL).await;
+        })?;
         joined
             .await
             .context("the observer's thread ended before joining")??;
@@ -154,6 +137,25 @@ impl Observer {
             ended: lock(&self.ended).clone(),
         }
     }
+}
+
+/// Runs `work` on a thread of its own, with a runtime of its own for everything it spawns and
+/// connects (an observer must not wait behind the generator's own tasks); its output comes
+/// through the receiver.
+pub fn apart<T: Send + 'static>(
+    name: &str,
+    work: impl Future<Output = T> + Send + 'static,
+) -> anyhow::Result<oneshot::Receiver<T>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (output_tx, output) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let _ = output_tx.send(runtime.block_on(work));
+        })?;
+    Ok(output)
 }
 
 /// Times each PONG against its PING (by ref) until the stream ends.
