@@ -318,25 +318,18 @@ mod tests {
                 threads.spawn(move || delivered.increment(n));
             }
         });
+        let exported = |total: u64| {
+            delivered.publish();
+            let text = handle.render();
+            assert!(
+                text.lines()
+                    .any(|l| l == format!("{MESSAGES_DELIVERED} {total}")),
+                "{total} expected in:\n{text}"
+            );
+        };
         delivered.increment(10);
-        delivered.publish();
-        assert!(
-            handle
-                .render()
-                .lines()
-                .any(|l| l == format!("{MESSAGES_DELIVERED} 16")),
-            "{}",
-            handle.render()
-        );
+        exported(16);
         delivered.increment(1);
-        delivered.publish();
-        assert!(
-            handle
-                .render()
-                .lines()
-                .any(|l| l == format!("{MESSAGES_DELIVERED} 17")),
-            "{}",
-            handle.render()
-        );
+        exported(17);
     }
 }
