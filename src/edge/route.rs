@@ -1,5 +1,5 @@
 //! The `chat.v1.ChatService` route, in place of a generated server: it decodes the request
-//! stream with [`RequestDecoder`] and answers with [`OutboundBody`], which hands the
+//! stream with [`RequestStream`] and answers with [`OutboundBody`], which hands the
 //! session's queued messages (already encoded and framed by the room) to HTTP/2 as DATA frames:
 //! a lone message as it is, every message waiting when the stream is polled gathered into one
 //! frame, with no encode buffer kept per stream. The end of the queue becomes the trailers: `grpc-status` 0, or the status
@@ -16,11 +16,11 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, header};
 use http_body_util::Either;
 use hyper::body::Frame;
-use tonic::{Status, Streaming, body::Body};
+use tonic::{Status, body::Body};
 
 use super::{
-    codec::RequestDecoder,
     outbound::{Drained, OutboundStream},
+    requests::RequestStream,
     service::ChatEdge,
 };
 use crate::transport::DirectRoute;
@@ -93,12 +93,7 @@ impl ChatRoute {
             return refusal;
         }
         let (parts, body) = request.into_parts();
-        let requests = Streaming::new_request(
-            RequestDecoder::default(),
-            body,
-            None,
-            Some(self.max_request_bytes),
-        );
+        let requests = RequestStream::new(body, self.max_request_bytes);
         let request = tonic::Request::from_http(http::Request::from_parts(parts, requests));
         match self.edge.chat_stream(request).await {
             Ok(outbound) => {

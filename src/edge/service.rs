@@ -11,9 +11,12 @@ use std::{
 use actix::Addr;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
-use tonic::{Request, Status, Streaming};
+use tonic::{Request, Status};
 
-use super::outbound::{OutboundStream, SessionTx};
+use super::{
+    outbound::{OutboundStream, SessionTx},
+    requests::RequestStream,
+};
 use crate::{
     actors::{Inbound, InboundEnded, env::SessionNames, session::Session},
     census::{Counted, Living},
@@ -39,7 +42,7 @@ impl ChatEdge {
     /// returns the session's queue, which [`super::route`] sends as the response.
     pub async fn chat_stream(
         &self,
-        request: Request<Streaming<proto::Message>>,
+        request: Request<RequestStream<proto::Message>>,
     ) -> Result<OutboundStream, Status> {
         let authorized = match &self.hub.verifier {
             Some(verifier) => Some(verifier.verify(request.metadata())?),
@@ -109,7 +112,7 @@ impl ChatEdge {
 #[allow(clippy::manual_async_fn)]
 fn forward_requests(
     hub: Arc<Hub>,
-    mut requests: Streaming<proto::Message>,
+    mut requests: RequestStream<proto::Message>,
     session: Addr<Session>,
     mut session_stopped: oneshot::Receiver<()>,
     census: Counted,
