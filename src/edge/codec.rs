@@ -1,8 +1,8 @@
-//! The chat codec: messages are decoded with prost into `T` (`proto::Message`, named by the
-//! chat route) and an undecodable one ends the stream with INVALID_ARGUMENT; messages sent are
-//! [`Bytes`] already encoded, written as they are. The server uses only the decoder (its
-//! responses are framed by `route`); the whole codec serves a client that sends raw frames.
-//! Generic over the decoded type so that this module does not import `proto`.
+//! The chat codec of a client that sends raw frames (the tests' wire client): messages are
+//! decoded with prost into `T` (`proto::Message`) and an undecodable one is INVALID_ARGUMENT;
+//! messages sent are [`Bytes`] already encoded, written as they are. The server itself decodes
+//! requests with `edge::requests` and frames its responses in `route`. Generic over the decoded
+//! type so that this module does not import `proto`.
 
 use std::{fmt, marker::PhantomData};
 
@@ -18,9 +18,8 @@ use tonic::{
 /// `chat-bench --scenario idle` (sessions multiplexed 50 per connection): 9.8 KB of server RSS
 /// per session at 1 KiB, 8.2 KB at 256 bytes, 8.0 KB at 128 bytes (both codec buffers then).
 const BUFFER_BYTES: usize = 128;
-/// The request stream's decode buffer starts empty: the first request sizes it, and every open
-/// stream holds it for its life. Its growth step (`buffer_size`) serves only decompression, which
-/// the route refuses.
+/// The decode buffer starts empty: the first message sizes it. Its growth step (`buffer_size`)
+/// serves only decompression, which the server refuses.
 const REQUEST_BUFFER_BYTES: usize = 0;
 /// Bytes gathered before tonic's encoder or decoder yields.
 const YIELD_THRESHOLD: usize = 32 * 1024;

@@ -17,9 +17,9 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio_stream::Stream;
 use hyper::body::Body as _;
 use prost::Message;
+use tokio_stream::Stream;
 use tonic::{Code, Status, body::Body};
 
 /// A gRPC frame starts with a compression flag and a big-endian u32 length.
@@ -96,7 +96,8 @@ impl<T: Message + Default> RequestStream<T> {
                 _ => PREFIX_BYTES,
             };
             self.partial = BytesMut::with_capacity(wanted);
-            self.partial.extend_from_slice(&std::mem::take(&mut self.rest));
+            self.partial
+                .extend_from_slice(&std::mem::take(&mut self.rest));
         }
         None
     }

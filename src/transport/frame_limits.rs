@@ -2,8 +2,9 @@
 //! the budget that frames longer than any room accepts draw on.
 //!
 //! Such a frame is still decoded (its sender hears `message_too_large` or `invalid_room`
-//! in-band), but tonic's decoder then keeps a buffer its size for the rest of the stream, so
-//! the stream takes the frame's length from a server-wide budget of [`LARGE_FRAMES`] ×
+//! in-band). tonic's decoder then kept a buffer its size for the rest of the stream; the
+//! server's own (`edge::requests`) lets it go after the frame, so holding the bytes until the
+//! stream ends is now on the safe side. The stream takes the frame's length from a server-wide budget of [`LARGE_FRAMES`] ×
 //! `max_frame_bytes` and holds it (a [`Hold`]) until it ends. A stream that finds the budget
 //! spent takes bytes back from the streams that have held theirs longest: each of those ends
 //! with RESOURCE_EXHAUSTED at its next read, which frees its buffer. Waiting for bytes to come

@@ -1,18 +1,14 @@
 //! Request bodies handed to tonic in small pieces, each gRPC frame's length checked from its
 //! prefix before any of the frame is passed on.
 //!
-//! Pieces: tonic's request decoder copies every DATA frame whole into one buffer per stream and
-//! never shrinks it, so a client that once sent 16 KiB frames (a sender posting 4 KB CHATs
-//! quickly) leaves that stream holding a 32–64 KiB buffer for as long as it stays open. Cutting
-//! frames into [`MAX_PIECE`]-byte slices (no copy: they share the frame's memory) bounds that
-//! buffer by the largest message plus one piece. Measured with `chat-bench --scenario stall
-//! --sessions 500` (a heap profile taken while the senders sat idle after the flood): their
-//! decode buffers held 31 MB with whole frames (about 62 KB each), 3 MB in pieces of 2 KiB
-//! (about 6 KB each). A frame's last piece is a copy: handed a piece while its own buffer is
-//! full, the decoder takes the piece's allocation over when nothing else shares it
-//! (`BytesMut::put`), and a slice's allocation is the whole buffer HTTP/2 read the frame into
-//! (tens of KiB). With 2,000 senders idle after `--scenario stall`, 45 MB of read buffers stayed
-//! that way.
+//! Pieces: DATA frames are cut into [`MAX_PIECE`]-byte slices (no copy: they share the frame's
+//! memory), and a frame's last piece is a copy. Both were for tonic's request decoder, which
+//! copied every piece into one buffer per stream, kept at its largest, and took a last slice's
+//! allocation over (`BytesMut::put`) when its own buffer was full — the whole buffer HTTP/2
+//! read the frame into, tens of KiB, kept for the stream's life (45 MB for 2,000 idle senders
+//! after `chat-bench --scenario stall`). The server's decoder (`edge::requests`) keeps nothing
+//! between frames; the copy still means that what a reader holds while its session takes a
+//! request (the rest of a piece) is never the only handle on HTTP/2's read buffer.
 //!
 //! Frame lengths ([`FrameLimits`]): a frame over `server.max_frame_bytes` ends the stream with
 //! RESOURCE_EXHAUSTED before its body is read. A frame longer than the largest request any room
