@@ -47,6 +47,32 @@ async fn run_bench(args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// A server with its `/metrics` endpoint on, and chat-bench's one JSON report of `scenario`
+/// against it (`args` added; `--deadline 25`).
+async fn run_metered(scenario: &str, args: &[&str]) -> (TestServer, Value) {
+    let server = TestServer::start(&format!(
+        "{BENCH_ROOMS}[metrics]\nlisten = \"127.0.0.1:0\"\n"
+    ))
+    .await;
+    let metrics = format!("http://{}/metrics", server.metrics_addr.unwrap());
+    let address = server.addr.to_string();
+    let mut all = vec![
+        "--server",
+        &address,
+        "--scenario",
+        scenario,
+        "--metrics-url",
+        &metrics,
+        "--deadline",
+        "25",
+        "--json",
+    ];
+    all.extend_from_slice(args);
+    let mut lines = run_bench(&all).await;
+    assert_eq!(lines.len(), 1, "exactly one JSON line: {lines:?}");
+    (server, lines.remove(0))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_run_delivers_everything_it_expects_and_reports_each_watched_process() {
     let server = TestServer::start(BENCH_ROOMS).await;
@@ -271,41 +297,29 @@ async fn tiny_fairness_run_measures_both_windows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_churn_rounds_read_the_servers_rss_after_each_round() {
-    let server = TestServer::start(&format!(
-        "{BENCH_ROOMS}[metrics]\nlisten = \"127.0.0.1:0\"\n"
-    ))
-    .await;
-    let metrics = format!("http://{}/metrics", server.metrics_addr.unwrap());
     // The server runs in this process, so this process's RSS is the server's.
     let pid = std::process::id().to_string();
-    let lines = run_bench(&[
-        "--server",
-        &server.addr.to_string(),
-        "--scenario",
+    let (server, report) = run_metered(
         "churn",
-        "--sessions",
-        "20",
-        "--conns",
-        "2",
-        "--rate",
-        "20",
-        "--duration",
-        "0.5",
-        "--rounds",
-        "3",
-        "--settle",
-        "0",
-        "--server-pid",
-        &pid,
-        "--metrics-url",
-        &metrics,
-        "--deadline",
-        "25",
-        "--json",
-    ])
+        &[
+            "--sessions",
+            "20",
+            "--conns",
+            "2",
+            "--rate",
+            "20",
+            "--duration",
+            "0.5",
+            "--rounds",
+            "3",
+            "--settle",
+            "0",
+            "--server-pid",
+            &pid,
+        ],
+    )
     .await;
-    assert_eq!(lines.len(), 1, "exactly one JSON line: {lines:?}");
-    let report = &lines[0];
+    let report = &report;
     assert_eq!(report["rounds"], 3, "{report}");
     for key in ["server_rss_rounds_closed_kb", "server_rss_rounds_kb"] {
         let rounds = report[key].as_array().expect("a list");
@@ -333,32 +347,20 @@ async fn tiny_churn_rounds_read_the_servers_rss_after_each_round() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_stall_run_sees_every_stalled_stream_reset_and_its_observer_answered() {
-    let server = TestServer::start(&format!(
-        "{BENCH_ROOMS}[metrics]\nlisten = \"127.0.0.1:0\"\n"
-    ))
-    .await;
-    let metrics = format!("http://{}/metrics", server.metrics_addr.unwrap());
-    let lines = run_bench(&[
-        "--server",
-        &server.addr.to_string(),
-        "--scenario",
+    let (server, report) = run_metered(
         "stall",
-        "--sessions",
-        "20",
-        "--duration",
-        "5",
-        // Evicted streams are reset 250 ms after their LEAVE, and their sessions end then.
-        "--settle",
-        "1",
-        "--metrics-url",
-        &metrics,
-        "--deadline",
-        "25",
-        "--json",
-    ])
+        &[
+            "--sessions",
+            "20",
+            "--duration",
+            "5",
+            // Evicted streams are reset 250 ms after their LEAVE, and their sessions end then.
+            "--settle",
+            "1",
+        ],
+    )
     .await;
-    assert_eq!(lines.len(), 1, "exactly one JSON line: {lines:?}");
-    let report = &lines[0];
+    let report = &report;
     assert_eq!(report["reset_seen"], 20, "{report}");
     assert_eq!(report["evicted_seen"], 20, "{report}");
     assert_eq!(
