@@ -56,13 +56,15 @@ impl<T: Message + Default> RequestStream<T> {
     fn next_message(&mut self) -> Result<Option<T>, Status> {
         if self.partial.is_empty() {
             let Some(len) = self.frame_len(&self.rest)? else {
-                return Ok(self.gather());
+                self.gather(PREFIX_BYTES);
+                return Ok(None);
             };
             if self.rest.len() >= PREFIX_BYTES + len {
                 let frame = self.rest.split_to(PREFIX_BYTES + len);
                 return decode(&frame[PREFIX_BYTES..]).map(Some);
             }
-            return Ok(self.gather());
+            self.gather(PREFIX_BYTES + len);
+            return Ok(None);
         }
         // Complete the prefix first, then the frame it announces.
         if self.partial.len() < PREFIX_BYTES {
@@ -88,18 +90,14 @@ impl<T: Message + Default> RequestStream<T> {
         decode(&frame[PREFIX_BYTES..]).map(Some)
     }
 
-    /// Keeps what is left of the chunk (the start of a frame) for the next one.
-    fn gather(&mut self) -> Option<T> {
+    /// Keeps what is left of the chunk (the start of a frame) for the next one, in a buffer of
+    /// `wanted` bytes (the frame, or its prefix while its length is unknown).
+    fn gather(&mut self, wanted: usize) {
         if !self.rest.is_empty() {
-            let wanted = match self.frame_len(&self.rest) {
-                Ok(Some(len)) => PREFIX_BYTES + len,
-                _ => PREFIX_BYTES,
-            };
             self.partial = BytesMut::with_capacity(wanted);
             self.partial
                 .extend_from_slice(&std::mem::take(&mut self.rest));
         }
-        None
     }
 
     /// The length `bytes` announce, once their prefix is there; its flag and length checked.
