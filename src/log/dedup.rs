@@ -120,6 +120,23 @@ impl Dedup {
         self.entries.push_back(entry);
     }
 
+    /// Holds `packed` instead of `original` wherever it held the history's original of a CHAT
+    /// the history has packed (`History::pack`), so the original can be freed.
+    pub(super) fn swap(&mut self, swapped: &[(Bytes, Bytes)]) {
+        if swapped.is_empty() || self.entries.is_empty() {
+            return;
+        }
+        let packed: HashMap<(*const u8, usize), &Bytes> = swapped
+            .iter()
+            .map(|(original, packed)| ((original.as_ptr(), original.len()), packed))
+            .collect();
+        for entry in &mut self.entries {
+            if let Some(packed) = packed.get(&(entry.ack.as_ptr(), entry.ack.len())) {
+                entry.ack = Bytes::clone(packed);
+            }
+        }
+    }
+
     /// Applies reloaded limits: entries beyond `max_bytes` go, all of them when the window is
     /// off.
     pub(super) fn set_limits(&mut self, window: Option<Duration>, max_bytes: usize) {

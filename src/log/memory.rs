@@ -153,6 +153,18 @@ impl MemoryLog {
         (first, replay)
     }
 
+    /// Whether [`MemoryLog::pack`] has something to do.
+    pub fn packable(&self) -> bool {
+        self.history.packable()
+    }
+
+    /// Packs the history's newest entries (see `History::pack`), and points the dedup window
+    /// at the packed copies so the originals are freed.
+    pub fn pack(&mut self) {
+        let swapped = self.history.pack();
+        self.dedup.swap(&swapped);
+    }
+
     pub fn set_limits(&mut self, limits: &RoomLimits) {
         self.history
             .set_limits(limits.history, limits.history_bytes);
@@ -234,6 +246,46 @@ mod tests {
                 .epoch
         );
         assert!(log.keeps_anything());
+    }
+
+    #[test]
+    fn a_pack_frees_the_fanned_out_originals_and_resends_still_get_their_ack() {
+        let limits = RoomLimits::default();
+        let mut log = log(&limits);
+        let lives: Vec<Bytes> = (0..4)
+            .map(|n| {
+                let r#ref = format!("r{n}");
+                let ack = Some((SessionId(1), r#ref.as_str()));
+                append(&mut log, "ada", &n.to_string(), ack, &limits)
+                    .unwrap()
+                    .0
+                    .live
+            })
+            .collect();
+        assert!(
+            !lives.iter().any(Bytes::is_unique),
+            "history and dedup share the fan-out's bytes"
+        );
+        assert!(log.packable());
+        log.pack();
+        assert!(
+            lives.iter().all(Bytes::is_unique),
+            "neither the history nor the dedup window holds an original any more"
+        );
+        let replayed: Vec<_> = log.admit(&joining(false, 0, ""), &limits).replay;
+        let contents: Vec<_> = replayed.iter().map(|m| decoded(m).content).collect();
+        assert_eq!(contents, ["0", "1", "2", "3"]);
+        let resent = log.append(
+            &room(),
+            "ada",
+            "2".into(),
+            Some((SessionId(1), "r2".into())),
+            &limits,
+        );
+        let Accepted::Resent { ack, .. } = resent else {
+            panic!("a resend in the window: {resent:?}");
+        };
+        assert_eq!((decoded(&ack).seq, decoded(&ack).r#ref.as_str()), (3, "r2"));
     }
 
     #[test]

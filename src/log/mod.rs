@@ -177,6 +177,15 @@ impl RoomLog {
         }
     }
 
+    /// The memory log, whose history the room packs once it is quiet (the Redis log's history
+    /// is in Redis).
+    pub fn memory(&mut self) -> Option<&mut MemoryLog> {
+        match self {
+            RoomLog::Memory(log) => Some(log),
+            RoomLog::Redis(_) => None,
+        }
+    }
+
     /// LEAVEs not yet recorded: an empty room stops only after them.
     pub fn leaves_in_flight(&self) -> bool {
         match self {

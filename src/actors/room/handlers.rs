@@ -164,7 +164,10 @@ impl Room {
     /// ack to its sender alone.
     fn accepted(&mut self, accepted: log::Accepted, ctx: &mut Context<Self>) {
         match accepted {
-            log::Accepted::Appended(appended, _) => self.fan_out(&appended),
+            log::Accepted::Appended(appended, _) => {
+                self.fan_out(&appended);
+                self.pack_when_quiet(ctx);
+            }
             log::Accepted::Published(..) => {}
             log::Accepted::Resent { to, ack } => {
                 metrics::get().resends_deduplicated.increment(1);

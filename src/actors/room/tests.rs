@@ -321,3 +321,59 @@ async fn a_join_within_the_ttl_cancels_the_stop_on_a_paused_clock() {
     settle().await;
     assert!(fx.room.connected(), "a member is in: no stop");
 }
+
+/// Whether the room's history has CHATs waiting to be packed.
+struct Unpacked;
+
+impl actix::Message for Unpacked {
+    type Result = bool;
+}
+
+impl actix::Handler<Unpacked> for Room {
+    type Result = bool;
+
+    fn handle(&mut self, _: Unpacked, _: &mut actix::Context<Self>) -> bool {
+        self.log.memory().is_some_and(|log| log.packable())
+    }
+}
+
+#[actix::test]
+async fn a_room_packs_its_history_once_quiet_and_replays_it_as_before() {
+    let mut fx = Fixture::start(RoomLimits::default());
+    let _ada = fx.join(1, "ada", 64, 0).await;
+    for content in ["a", "b", "c"] {
+        fx.post(1, content).await.unwrap();
+    }
+    tokio::time::pause();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    settle().await;
+    assert!(
+        fx.room.send(Unpacked).await.unwrap(),
+        "not yet quiet long enough"
+    );
+    fx.post(1, "d").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    settle().await;
+    assert!(
+        fx.room.send(Unpacked).await.unwrap(),
+        "not packed while CHATs keep coming"
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    settle().await;
+    assert!(
+        !fx.room.send(Unpacked).await.unwrap(),
+        "packed a quiet period after the last CHAT"
+    );
+    let mut bob = fx.join(2, "bob", 64, 0).await;
+    let joined = next(&mut bob).await;
+    assert_eq!((kind(&joined), joined.seq), (Kind::Joined, 4));
+    let mut contents = Vec::new();
+    for _ in 0..4 {
+        contents.push(next(&mut bob).await.content);
+    }
+    assert_eq!(
+        contents,
+        ["a", "b", "c", "d"],
+        "the packed history replays as before"
+    );
+}
