@@ -158,10 +158,11 @@ fn ping_frame() -> bytes::Bytes {
     })
 }
 
-/// A raw h2 `ChatStream` of user `raw` in room `r`, its JOINED read: the connection's task, the
+/// A raw h2 `ChatStream` of `user` in room `r`, its JOINED read: the connection's task, the
 /// request's send half and the response body.
 async fn raw_joined_stream(
     server: &TestServer,
+    user: &str,
 ) -> (
     tokio::task::JoinHandle<Result<(), h2::Error>>,
     h2::SendStream<bytes::Bytes>,
@@ -181,7 +182,7 @@ async fn raw_joined_stream(
         .body(())
         .unwrap();
     let (response, mut send) = h2.send_request(request, false).unwrap();
-    send.send_data(join_frame("raw"), false).unwrap();
+    send.send_data(join_frame(user), false).unwrap();
     let mut body = timeout(WAIT, response)
         .await
         .expect("answered")
@@ -200,7 +201,7 @@ async fn a_stream_the_client_resets_while_still_sending_is_released_at_once() {
     let server = TestServer::start("").await;
     // The session is in the room, its response waits for the next message; the connection
     // stays open throughout: only the stream is reset.
-    let (connection, mut send, _body) = raw_joined_stream(&server).await;
+    let (connection, mut send, _body) = raw_joined_stream(&server, "raw").await;
     let mut other = server.client("other").await;
     other.join("r").await;
     server.wait_sessions(2).await;
@@ -221,7 +222,7 @@ async fn a_stream_reset_while_its_reader_is_throttled_is_released_at_once() {
     // A burst of two (the JOIN and one PING), then one request per 100 s: the reader pauses.
     let server =
         TestServer::start("[session]\nrequests_per_sec = 0.01\nrequests_burst = 2\n").await;
-    let (connection, mut send, mut body) = raw_joined_stream(&server).await;
+    let (connection, mut send, mut body) = raw_joined_stream(&server, "raw").await;
     server.wait_sessions(1).await;
     // Two PINGs in one DATA frame: once the first is answered, the server has the second,
     // which is over the budget: the reader sleeps on the throttle before it reads again.
@@ -308,36 +309,107 @@ async fn the_metrics_endpoint_closes_a_socket_that_never_sends_its_request() {
     assert!(String::from_utf8_lossy(&until_closed(&mut scrape).await).starts_with("HTTP/1.1 200"));
 }
 
+/// A CHAT of `content` in room `r` as one gRPC message.
+fn chat_frame(content: &str) -> bytes::Bytes {
+    grpc_frame(&chatrooms::proto::Message {
+        room: "r".into(),
+        kind: Kind::Chat as i32,
+        content: content.into(),
+        ..Default::default()
+    })
+}
+
+/// The configuration of the large-frame tests: frames up to 16 KiB, so the large-frame budget
+/// is 32 × 16 KiB and a 16 KiB CHAT (over `max_message_bytes` + 2 KiB) draws on it.
+const SMALL_FRAMES: &str =
+    "[server]\nmax_frame_bytes = 16384\n[limits]\nrate_per_sec = 100000\nburst = 100000\n";
+
+/// Reads what `body` has received so far (presence messages of the room); true once it has
+/// read the stream's end.
+async fn read_to_end_now(body: &mut h2::RecvStream) -> bool {
+    loop {
+        // A zero timeout still polls once: whatever is there now.
+        match timeout(Duration::ZERO, body.data()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(error))) => panic!("the stream was reset instead of ended: {error}"),
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Frames longer than any room accepts draw on a server-wide budget of 32 × `max_frame_bytes`
-/// that each stream holds until it ends. One client opening 32 streams with one such frame
-/// each, then idling, used to hold it all for as long as it liked: every other stream's long
-/// frame (and everything it sent after it) then waited without end. A stream that needs the
-/// budget now takes it back from the stream that has held it longest, which ends.
+/// while they pass. A frame that has passed used to keep its bytes until its stream ended, so
+/// after 32 clients had each had one long CHAT refused, the next long frame anywhere ended the
+/// stream of the first of them, a client that had done nothing wrong since.
+#[tokio::test]
+async fn a_client_whose_long_chat_was_refused_keeps_its_stream_when_others_send_long_frames() {
+    let server = TestServer::start(SMALL_FRAMES).await;
+    let long = "x".repeat(16 * 1024 - 64);
+    let mut clients = Vec::new();
+    for n in 0..40 {
+        let mut client = server.client(&format!("c{n}")).await;
+        client.join("r").await;
+        client.chat("r", &long).await;
+        client.expect_error("message_too_large").await;
+        clients.push(client);
+    }
+    for (n, client) in clients.iter_mut().enumerate() {
+        let said = format!("still here {n}");
+        client.chat("r", &said).await;
+        client
+            .until(|m| m.kind() == Kind::Chat && m.content == said)
+            .await;
+    }
+}
+
+/// Streams part-way through a long frame hold its length of the budget. One client opening 32
+/// streams, starting one long frame on each and idling, used to hold it all for as long as it
+/// liked: every other stream's long frame (and everything it sent after it) then waited without
+/// end. A stream that needs the budget now takes it back from the stream that has held it
+/// longest, which ends with RESOURCE_EXHAUSTED.
 #[tokio::test]
 async fn streams_holding_the_large_frame_budget_cannot_starve_another_stream() {
-    let server = TestServer::start(
-        "[server]\nmax_frame_bytes = 16384\n[limits]\nrate_per_sec = 100000\nburst = 100000\n",
-    )
-    .await;
-    let long = "x".repeat(16 * 1024 - 64);
+    let server = TestServer::start(SMALL_FRAMES).await;
+    let long = chat_frame(&"x".repeat(16 * 1024 - 64));
     let mut hoarders = Vec::new();
     for n in 0..32 {
-        let mut hoarder = server.client(&format!("hoarder{n}")).await;
-        hoarder.join("r").await;
-        hoarder.chat("r", &long).await;
-        hoarder.expect_error("message_too_large").await;
-        hoarders.push(hoarder);
+        let (connection, mut send, body) = raw_joined_stream(&server, &format!("h{n}")).await;
+        send.send_data(long.slice(..long.len() / 2), false).unwrap();
+        hoarders.push((connection, send, body));
     }
     let mut honest = server.client("honest").await;
     honest.join("r").await;
-    honest.chat("r", &"y".repeat(8 * 1024)).await;
-    let refused = honest.until(|m| m.kind() == Kind::Error).await;
-    assert_eq!(refused.code, "message_too_large", "{refused:?}");
+    // The hoarders' half frames reach their readers in their own time: the honest client's
+    // long frames take the budget back once they have, each answered before the next is sent
+    // (bounded: one hoarder is enough).
+    let mut ended = None;
+    'attempts: for _ in 0..64 {
+        honest.chat("r", &"y".repeat(8 * 1024)).await;
+        let refused = honest.until(|m| m.kind() == Kind::Error).await;
+        assert_eq!(refused.code, "message_too_large", "{refused:?}");
+        for (_, _, body) in &mut hoarders {
+            if read_to_end_now(body).await {
+                ended = Some(
+                    timeout(WAIT, body.trailers())
+                        .await
+                        .expect("trailers in time"),
+                );
+                break 'attempts;
+            }
+        }
+    }
+    let trailers = ended
+        .expect("a hoarder gave its budget up")
+        .unwrap()
+        .unwrap();
+    assert_eq!(trailers["grpc-status"], "8", "{trailers:?}");
+    let message = trailers["grpc-message"].to_str().unwrap();
+    assert!(message.contains("budget"), "{message}");
     honest.chat("r", "and the stream goes on").await;
-    honest.until(|m| m.kind() == Kind::Chat).await;
-    // The budget came from the oldest holder, whose stream ended.
-    let status = hoarders[0].expect_end(tonic::Code::ResourceExhausted).await;
-    assert!(status.message().contains("budget"), "{status:?}");
+    honest
+        .until(|m| m.kind() == Kind::Chat && m.content == "and the stream goes on")
+        .await;
 }
 
 /// A request to the chat service as a raw HTTP/2 client sends it; its response headers.

@@ -2,16 +2,19 @@
 //! the budget that frames longer than any room accepts draw on.
 //!
 //! Such a frame is still decoded (its sender hears `message_too_large` or `invalid_room`
-//! in-band). tonic's decoder then kept a buffer its size for the rest of the stream; the
-//! server's own (`edge::requests`) lets it go after the frame, so holding the bytes until the
-//! stream ends is now on the safe side. The stream takes the frame's length from a server-wide budget of [`LARGE_FRAMES`] ×
-//! `max_frame_bytes` and holds it (a [`Hold`]) until it ends. A stream that finds the budget
-//! spent takes bytes back from the streams that have held theirs longest: each of those ends
-//! with RESOURCE_EXHAUSTED at its next read, which frees its buffer. Waiting for bytes to come
-//! back instead would let one client that opens a few dozen streams, sends one long frame on
-//! each and keeps them open stall every other stream's long frame, and all it sends after it,
-//! for as long as it liked. Between the take-back and that read the memory is counted for the
-//! new holder only: briefly, the decoders may hold more than the budget.
+//! in-band), and the decoder (`edge::requests`) gathers it into a buffer of its length, dropped
+//! once decoded. Before its body passes, the stream takes the frame's length from a
+//! server-wide budget of [`LARGE_FRAMES`] × `max_frame_bytes` and holds it (a [`Hold`]) until
+//! the frame's last byte has passed (tonic's decoder kept a buffer that size for the stream's
+//! life, so the hold used to last until the stream ended: a client whose one long CHAT was
+//! refused could lose its stream later to another stream's long frame). A stream that finds
+//! the budget spent takes bytes back from the streams that have held theirs longest, those
+//! part-way through a long frame: each of them ends with RESOURCE_EXHAUSTED at its next read,
+//! which frees its buffer. Waiting for bytes to come back instead would let one client that
+//! opens a few dozen streams, sends the start of one long frame on each and keeps them open
+//! stall every other stream's long frame, and all it sends after it, for as long as it liked.
+//! Between the take-back and that read the memory is counted for the new holder only: briefly,
+//! the decoders may hold more than the budget.
 
 use std::{
     collections::VecDeque,
@@ -45,7 +48,8 @@ struct Budget {
     holders: Mutex<VecDeque<Weak<Hold>>>,
 }
 
-/// What one stream holds of the budget; the bytes go back when it is dropped.
+/// What one stream holds of the budget while a long frame passes; the bytes go back when it
+/// is dropped.
 #[derive(Debug, Default)]
 pub(super) struct Hold {
     permit: Mutex<Option<OwnedSemaphorePermit>>,
@@ -72,6 +76,13 @@ impl FrameLimits {
     /// Bytes of the large-frame budget no stream holds now.
     pub fn large_frame_bytes_free(&self) -> usize {
         self.budget.bytes.available_permits()
+    }
+
+    /// Entries in the queue of holders, live or not.
+    #[cfg(test)]
+    pub(super) fn holders_queued(&self) -> usize {
+        // unwrap: as in `take`.
+        self.budget.holders.lock().unwrap().len()
     }
 
     /// Makes `hold` (the stream's, created when it first takes bytes) hold `more` bytes more,
@@ -108,6 +119,9 @@ impl FrameLimits {
             return false;
         };
         let hold = hold.get_or_insert_with(|| {
+            // Streams drop their hold after each large frame: forget those, or one stream
+            // sending long frames all day would grow the queue by one entry each.
+            holders.retain(|holder| holder.strong_count() > 0);
             let hold = Arc::new(Hold::default());
             holders.push_back(Arc::downgrade(&hold));
             hold

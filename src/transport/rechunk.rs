@@ -44,8 +44,9 @@ pub struct Rechunked<B> {
     rest: Bytes,
     limits: FrameLimits,
     framing: Framing,
-    /// The large-frame bytes this stream holds: as many as its largest large frame, the size
-    /// tonic's buffer keeps until the stream ends (or another stream takes them back).
+    /// The large-frame bytes this stream holds while a large frame's body passes: its length,
+    /// which the decoder gathers (unless another stream takes them back). Dropped, and the
+    /// bytes given back, once the frame's last byte is passed on.
     hold: Option<Arc<Hold>>,
     /// A frame of this length is over the limit: the stream fails once the bytes before it
     /// are passed on.
@@ -127,6 +128,11 @@ where
                     pass
                 }
             };
+            if this.framing.large_body_passed() {
+                // Its last bytes go out with this piece, and the decoder lets the frame go as
+                // soon as it has decoded it, on this same poll.
+                this.hold = None;
+            }
             if pass > 0 {
                 let piece = if pass == this.rest.len() {
                     // The last slice would be the read buffer's only handle (see the module doc).
@@ -188,6 +194,11 @@ impl Framing {
     /// Whether the current frame's body needs budget the stream does not hold yet.
     fn waits(&self, held: usize) -> bool {
         self.body_left > 0 && self.needs > held
+    }
+
+    /// Whether no large frame's body is under way (the last one, if any, has passed whole).
+    fn large_body_passed(&self) -> bool {
+        self.needs == 0 || self.body_left == 0
     }
 
     /// Walks `bytes`, the next ones of the stream; returns how many of them may pass now. Stops

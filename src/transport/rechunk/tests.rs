@@ -125,24 +125,29 @@ where
     passed
 }
 
+/// The first `n` bytes of a `len`-byte frame of `fill`.
+fn start_of(len: usize, fill: u8, n: usize) -> Bytes {
+    Bytes::from(frame(len, fill)[..n].to_vec())
+}
+
 #[tokio::test]
-async fn large_frames_hold_the_budget_and_the_oldest_holders_give_it_up_when_it_is_spent() {
+async fn a_long_frame_holds_the_budget_while_it_passes_and_the_oldest_holders_give_it_up() {
     let limits = FrameLimits::new(1000, 100);
     let budget = LARGE_FRAMES * 1000;
-    // Streams holding the whole budget: each took one full-size frame, oldest first.
+    // Streams holding the whole budget: each half-way through a full-size frame, oldest first.
     let mut holders = Vec::new();
     for _ in 0..LARGE_FRAMES {
         let (tx, body) = fed();
-        tx.send(Ok(Frame::data(Bytes::from(frame(1000, 1)))))
+        tx.send(Ok(Frame::data(start_of(1000, 1, PREFIX_BYTES + 500))))
             .await
             .unwrap();
         let mut body = Rechunked::new(body, limits.clone());
-        pass(&mut body, PREFIX_BYTES + 1000).await;
+        pass(&mut body, PREFIX_BYTES + 500).await;
         holders.push((tx, body));
     }
     assert_eq!(limits.large_frame_bytes_free(), 0);
-    // Another stream's small frame passes freely; its large one takes its length back
-    // from the oldest holder at once instead of waiting.
+    // Another stream's small frame passes freely; its large one takes its length back from
+    // the oldest holder at once instead of waiting, and gives it back once it has passed.
     let (tx, body) = fed();
     let stream = [frame(100, 2), frame(101, 3), frame(50, 4)].concat();
     tx.send(Ok(Frame::data(Bytes::from(stream.clone()))))
@@ -150,28 +155,57 @@ async fn large_frames_hold_the_budget_and_the_oldest_holders_give_it_up_when_it_
         .unwrap();
     let mut newcomer = Rechunked::new(body, limits.clone());
     assert_eq!(pass(&mut newcomer, stream.len()).await, stream);
-    assert_eq!(limits.large_frame_bytes_free(), 1000 - 101);
+    assert_eq!(
+        limits.large_frame_bytes_free(),
+        1000,
+        "the oldest holder's bytes came back, and the newcomer holds none once its frame passed"
+    );
     // The oldest holder ends at its next read.
     let (_, oldest) = &mut holders[0];
     let ended = oldest.frame().await.unwrap().unwrap_err().to_string();
     assert!(ended.contains("needed by another stream"), "{ended}");
-    // The next stream short of bytes takes them from the next oldest, and only from it.
+    // Free bytes are taken before anyone's.
     let (tx2, body) = fed();
-    tx2.send(Ok(Frame::data(Bytes::from(frame(1000, 6)))))
+    tx2.send(Ok(Frame::data(start_of(1000, 6, PREFIX_BYTES + 10))))
         .await
         .unwrap();
     let mut second = Rechunked::new(body, limits.clone());
-    pass(&mut second, PREFIX_BYTES + 1000).await;
-    let (_, gone) = &mut holders[1];
-    assert!(gone.frame().await.unwrap().is_err());
-    let (tx_kept, kept) = &mut holders[2];
-    tx_kept
-        .send(Ok(Frame::data(Bytes::from(frame(10, 5)))))
+    pass(&mut second, PREFIX_BYTES + 10).await;
+    assert_eq!(limits.large_frame_bytes_free(), 0);
+    // The next stream short of bytes takes them from the next oldest, and only from it.
+    let (tx3, body) = fed();
+    tx3.send(Ok(Frame::data(Bytes::from(frame(101, 7)))))
         .await
         .unwrap();
-    assert_eq!(pass(kept, PREFIX_BYTES + 10).await.len(), PREFIX_BYTES + 10);
-    // 899 were free, 101 more were wanted, a whole holder's 1000 came back.
-    assert_eq!(limits.large_frame_bytes_free(), 899);
-    drop((newcomer, tx, second, tx2, holders));
+    let mut third = Rechunked::new(body, limits.clone());
+    pass(&mut third, PREFIX_BYTES + 101).await;
+    let (_, gone) = &mut holders[1];
+    assert!(gone.frame().await.unwrap().is_err());
+    assert_eq!(limits.large_frame_bytes_free(), 1000);
+    // A holder that finishes its frame goes on, and gives its bytes back.
+    let (tx_kept, kept) = &mut holders[2];
+    let rest = [frame(1000, 1)[PREFIX_BYTES + 500..].to_vec(), frame(10, 5)].concat();
+    tx_kept
+        .send(Ok(Frame::data(Bytes::from(rest.clone()))))
+        .await
+        .unwrap();
+    assert_eq!(pass(kept, rest.len()).await, rest);
+    assert_eq!(limits.large_frame_bytes_free(), 2000);
+    drop((newcomer, tx, second, tx2, third, tx3, holders));
     assert_eq!(limits.large_frame_bytes_free(), budget, "all given back");
+}
+
+#[tokio::test]
+async fn a_stream_sending_long_frames_all_day_leaves_one_holder_behind_at_most() {
+    let limits = FrameLimits::new(1000, 100);
+    let (tx, body) = fed();
+    let mut body = Rechunked::new(body, limits.clone());
+    for n in 0..100 {
+        tx.send(Ok(Frame::data(Bytes::from(frame(500, n)))))
+            .await
+            .unwrap();
+        pass(&mut body, PREFIX_BYTES + 500).await;
+        assert_eq!(limits.large_frame_bytes_free(), LARGE_FRAMES * 1000);
+    }
+    assert!(limits.holders_queued() <= 1, "{}", limits.holders_queued());
 }
