@@ -21,24 +21,45 @@ use crate::metrics;
 
 /// The bytes every room's history may hold together, shared by the rings of one server.
 ///
-/// Policy when it is exhausted: a room that appends gives up its own oldest entries until the
-/// new one fits; a room with nothing left to give up does not retain the new message (it is
-/// still delivered live). A room never takes bytes from another one, so a busy room cannot wipe
-/// a quiet room's history, and no room holds more than its own `history_bytes`: with the
-/// defaults the budget holds 2,048 full rooms. Bytes come back when entries are trimmed and when
-/// a room stops.
+/// Policy: no room holds more than its own `history_bytes` (with the defaults the budget holds
+/// 2,048 full rooms), and a room never takes bytes from another one, so a busy room cannot wipe
+/// a quiet room's history. Once [`PRESSURE`] of the budget is in use, a room that appends keeps
+/// at most an even share of that part among the rooms holding history (see
+/// [`HistoryBudget::share`]): rooms flooded by one client then leave the rest free for the
+/// other rooms' new messages instead of holding all of it. When the budget is exhausted all the
+/// same, a room that appends gives up its own oldest entries until the new one fits; a room
+/// with nothing left to give up does not retain the new message (it is still delivered live).
+/// Bytes come back when entries are trimmed and when a room stops.
 #[derive(Debug)]
 pub struct HistoryBudget {
     used: AtomicUsize,
     limit: usize,
+    /// Rings holding any bytes.
+    holders: AtomicUsize,
 }
+
+/// The share of the budget in use (numerator, denominator) from which appending rooms keep to
+/// an even share of it.
+const PRESSURE: (usize, usize) = (7, 8);
 
 impl HistoryBudget {
     pub fn new(limit: usize) -> Arc<HistoryBudget> {
         Arc::new(HistoryBudget {
             used: AtomicUsize::new(0),
             limit,
+            holders: AtomicUsize::new(0),
         })
+    }
+
+    /// Under pressure, the most one appending room should hold: the [`PRESSURE`] part of the
+    /// budget shared evenly among the rooms holding history; `None` below it.
+    pub(crate) fn share(&self) -> Option<usize> {
+        let (num, den) = PRESSURE;
+        let pressure = self.limit / den * num;
+        if self.used() < pressure {
+            return None;
+        }
+        Some(pressure / self.holders.load(Ordering::Relaxed).max(1))
     }
 
     /// Takes `n` bytes if they fit under the limit; all or nothing, so racing rooms cannot
@@ -98,6 +119,8 @@ pub struct History {
     packs: VecDeque<Pack>,
     /// Entries pushed since the last [`History::pack`]: the newest ones.
     loose: usize,
+    /// Counted among the budget's holders (this ring holds bytes).
+    counted: bool,
     budget: Arc<HistoryBudget>,
 }
 
@@ -112,7 +135,21 @@ impl History {
             dead: 0,
             packs: VecDeque::new(),
             loose: 0,
+            counted: false,
             budget,
+        }
+    }
+
+    /// Keeps the budget's count of holders right after the ring's bytes changed.
+    fn recount(&mut self) {
+        let holds = self.held() > 0;
+        if holds != self.counted {
+            self.counted = holds;
+            if holds {
+                self.budget.holders.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.budget.holders.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -128,12 +165,17 @@ impl History {
         let len = message.len();
         if self.capacity == 0 || len > self.max_bytes {
             self.clear_before(seq + 1);
+            self.recount();
             return;
         }
+        let max_bytes = match self.budget.share() {
+            Some(share) => self.max_bytes.min(share.max(len)),
+            None => self.max_bytes,
+        };
         // Budget freed by dropping entries here is kept as credit for the new one rather than
         // given back first, so another room cannot take it in between.
         let mut credit = 0;
-        while self.entries.len() >= self.capacity || self.bytes + len > self.max_bytes {
+        while self.entries.len() >= self.capacity || self.bytes + len > max_bytes {
             credit += self.pop_oldest();
         }
         loop {
@@ -148,6 +190,7 @@ impl History {
                 // Nothing of ours left to give up: the budget is held by other rooms.
                 self.budget.give_back(credit);
                 self.first_seq = seq + 1;
+                self.recount();
                 return;
             }
             credit += self.pop_oldest();
@@ -158,6 +201,7 @@ impl History {
         }
         self.entries.push_back(message);
         self.loose += 1;
+        self.recount();
     }
 
     /// Whether [`History::pack`] has something to do.
@@ -284,6 +328,7 @@ impl History {
             freed += self.pop_oldest();
         }
         self.budget.give_back(freed);
+        self.recount();
     }
 
     pub fn len(&self) -> usize {
@@ -310,6 +355,9 @@ impl Drop for History {
     /// A stopped room gives its bytes back to the server-wide budget.
     fn drop(&mut self) {
         self.budget.give_back(self.bytes + self.dead);
+        self.bytes = 0;
+        self.dead = 0;
+        self.recount();
     }
 }
 
@@ -551,6 +599,55 @@ mod tests {
         assert_eq!((h.held(), budget.used()), (0, 0));
         h.push(5, sized(5, 100));
         assert_eq!(seqs(h.after(0)), vec![5]);
+    }
+
+    #[test]
+    fn under_pressure_flooded_rooms_keep_an_even_share_and_leave_room_for_the_others() {
+        // 700 of 800 is the pressure point: past it, appending rooms keep 700 / holders.
+        let budget = HistoryBudget::new(800);
+        let mut flooded: Vec<History> = (0..4)
+            .map(|_| History::new(1000, 1000, budget.clone()))
+            .collect();
+        for seq in 1..=200 {
+            for room in &mut flooded {
+                room.push(seq, sized(seq, 10));
+            }
+        }
+        assert_eq!(budget.holders.load(Ordering::Relaxed), 4);
+        // Below the pressure point rooms grow freely, so each may be one message over.
+        for room in &flooded {
+            assert!(room.bytes() <= 700 / 4 + 10, "{} bytes", room.bytes());
+            assert!(
+                room.len() >= 10,
+                "each still keeps its newest: {}",
+                room.len()
+            );
+        }
+        assert!(budget.used() <= 700 + 4 * 10, "{}", budget.used());
+
+        // A quiet room's new messages are retained, however long the flood goes on.
+        let mut quiet = History::new(1000, 1000, budget.clone());
+        for seq in 1..=5 {
+            quiet.push(seq, sized(seq, 10));
+            for room in &mut flooded {
+                room.push(200 + seq, sized(200 + seq, 10));
+            }
+        }
+        assert_eq!(seqs(quiet.after(0)), vec![1, 2, 3, 4, 5]);
+        assert!(budget.used() <= budget.limit());
+
+        // Below the pressure point a room keeps all its own bound allows.
+        drop(flooded);
+        assert_eq!(budget.holders.load(Ordering::Relaxed), 1);
+        for seq in 6..=60 {
+            quiet.push(seq, sized(seq, 10));
+        }
+        assert_eq!((quiet.len(), quiet.bytes()), (60, 600));
+        drop(quiet);
+        assert_eq!(
+            (budget.used(), budget.holders.load(Ordering::Relaxed)),
+            (0, 0)
+        );
     }
 
     #[test]
