@@ -17,6 +17,7 @@ use crate::{
     edge::{abuse::AbuseLimits, auth::Verifier, sessions::SessionTable},
     history::HistoryBudget,
     names::RoomName,
+    packing::Packer,
     runtime::Arbiters,
 };
 
@@ -30,6 +31,8 @@ pub struct Hub {
     pub rooms: Arc<RoomRegistry>,
     /// The bytes every memory-engine room's history draws from (`server.history_bytes_total`).
     pub history_budget: Arc<HistoryBudget>,
+    /// Tells quiet memory rooms to pack their histories; the server runs its sweep.
+    pub packer: Arc<Packer>,
     pub sessions: Arc<SessionTable>,
     pub census: Arc<Census>,
     pub abuse: Arc<AbuseLimits>,
@@ -51,6 +54,7 @@ impl Hub {
         // unwrap: the configuration was validated, default_room included.
         let default_room = RoomName::parse(&config.server.default_room).unwrap();
         let history_budget = HistoryBudget::new(config.server.history_bytes_total);
+        let packer = Packer::new();
         let frame_limit = config.server.max_frame_bytes;
         let config: LiveConfig = Arc::new(ArcSwap::from_pointee(config));
         let sessions = Arc::new(SessionTable::new(max_sessions, first_id));
@@ -62,6 +66,7 @@ impl Hub {
             rooms: rooms.clone(),
             census: census.clone(),
             history_budget: history_budget.clone(),
+            packer: packer.clone(),
             cluster: cluster.clone(),
         });
         let session_env = Arc::new(SessionEnv {
@@ -77,6 +82,7 @@ impl Hub {
             arbiters,
             rooms,
             history_budget,
+            packer,
             frame_limit,
             config,
             sessions,

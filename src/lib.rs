@@ -29,12 +29,13 @@
 //! - [`error`]: `ChatError` (an ERROR reply) and `Fatal` (ends the stream); [`proto`]: the wire types.
 //! - [`client`]: the client library: one stream kept up across reconnects (backoff, heartbeats,
 //!   token refresh), rooms resumed without gap or duplicate, unanswered CHATs resent by `ref`.
-//! - [`metrics`]: every metric, and the `/metrics` endpoint; [`trim`]: gives idle allocator memory back.
+//! - [`metrics`]: every metric, and the `/metrics` endpoint; [`trim`]: gives idle allocator memory back;
+//!   [`packing`]: tells quiet rooms to pack their histories.
 //!
 //! Dependency order (each depends only on those after it; the binaries may use anything):
 //! `server` → `admin` → `edge::service` → `hub` → `edge::sessions` → `actors` → `log` →
-//! `edge::{abuse, auth, outbound}` → `cluster`, `census`, `history`, `runtime`, `transport`,
-//! `trim`, `limits` → `config` → `metrics`, `names` → `error` → `proto` → `edge::codec` (the
+//! `edge::{abuse, auth, outbound}` → `cluster`, `census`, `history`, `packing`, `runtime`,
+//! `transport`, `trim`, `limits` → `config` → `metrics`, `names` → `error` → `proto` → `edge::codec` (the
 //! generated service names the codec, which is generic over the request type so as not to
 //! import `proto` back). Inside `actors`: `session` → `registry` → `room` → `env` → the mail
 //! (`actors/mod.rs`), `request`; the mail names neither actor (a room holds a member's
@@ -57,6 +58,7 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod names;
+pub mod packing;
 pub mod proto;
 pub mod runtime;
 pub mod server;

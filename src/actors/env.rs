@@ -14,6 +14,7 @@ use crate::{
     config::{Config, LiveConfig},
     history::HistoryBudget,
     names::{RoomName, SessionId, UserName},
+    packing::Packer,
     runtime::Arbiters,
 };
 
@@ -27,6 +28,8 @@ pub struct RoomEnv {
     pub census: Arc<Census>,
     /// The bytes every memory-engine room's history draws from (`server.history_bytes_total`).
     pub history_budget: Arc<HistoryBudget>,
+    /// Tells quiet memory rooms to pack their histories.
+    pub packer: Arc<Packer>,
     /// `Some` in cluster mode: rooms are shared with other nodes through Redis.
     pub cluster: Option<RedisEngine>,
 }

@@ -32,15 +32,12 @@ use crate::{
     log::{self, Appended, LogHost, MemoryLog, Presence, RedisLog, RoomLog},
     metrics,
     names::{RoomName, SessionId, UserName},
-    proto,
+    packing, proto,
     transport::wakes,
 };
 
 /// Mail that may wait for a room; senders beyond it wait (back-pressure), they are not dropped.
 const MAILBOX_CAPACITY: usize = 256;
-/// A memory room packs the history it appended once no CHAT came for this long: by then the
-/// burst's fan-out buffers are freed, and a busy room is not copying what it will soon trim.
-const PACK_WHEN_QUIET_FOR: Duration = Duration::from_secs(1);
 
 pub struct Room {
     name: RoomName,
@@ -55,10 +52,8 @@ pub struct Room {
     failed: Vec<(SessionId, Delivery)>,
     /// The pending empty-room stop, while the room is empty.
     expiry: Option<SpawnHandle>,
-    /// The pending history pack, while CHATs appended since the last one wait for it.
-    packing: Option<SpawnHandle>,
-    /// A CHAT was appended since the pending pack was armed.
-    chatted: bool,
+    /// When the history was last added to, for the packer.
+    mark: Arc<packing::Mark>,
     /// JOINs waiting on the log's answer. A room with one in flight is not empty: actix may
     /// hand the room one item of its channel between a handler's `ctx.wait` and the wait
     /// taking hold, and a presence event then must not stop the room under the joiner.
@@ -109,8 +104,7 @@ impl Room {
             log,
             failed: Vec::new(),
             expiry: None,
-            packing: None,
-            chatted: false,
+            mark: Arc::default(),
             joins_in_flight: 0,
             departed: HashMap::new(),
             _census: census,
@@ -261,27 +255,13 @@ impl Room {
             .unwrap_or(Duration::ZERO)
     }
 
-    /// A CHAT was appended: the memory log's history is packed once the room has been quiet
-    /// for [`PACK_WHEN_QUIET_FOR`] (one timer at a time, armed again while CHATs keep coming,
-    /// so the pack comes one to two of those after the last CHAT).
+    /// A CHAT was appended: a memory room with history worth packing tells the packer.
     fn pack_when_quiet(&mut self, ctx: &mut Context<Self>) {
-        self.chatted = true;
-        if self.packing.is_some() || !self.log.memory().is_some_and(|log| log.packable()) {
-            return;
+        if self.log.memory().is_some_and(|log| log.packable()) {
+            self.env
+                .packer
+                .chatted(&self.mark, || ctx.address().recipient());
         }
-        self.arm_pack(ctx);
-    }
-
-    fn arm_pack(&mut self, ctx: &mut Context<Self>) {
-        self.chatted = false;
-        self.packing = Some(ctx.run_later(PACK_WHEN_QUIET_FOR, |room, ctx| {
-            room.packing = None;
-            if room.chatted {
-                room.arm_pack(ctx);
-            } else if let Some(log) = room.log.memory() {
-                log.pack();
-            }
-        }));
     }
 
     /// Unregisters and stops. Runs inside the actor, so no JOIN is handled between the check for

@@ -194,6 +194,7 @@ impl Server {
             threads: Some(hub.arbiters.clone()),
         };
         let trimmer = tokio::spawn(crate::trim::keep_trimming());
+        let packer = tokio::spawn(hub.packer.clone().keep_packing());
         let metrics_upkeep = tokio::spawn(metrics::keep_up(metrics::install()));
         let serve = transport::serve(listener, settings, routes, chat, async {
             let _ = stop_rx.await;
@@ -241,6 +242,7 @@ impl Server {
             task.abort();
         }
         trimmer.abort();
+        packer.abort();
         metrics_upkeep.abort();
         // Joining the actor threads blocks; keep it off the async workers.
         let _ = tokio::task::spawn_blocking(move || runtime.stop()).await;

@@ -19,6 +19,7 @@ use crate::{
     log::{self, Answer, JoinReply, Joining, LogHost},
     metrics,
     names::SYSTEM_USER,
+    packing,
     proto::{self, Kind},
 };
 
@@ -298,5 +299,16 @@ impl Handler<Close> for Room {
         // gone, as with an expired room.
         self.close(ctx);
         members.len()
+    }
+}
+
+impl Handler<packing::Pack> for Room {
+    type Result = ();
+
+    /// The room has been quiet for a while (see `packing`).
+    fn handle(&mut self, _: packing::Pack, _: &mut Context<Self>) {
+        if let Some(log) = self.log.memory() {
+            log.pack();
+        }
     }
 }

@@ -21,6 +21,7 @@ use crate::{
     history::HistoryBudget,
     log::{MemoryLog, RoomLog},
     names::{RoomName, SessionId, UserName},
+    packing::Packer,
     proto::{self, Kind},
     runtime::ActorRuntime,
 };
@@ -45,11 +46,14 @@ impl Fixture {
         let env = Arc::new(RoomEnv {
             rooms: Arc::new(RoomRegistry::new(config.server.max_rooms)),
             history_budget: HistoryBudget::new(config.server.history_bytes_total),
+            packer: Packer::new(),
             config: Arc::new(ArcSwap::from_pointee(config)),
             arbiters: runtime.arbiters(),
             census: Arc::new(Census::default()),
             cluster: None,
         });
+        // Ends with the test's runtime.
+        actix::spawn(env.packer.clone().keep_packing());
         let census = env.census.enter(Living::RoomActor);
         let limits = Arc::new(limits);
         let log = RoomLog::Memory(MemoryLog::new(&limits, env.history_budget.clone()));
