@@ -99,8 +99,28 @@ impl HistoryBudget {
 struct Pack {
     /// Its entries still in the ring.
     left: usize,
-    /// The whole buffer: counted against the budget until its last entry goes.
+    /// The whole buffer.
     size: usize,
+}
+
+/// The memory of a packed buffer, which holds its length of the budget until the last slice
+/// of it is dropped, whoever holds that (the ring, or the dedup window, which keeps slices of
+/// the same CHATs for up to `dedup_window_ms`).
+struct Packed {
+    data: Vec<u8>,
+    budget: Arc<HistoryBudget>,
+}
+
+impl AsRef<[u8]> for Packed {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Packed {
+    fn drop(&mut self) {
+        self.budget.give_back(self.data.len());
+    }
 }
 
 #[derive(Debug)]
@@ -113,8 +133,11 @@ pub struct History {
     max_bytes: usize,
     /// Sum of the entries' lengths, what `max_bytes` bounds.
     bytes: usize,
+    /// Sum of the loose entries' lengths: what the ring holds of the budget itself (each
+    /// packed buffer holds its own, see [`Packed`]).
+    loose_bytes: usize,
     /// Bytes of entries trimmed from the front pack while its buffer lives on (only the front
-    /// one can be partly trimmed). The ring holds `bytes + dead` of the budget.
+    /// one can be partly trimmed).
     dead: usize,
     packs: VecDeque<Pack>,
     /// Entries pushed since the last [`History::pack`]: the newest ones.
@@ -132,6 +155,7 @@ impl History {
             capacity,
             max_bytes,
             bytes: 0,
+            loose_bytes: 0,
             dead: 0,
             packs: VecDeque::new(),
             loose: 0,
@@ -140,9 +164,9 @@ impl History {
         }
     }
 
-    /// Keeps the budget's count of holders right after the ring's bytes changed.
+    /// Keeps the budget's count of holders right after the ring's entries changed.
     fn recount(&mut self) {
-        let holds = self.held() > 0;
+        let holds = !self.entries.is_empty();
         if holds != self.counted {
             self.counted = holds;
             if holds {
@@ -196,6 +220,7 @@ impl History {
             credit += self.pop_oldest();
         }
         self.bytes += len;
+        self.loose_bytes += len;
         if self.entries.is_empty() {
             self.first_seq = seq;
         }
@@ -221,37 +246,47 @@ impl History {
     /// swap too. Why: each CHAT is encoded into an allocation of its own amid the short-lived
     /// buffers of its fan-out, so once a burst is over the retained ones are scattered over
     /// pages otherwise free, which the allocator cannot give back (after a flood of 4 KB CHATs
-    /// into 2,000 rooms: ~40 MB on top of the history's 254 MB). A buffer is freed whole, so a
-    /// trimmed entry's bytes stay counted (against the budget, not the room's `history_bytes`)
-    /// until the rest of its buffer goes; copying the rest once half is trimmed bounds that, and
-    /// each byte copied that way was paid for by at least as many new ones. The room calls this
-    /// once it has been quiet for a while, not on every CHAT.
+    /// into 2,000 rooms: ~40 MB on top of the history's 254 MB). A buffer is freed whole, so it
+    /// holds its length of the budget (not of the room's `history_bytes`) until its last slice
+    /// goes, wherever that is; copying the rest once half is trimmed bounds what the ring keeps
+    /// alive for nothing, and each byte copied that way was paid for by at least as many new
+    /// ones. The room calls this once it has been quiet for a while, not on every CHAT.
     pub fn pack(&mut self) -> Vec<(Bytes, Bytes)> {
         let mut swapped = Vec::new();
         if self.front_half_dead() {
-            let front = self.packs.pop_front().map_or(0, |front| front.left);
-            let pack = self.copy(0..front, &mut swapped);
-            self.packs.push_front(pack);
-            self.budget.give_back(self.dead);
-            self.dead = 0;
+            // The copy holds its own bytes while the old buffer may live on in other hands; with
+            // the budget spent the rest stays where it is.
+            let rest = self.packs.front().map_or(0, |front| front.size) - self.dead;
+            if self.budget.try_take(rest) {
+                let front = self.packs.pop_front().map_or(0, |front| front.left);
+                let pack = self.copy(0..front, &mut swapped);
+                self.packs.push_front(pack);
+                self.dead = 0;
+            }
         }
         if self.loose > 1 {
             let len = self.entries.len();
+            // The loose entries' bytes pass from the ring to their buffer.
             let pack = self.copy(len - self.loose..len, &mut swapped);
+            self.loose_bytes -= pack.size;
             self.packs.push_back(pack);
             self.loose = 0;
         }
         swapped
     }
 
-    /// Copies `range` of the entries into one buffer and puts slices of it in their place.
+    /// Copies `range` of the entries into one buffer, which holds its length of the budget
+    /// from now on (the caller has seen to it), and puts slices of it in their place.
     fn copy(&mut self, range: Range<usize>, swapped: &mut Vec<(Bytes, Bytes)>) -> Pack {
         let size = self.entries.range(range.clone()).map(Bytes::len).sum();
-        let mut buffer = Vec::with_capacity(size);
+        let mut data = Vec::with_capacity(size);
         for entry in self.entries.range(range.clone()) {
-            buffer.extend_from_slice(entry);
+            data.extend_from_slice(entry);
         }
-        let buffer = Bytes::from(buffer);
+        let buffer = Bytes::from_owner(Packed {
+            data,
+            budget: self.budget.clone(),
+        });
         let mut offset = 0;
         for entry in self.entries.range_mut(range.clone()) {
             let packed = buffer.slice(offset..offset + entry.len());
@@ -264,9 +299,9 @@ impl History {
         }
     }
 
-    /// Drops the oldest entry; returns how much of the budget that frees: its length when it
-    /// was loose, the whole buffer when it was the last entry of its pack, else nothing (its
-    /// bytes are dead until the buffer goes).
+    /// Drops the oldest entry; returns the budget the ring itself held for it (its length
+    /// when it was loose; a packed buffer gives its bytes back itself once its last slice goes,
+    /// which may be this one).
     fn pop_oldest(&mut self) -> usize {
         let Some(oldest) = self.entries.pop_front() else {
             return 0;
@@ -276,6 +311,7 @@ impl History {
         self.bytes -= len;
         if self.entries.len() < self.loose {
             self.loose -= 1;
+            self.loose_bytes -= len;
             return len;
         }
         // A packed entry belongs to the front pack: packs are made in the ring's order.
@@ -283,14 +319,13 @@ impl History {
             Some(pack) if pack.left > 1 => {
                 pack.left -= 1;
                 self.dead += len;
-                0
             }
-            Some(_) => {
+            _ => {
+                self.packs.pop_front();
                 self.dead = 0;
-                self.packs.pop_front().map_or(len, |pack| pack.size)
             }
-            None => len,
         }
+        0
     }
 
     /// Drops every entry and gives their bytes back; the next push starts the run at `next`.
@@ -298,8 +333,9 @@ impl History {
         self.entries.clear();
         self.packs.clear();
         self.loose = 0;
-        self.budget.give_back(self.bytes + self.dead);
+        self.budget.give_back(self.loose_bytes);
         self.bytes = 0;
+        self.loose_bytes = 0;
         self.dead = 0;
         self.first_seq = next;
     }
@@ -344,19 +380,21 @@ impl History {
         self.bytes
     }
 
-    /// What the ring holds of the budget: the retained bytes, and those of trimmed entries
-    /// whose packed buffer is still held.
+    /// What the ring keeps of the budget: its loose entries and its packed buffers whole
+    /// (trimmed entries' bytes included until their buffer goes).
     pub fn held(&self) -> usize {
-        self.bytes + self.dead
+        self.loose_bytes + self.packs.iter().map(|pack| pack.size).sum::<usize>()
     }
 }
 
 impl Drop for History {
     /// A stopped room gives its bytes back to the server-wide budget.
     fn drop(&mut self) {
-        self.budget.give_back(self.bytes + self.dead);
-        self.bytes = 0;
-        self.dead = 0;
+        self.budget.give_back(self.loose_bytes);
+        self.loose_bytes = 0;
+        // The packed buffers give theirs back as their last slices go (the entries, just
+        // after this).
+        self.entries.clear();
         self.recount();
     }
 }

@@ -255,7 +255,8 @@ impl Room {
             .unwrap_or(Duration::ZERO)
     }
 
-    /// A CHAT was appended: a memory room with history worth packing tells the packer.
+    /// The history changed (a CHAT appended, limits reloaded): a memory room with history worth
+    /// packing tells the packer.
     fn pack_when_quiet(&mut self, ctx: &mut Context<Self>) {
         if self.log.memory().is_some_and(|log| log.packable()) {
             self.env

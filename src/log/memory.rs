@@ -289,6 +289,51 @@ mod tests {
     }
 
     #[test]
+    fn a_packed_buffer_the_dedup_window_still_holds_stays_counted_until_it_goes() {
+        let limits = RoomLimits::default();
+        let budget = HistoryBudget::new(usize::MAX);
+        let mut log = MemoryLog::new(&limits, budget.clone());
+        let content = "x".repeat(1000);
+        for n in 0..4 {
+            let r#ref = format!("r{n}");
+            append(
+                &mut log,
+                "ada",
+                &content,
+                Some((SessionId(1), &r#ref)),
+                &limits,
+            );
+        }
+        // What the dedup window holds of the budget: all but the ring's share.
+        let dedup = budget.used() - log.history.held();
+        log.pack();
+        let pack = log.history.held();
+        assert_eq!(
+            budget.used(),
+            pack + dedup,
+            "packing moves bytes, it takes none"
+        );
+        // Enough newer CHATs (without a `ref`) to push the packed ones out of the ring.
+        for n in 0..limits.history {
+            append(&mut log, "bob", &n.to_string(), None, &limits);
+        }
+        assert_eq!(log.history.after(0).count(), limits.history);
+        assert_eq!(
+            budget.used() - log.history.held(),
+            dedup + pack,
+            "the dedup window's slices keep the buffer alive, and it stays counted"
+        );
+        // Once the window forgets them, the buffer goes and its bytes come back.
+        log.set_limits(&RoomLimits {
+            dedup_window_ms: 0,
+            ..limits.clone()
+        });
+        assert_eq!(budget.used(), log.history.held());
+        drop(log);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
     fn a_join_replays_after_since_seq_and_announces_the_joiner_to_the_others() {
         let limits = RoomLimits::default();
         let mut log = log(&limits);

@@ -243,13 +243,15 @@ impl Handler<Leave> for Room {
 impl Handler<Reconfigure> for Room {
     type Result = ();
 
-    fn handle(&mut self, _: Reconfigure, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: Reconfigure, ctx: &mut Context<Self>) {
         let limits = self.env.config().limits_for(self.name.as_str());
         if *limits != *self.limits {
             // debug: one line per open room on every reload that changes its limits.
             debug!(room = %self.name, "room limits reloaded");
             self.log.set_limits(&limits);
             self.limits = limits;
+            // Trimmed to the new limits, a packed buffer may now be mostly dead.
+            self.pack_when_quiet(ctx);
         }
     }
 }
