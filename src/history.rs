@@ -381,8 +381,10 @@ impl History {
     }
 
     /// What the ring keeps of the budget: its loose entries and its packed buffers whole
-    /// (trimmed entries' bytes included until their buffer goes).
-    pub fn held(&self) -> usize {
+    /// (trimmed entries' bytes included until their buffer goes). For tests: the budget's gauge
+    /// is what operators see.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
         self.loose_bytes + self.packs.iter().map(|pack| pack.size).sum::<usize>()
     }
 }
